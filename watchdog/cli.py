@@ -1,0 +1,91 @@
+"""Command line: a bare ``fwatchdog`` is the container entry point; subcommands come later.
+
+This is the only module that prints or chooses exit codes. Exit status 2 means the
+configuration is invalid; 1 means the watchdog could not start or failed while running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from . import __version__
+from .config import ConfigError, WatchdogConfig
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+log = logging.getLogger("watchdog")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-version", "--version", "version"):
+        print(f"fwatchdog {__version__}")
+        return 0
+    if args and args[0] in ("-run-healthcheck", "--run-healthcheck"):
+        return _run_healthcheck(os.environ)
+    if args:
+        print(f"fwatchdog: unknown argument {args[0]!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_watchdog(os.environ)
+
+
+def run_watchdog(env: Mapping[str, str]) -> int:
+    """Parse the configuration from ``env`` and serve until told to stop."""
+    try:
+        config = WatchdogConfig.from_env(env)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fwatchdog: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    _ensure_standard_fds()
+    from .logs import setup_logging
+
+    setup_logging(config.log_format)
+    return _serve(config)
+
+
+def _serve(config: WatchdogConfig) -> int:
+    import uvloop
+
+    from .health import LockFileError
+    from .process import SpawnError
+    from .server import Watchdog
+
+    async def serve() -> None:
+        await Watchdog(config).serve()
+
+    try:
+        uvloop.run(serve())
+    except SpawnError as exc:
+        print(f"fwatchdog: configuration error: fprocess: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LockFileError as exc:
+        log.error("%s", exc)
+        return EXIT_START
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START
+    return 0
+
+
+def _run_healthcheck(env: Mapping[str, str]) -> int:
+    """``fwatchdog -run-healthcheck``: exit 0 if the lock file exists (for Docker HEALTHCHECK)."""
+    lock = os.path.join(env.get("TMPDIR") or "/tmp", ".lock")
+    if os.path.exists(lock):
+        return 0
+    print("unable to find lock file.", file=sys.stderr)
+    return 1
+
+
+def _ensure_standard_fds() -> None:
+    # A handler's pipes must never land on fds 0-2 (posix_spawn's dup2 onto the same number
+    # would keep close-on-exec set), so make sure those are taken, as init systems may not.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)

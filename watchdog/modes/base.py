@@ -1,0 +1,30 @@
+"""The seam between the HTTP server and a run mode."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+
+class Runner(Protocol):
+    """A run mode: how a request to the function becomes a response.
+
+    The server owns listening, limits, health and metrics; a runner owns whatever executes the
+    function (a process per request, a supervised upstream, a directory of files).
+    """
+
+    async def start(self) -> None:
+        """Prepare to serve; return once requests can be handled. Raise on a fatal start error."""
+
+    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+        """Answer one request. ``started`` is its ``time.monotonic()`` arrival time."""
+
+    def healthy(self) -> bool:
+        """Whether the mode can serve at all (``/_/health``)."""
+
+    async def ready(self) -> bool:
+        """Whether the mode should receive traffic now (``/_/ready``); may probe."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop whatever still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""

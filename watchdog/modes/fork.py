@@ -1,0 +1,412 @@
+"""Fork-per-request modes: one handler process per request, body on stdin, response from stdout.
+
+The three fork modes differ only in two choices, captured by :class:`ForkPolicy`:
+
+- ``serializing``: read the request body whole first; buffer the whole output (Content-Length).
+- ``streaming``: stream the body into stdin and stdout out to the client (chunked).
+- ``auto`` (the default): stream stdin; buffer stdout up to 256 KiB. A handler that finishes
+  within that answers like ``serializing`` (exact status, Content-Length); a larger output
+  switches to streaming.
+
+Once a streamed response has begun its status cannot change; if the handler then fails, the
+connection is cut before the final chunk so that the client sees an incomplete response rather
+than a truncated success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..cgi import CGIHead, CGIHeaderError, parse_head, request_env
+from ..config import WatchdogConfig
+from ..limits import BodyTimeout, ClientStalled, read_body, seconds_or_none, within_write_timeout
+from ..logs import FunctionLog, LineSplitter
+from ..metrics import WatchdogMetrics
+from ..pipes import PipeDrain, read_chunk, write_all, write_now
+from ..process import Child, ProcessTable, SpawnError, describe_exit, resolve_program
+from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
+
+log = logging.getLogger("watchdog.fork")
+
+AUTO_RESPONSE_BUFFER = 256 * 1024
+_STDERR_TAIL = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ForkPolicy:
+    buffer_request: bool
+    """Read the whole request body before starting the handler."""
+    response_buffer: int | None
+    """Bytes of stdout held before streaming begins; None holds all of it."""
+
+
+POLICIES: dict[str, ForkPolicy] = {
+    "serializing": ForkPolicy(buffer_request=True, response_buffer=None),
+    "streaming": ForkPolicy(buffer_request=False, response_buffer=0),
+    "auto": ForkPolicy(buffer_request=False, response_buffer=AUTO_RESPONSE_BUFFER),
+}
+
+
+class ForkRunner:
+    """Runs ``fprocess`` once per request."""
+
+    def __init__(
+        self,
+        config: WatchdogConfig,
+        processes: ProcessTable,
+        metrics: WatchdogMetrics,
+        function_log: FunctionLog,
+    ) -> None:
+        self.config = config
+        self.policy = POLICIES[config.mode]
+        self.processes = processes
+        self.metrics = metrics
+        self.function_log = function_log
+        self.program = ""
+        self._base_env = dict(config.environ)
+
+    async def start(self) -> None:
+        # Fail at start, not on every request, when the handler program does not exist.
+        self.program = resolve_program(self.config.fprocess, self._base_env.get("PATH"))
+        log.info("Forking %s per request (mode %s)", self.program, self.config.mode)
+
+    def healthy(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return True
+
+    async def stop(self, grace: float) -> None:
+        await self.processes.kill_all(grace)
+
+    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+        body: bytes | None = None
+        loop = asyncio.get_running_loop()
+        read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
+        if self.policy.buffer_request:
+            try:
+                body = await read_body(request, read_deadline)
+            except BodyTimeout:
+                return self._body_timeout(started)
+        try:
+            child = self.processes.spawn(
+                self.program,
+                self.config.fprocess,
+                self._env(request),
+                merge_stderr=self.config.combine_output,
+            )
+        except SpawnError as exc:
+            log.error("%s", exc)
+            return text_response(500, f"{exc}\n", started)
+        call = _Call(self, request, child, started, read_deadline)
+        try:
+            async with asyncio.timeout(seconds_or_none(self.config.exec_timeout)):
+                return await call.run(body)
+        except TimeoutError:
+            self.metrics.killed.labels(reason="exec_timeout").inc()
+            limit = format_seconds(self.config.exec_timeout)
+            log.warning("Killing %s: exceeded exec_timeout of %s", child.pid, limit)
+            return await call.fail(504, f"Function exceeded its exec_timeout of {limit}\n")
+        except BodyTimeout:
+            return await call.fail(408, _body_timeout_text(self.config.read_timeout))
+        except ClientStalled:
+            self.metrics.killed.labels(reason="client_stalled").inc()
+            return await call.fail(504, "Client did not read the response within write_timeout\n")
+        finally:
+            await call.finish()
+
+    def _env(self, request: web.BaseRequest) -> dict[str, str]:
+        if not self.config.cgi_headers:
+            return self._base_env
+        return request_env(
+            self._base_env,
+            request.method,
+            request.path,
+            request.rel_url.raw_query_string,
+            request.headers.items(),
+        )
+
+    def _body_timeout(self, started: float) -> web.Response:
+        return text_response(408, _body_timeout_text(self.config.read_timeout), started)
+
+
+def _body_timeout_text(read_timeout: float) -> str:
+    return f"Request body not received within read_timeout of {format_seconds(read_timeout)}\n"
+
+
+class _Call:
+    """One handler process serving one request."""
+
+    def __init__(
+        self,
+        runner: ForkRunner,
+        request: web.BaseRequest,
+        child: Child,
+        started: float,
+        read_deadline: float | None,
+    ) -> None:
+        self.runner = runner
+        self.config = runner.config
+        self.request = request
+        self.child = child
+        self.started = started
+        self.read_deadline = read_deadline
+        self.response: web.StreamResponse | None = None
+        self._stderr_tail = bytearray()
+        self._stderr: PipeDrain | None = None
+        self._splitter: LineSplitter | None = None
+        self._exit_timer: asyncio.TimerHandle | None = None
+        self._stdout_open = True
+        child.exited.add_done_callback(self._on_exit)
+
+    # -- the request ----------------------------------------------------------------------
+
+    async def run(self, body: bytes | None) -> web.StreamResponse:
+        self._drain_stderr()
+        prefix = b""
+        if body is None and not self.request.body_exists:
+            body = b""
+        elif body is None:
+            # The common small POST has arrived whole with the headers: no feeder task needed.
+            prefix = self.request.content.read_nowait()
+            if self.request.content.is_eof():
+                body = prefix
+        if body is not None and self._write_stdin_now(body):
+            return await self._respond()
+        return await self._respond_while_feeding(body, prefix)
+
+    def _write_stdin_now(self, body: bytes) -> bool:
+        """Write ``body`` without waiting if the pipe has room for it; True when done."""
+        fd = self.child.stdin
+        assert fd is not None
+        if body and write_now(fd, body) < len(body):
+            return False
+        self.child.close_fd(fd)
+        return True
+
+    async def _respond_while_feeding(self, body: bytes | None, prefix: bytes) -> web.StreamResponse:
+        """Respond while a task feeds stdin; a body that stops arriving ends the request (408)."""
+        feeder = asyncio.ensure_future(self._feed_stdin(body, prefix))
+        responding = asyncio.ensure_future(self._respond())
+        try:
+            await asyncio.wait({responding, feeder}, return_when=asyncio.FIRST_COMPLETED)
+            if not responding.done() and (error := feeder.exception()) is not None:
+                raise error
+            return await responding
+        finally:
+            feeder.cancel()
+            responding.cancel()
+
+    async def _feed_stdin(self, body: bytes | None, prefix: bytes) -> None:
+        fd = self.child.stdin
+        assert fd is not None
+        try:
+            if body is not None:
+                await write_all(fd, body)
+                return
+            async with asyncio.timeout_at(self.read_deadline):
+                chunk = prefix or await self.request.content.readany()
+                while chunk:
+                    if not await write_all(fd, chunk):
+                        return  # the handler closed stdin: the rest of the body is not wanted
+                    chunk = await self.request.content.readany()
+        except TimeoutError:
+            raise BodyTimeout from None
+        finally:
+            self.child.close_fd(fd)
+
+    # -- the response ---------------------------------------------------------------------
+
+    async def _respond(self) -> web.StreamResponse:
+        output, eof = await self._read_initial_output()
+        if eof:
+            returncode = await self.child.exited
+            await self._stderr_closed()
+            return self._complete(output, returncode)
+        return await self._stream(output)
+
+    async def _read_initial_output(self) -> tuple[bytearray, bool]:
+        """Read stdout until EOF or past the policy's buffer (and a CGI head, when expected)."""
+        fd = self.child.stdout
+        assert fd is not None
+        limit = self.runner.policy.response_buffer
+        output = bytearray()
+        while True:
+            chunk = await read_chunk(fd)
+            if not chunk:
+                self._close_stdout()
+                return output, True
+            output += chunk
+            over = limit is not None and len(output) > limit
+            if over and not (self.config.cgi_response and self._head(output, final=False) is None):
+                return output, False
+
+    def _complete(self, output: bytearray, returncode: int) -> web.Response:
+        self._count_exit(returncode)
+        if returncode != 0:
+            return self._failed_response(output, returncode)
+        try:
+            head = self._head(output, final=True)
+        except CGIHeaderError as exc:
+            return self._bad_head(exc)
+        body = bytes(output[head.body_offset :]) if head else bytes(output)
+        response = web.Response(body=body, status=head.status if head else 200)
+        self._apply_head(response, head)
+        if self.config.write_debug:
+            log.info("Response body (%d bytes): %r", len(body), body[:4096])
+        return response
+
+    async def _stream(self, output: bytearray) -> web.StreamResponse:
+        try:
+            head = self._head(output, final=False)
+        except CGIHeaderError as exc:
+            return self._bad_head(exc)
+        response = web.StreamResponse(status=head.status if head else 200)
+        self._apply_head(response, head)
+        response.enable_chunked_encoding()
+        write_timeout = seconds_or_none(self.config.write_timeout)
+        await within_write_timeout(response.prepare(self.request), write_timeout)
+        self.response = response
+        fd = self.child.stdout
+        assert fd is not None
+        chunk = bytes(output[head.body_offset :]) if head else bytes(output)
+        while chunk:
+            await within_write_timeout(response.write(chunk), write_timeout)
+            chunk = await read_chunk(fd)
+        self._close_stdout()
+        returncode = await self.child.exited
+        self._count_exit(returncode)
+        if returncode != 0:
+            log.error("Handler failed after its response began (%s)", describe_exit(returncode))
+            self._abort_connection()
+            return response
+        await within_write_timeout(response.write_eof(), write_timeout)
+        return response
+
+    def _head(self, output: bytearray, *, final: bool) -> CGIHead | None:
+        if not self.config.cgi_response:
+            return None
+        return parse_head(output, final=final)
+
+    def _apply_head(self, response: web.StreamResponse, head: CGIHead | None) -> None:
+        headers: CIMultiDict[str] = head.headers if head else CIMultiDict()
+        if head and head.reason:
+            response.set_status(head.status, head.reason)
+        response.headers.extend(headers)
+        if "Content-Type" not in headers:
+            response.headers["Content-Type"] = self._content_type()
+        response.headers[DURATION_HEADER] = duration_value(self.started)
+
+    def _content_type(self) -> str:
+        # As the classic watchdog: an unset content_type echoes the request's own.
+        return (
+            self.config.content_type
+            or self.request.headers.get("Content-Type")
+            or "application/octet-stream"
+        )
+
+    def _failed_response(self, output: bytearray, returncode: int) -> web.Response:
+        what = describe_exit(returncode)
+        log.error("Handler %s", what)
+        text = what + "\n"
+        if self.config.combine_output:
+            text += output.decode("utf-8", errors="replace")
+        elif self.config.write_debug and self._stderr_tail:
+            text += self._stderr_tail.decode("utf-8", errors="replace")
+        return text_response(500, text, self.started)
+
+    def _bad_head(self, exc: CGIHeaderError) -> web.Response:
+        text = f"Handler wrote a malformed CGI header block: {exc}"
+        log.error("%s", text)
+        return text_response(502, text + "\n", self.started)
+
+    def _count_exit(self, returncode: int) -> None:
+        outcome = "success" if returncode == 0 else ("signal" if returncode < 0 else "error")
+        self.runner.metrics.exits.labels(outcome=outcome).inc()
+
+    # -- failure and clean-up -------------------------------------------------------------
+
+    async def fail(self, status: int, text: str) -> web.StreamResponse:
+        """Answer ``status`` if nothing was sent yet, else cut the connection."""
+        await self._kill()
+        if self.response is not None:
+            self._abort_connection()
+            return self.response
+        return text_response(status, text, self.started)
+
+    async def finish(self) -> None:
+        """Whatever happened: no process of the tree and no pipe survives the request."""
+        if not self.child.exited.done():
+            # Cancelled (client gone, shutdown) or a failure path that did not kill yet.
+            self.runner.metrics.killed.labels(reason="request_ended").inc()
+            await self._kill()
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+        if self._stderr is not None:
+            self._stderr.stop()
+            self._flush_stderr()
+        self.child.close_pipes()
+
+    async def _kill(self) -> None:
+        await self.runner.processes.kill_tree(self.child, self.config.kill_grace)
+
+    def _abort_connection(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    def _on_exit(self, _: object) -> None:
+        # Processes the handler left behind may still hold its stdout or stderr open; give them
+        # kill_grace to let go, then stop them, so the response never waits on an orphan.
+        if self._stdout_open or (self._stderr is not None and not self._stderr.done.done()):
+            loop = asyncio.get_running_loop()
+            self._exit_timer = loop.call_later(self.config.kill_grace, self._kill_leftovers)
+
+    def _kill_leftovers(self) -> None:
+        try:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close_stdout(self) -> None:
+        self._stdout_open = False
+        self.child.close_fd(self.child.stdout)
+
+    # -- stderr ---------------------------------------------------------------------------
+
+    def _drain_stderr(self) -> None:
+        fd = self.child.stderr
+        if fd is None:
+            return
+        self._splitter = self.runner.function_log.splitter()
+        self._stderr = PipeDrain(fd, self._on_stderr)
+
+    def _on_stderr(self, data: bytes) -> None:
+        assert self._splitter is not None
+        self.runner.function_log.write("stderr", self._splitter.feed(data))
+        if self.config.write_debug:
+            self._stderr_tail += data
+            del self._stderr_tail[:-_STDERR_TAIL]
+
+    def _flush_stderr(self) -> None:
+        if self._splitter is not None:
+            self.runner.function_log.write("stderr", self._splitter.flush())
+            self._splitter = None
+
+    async def _stderr_closed(self) -> None:
+        """Wait for the handler's last stderr lines (bounded: an orphan may hold the pipe)."""
+        if self._stderr is None or self._stderr.done.done():
+            self._flush_stderr()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stderr.done), self.config.kill_grace)
+        except TimeoutError:
+            pass
+        self._flush_stderr()

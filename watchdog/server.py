@@ -1,0 +1,190 @@
+"""The watchdog's HTTP server: listening, limits, health, metrics and the shutdown choreography.
+
+Shutdown, on SIGTERM or SIGINT:
+
+1. report unhealthy (``/_/health`` and ``/_/ready`` answer 503) and remove the lock file;
+2. keep serving for at most ``healthcheck_interval`` so a load balancer can notice, finishing
+   early as soon as nothing is in flight;
+3. stop accepting and let in-flight requests finish for up to ``write_timeout``;
+4. kill whatever still runs (whole process trees) and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from . import __version__
+from .config import WatchdogConfig
+from .health import Health
+from .limits import InflightLimiter
+from .logs import FunctionLog
+from .metrics import WatchdogMetrics
+from .modes import Runner, build_runner
+from .process import ProcessTable
+from .responses import text_response
+
+log = logging.getLogger("watchdog.server")
+
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_MAX_LINE = 64 * 1024  # request line; long query strings are common behind gateways
+_MAX_FIELD = 64 * 1024
+
+
+class Watchdog:
+    """One watchdog: a run mode behind limits, health and metrics."""
+
+    def __init__(self, config: WatchdogConfig) -> None:
+        self.config = config
+        self.processes = ProcessTable()
+        self.metrics = WatchdogMetrics(self.processes)
+        self.health = Health(None if config.suppress_lock else config.lock_path)
+        self.limiter = InflightLimiter(config.max_inflight)
+        function_log = FunctionLog(
+            prefix=config.prefix_logs,
+            json_format=config.log_format == "json",
+            max_line=config.log_buffer_size,
+        )
+        self.runner: Runner = build_runner(config, self.processes, self.metrics, function_log)
+        self._http: web.BaseRunner | None = None
+        self._metrics_http: web.BaseRunner | None = None
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Start, serve until ``stop`` is set or a termination signal arrives, then drain."""
+        stop = stop or asyncio.Event()
+        self._log_start()
+        self.processes.start()
+        try:
+            await self.runner.start()
+            await self._listen()
+            self.health.mark_serving()
+            with _signals_set(stop):
+                await stop.wait()
+                await self._shutdown()
+        finally:
+            await self._close()
+
+    async def _listen(self) -> None:
+        server = web.Server(
+            self._dispatch,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+            # aiohttp arms this timer when a connection opens, so it also bounds how long a
+            # client may take to send its headers; Go's IdleTimeout defaults to ReadTimeout too.
+            keepalive_timeout=self.config.read_timeout or 3600,
+            max_line_size=_MAX_LINE,
+            max_field_size=_MAX_FIELD,
+        )
+        self._http = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=self.config.write_timeout or 3600
+        )
+        await self._http.setup()
+        await web.TCPSite(self._http, port=self.config.port, reuse_address=True).start()
+        log.info("Listening on port: %s", _bound_port(self._http))
+        self._metrics_http = web.AppRunner(self.metrics.app(), access_log=None)
+        await self._metrics_http.setup()
+        await web.TCPSite(self._metrics_http, port=self.config.metrics_port).start()
+        log.info("Metrics listening on port: %s", _bound_port(self._metrics_http))
+
+    async def _shutdown(self) -> None:
+        self.health.start_draining()
+        interval = self.config.healthcheck_interval
+        log.info("Shutting down: unhealthy now, in flight: %d", self.limiter.inflight)
+        try:
+            await asyncio.wait_for(self.limiter.idle.wait(), interval)
+        except TimeoutError:
+            pass
+        log.info("No new connections allowed, draining: %d requests", self.limiter.inflight)
+        if self._http is not None:
+            await self._http.cleanup()  # waits up to write_timeout, then cancels the rest
+            self._http = None
+        log.info("Exiting. In flight when stopped: %d", self.limiter.inflight)
+
+    async def _close(self) -> None:
+        for http in (self._http, self._metrics_http):
+            if http is not None:
+                await http.cleanup()
+        await self.runner.stop(self.config.kill_grace)
+        self.processes.close()
+        self.health.remove_lock()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path == "/_/health":
+            return await self._probe(request, readiness=False)
+        if path == "/_/ready":
+            return await self._probe(request, readiness=True)
+        return await self._invoke(request)
+
+    async def _invoke(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        if not self.limiter.try_acquire():
+            self.metrics.rejected.labels(reason="max_inflight").inc()
+            self.metrics.observe(429, request.method, time.monotonic() - started)
+            refusal = text_response(429, self.limiter.refusal_text(), started)
+            refusal.headers["Retry-After"] = "1"
+            return refusal
+        self.metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await self.runner.handle(request, started)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            self.limiter.release()
+            self.metrics.in_flight.dec()
+            self.metrics.observe(status, request.method, time.monotonic() - started)
+
+    async def _probe(self, request: web.BaseRequest, *, readiness: bool) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        if not (self.health.live and self.runner.healthy()):
+            return web.Response(status=503, text="Service Unavailable\n")
+        if readiness and self.limiter.saturated:
+            return web.Response(status=429, text="Too Many Requests\n")
+        if readiness and not await self.runner.ready():
+            return web.Response(status=503, text="Service Unavailable\n")
+        return web.Response(text="OK")
+
+    def _log_start(self) -> None:
+        log.info("Version: %s", __version__)
+        summary = " ".join(f"{k}={v!r}" for k, v in self.config.summary().items())
+        log.info("Effective configuration: %s", summary)
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])
+
+
+class _signals_set:
+    """Map SIGTERM and SIGINT to ``stop.set()`` while serving; restore the defaults after."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> None:
+        for sig in _HANDLED_SIGNALS:
+            self._loop.add_signal_handler(sig, self._handle, sig)
+
+    def __exit__(self, *_: object) -> None:
+        for sig in _HANDLED_SIGNALS:
+            self._loop.remove_signal_handler(sig)
+
+    def _handle(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.info("%s: already shutting down", sig.name)
+            return
+        log.info("%s received: shutting down", sig.name)
+        self._stop.set()
