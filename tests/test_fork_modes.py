@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FIXTURES, PYTHON
+
 from watchdog.cgi import request_env
 
 FORK_MODES = ["auto", "serializing", "streaming"]

@@ -1,0 +1,145 @@
+"""Reverse proxying one request to an HTTP upstream, streaming both ways.
+
+Shared by the watchdog's http mode (to the function's upstream) and the gateway (to a
+function's watchdog). Callers choose the target URL, the deadline and the extra headers; this
+module moves the bytes: hop-by-hop headers are dropped, ``X-Forwarded-*`` added, a known
+Content-Length kept, and the response streamed back chunk by chunk (each write goes straight to
+the socket, so event streams are not held back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The client's Host goes on as X-Forwarded-Host; aiohttp writes the upstream's own Host.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+CHUNK = 65536
+
+
+class UpstreamError(Exception):
+    """The upstream refused, dropped or broke the connection before answering."""
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", []):
+        tokens.update(t.strip().lower() for t in value.split(","))
+    return tokens
+
+
+def forwarded_headers(
+    request: web.BaseRequest, extra: Mapping[str, str] | None = None
+) -> CIMultiDict[str]:
+    """The request's end-to-end headers plus ``X-Forwarded-For/Host/Proto`` and ``extra``."""
+    drop = _NOT_FORWARDED | _connection_tokens(request.headers)
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in request.headers.items() if name.lower() not in drop
+    )
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers.setdefault("X-Forwarded-Host", request.host)
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+async def _stream_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    while chunk := await request.content.readany():
+        yield chunk
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    request: web.BaseRequest,
+    url: str,
+    *,
+    buffer_body: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+) -> aiohttp.ClientResponse:
+    """Send ``request`` to ``url`` and return the upstream's response once its headers arrive.
+
+    The body streams unless ``buffer_body`` (then it is read whole and sent with a length). A
+    known Content-Length is kept either way, so the upstream sees no chunked upload it did not
+    get from the client.
+
+    Raises:
+        UpstreamError: the connection failed before the response headers.
+    """
+    headers = forwarded_headers(request, extra_headers)
+    data: bytes | AsyncIterator[bytes] | None
+    if buffer_body:
+        data = await request.read()
+    elif not request.body_exists:
+        data = None
+    else:
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        data = _stream_body(request)
+    try:
+        return await session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            auto_decompress=False,
+        )
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    drop = _NOT_RETURNED | _connection_tokens(upstream.headers)
+    return CIMultiDict(
+        (name, value) for name, value in upstream.headers.items() if name.lower() not in drop
+    )
+
+
+async def relay_response(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    headers: CIMultiDict[str] | None = None,
+) -> web.StreamResponse:
+    """Stream ``upstream``'s status, headers and body to the client.
+
+    ``headers`` (default: :func:`response_headers`) lets the caller add its own first.
+
+    Raises:
+        UpstreamError: the upstream broke off while sending the body (the client's
+            connection is then unusable; the caller should not try to answer).
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(headers if headers is not None else response_headers(upstream))
+    if upstream.content_length is not None and request.method != "HEAD":
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    try:
+        while chunk := await upstream.content.readany():
+            await response.write(chunk)
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
+    finally:
+        upstream.release()
+    await response.write_eof()
+    return response
