@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).parent.parent
 PYTHON = sys.executable
 
 
@@ -94,6 +95,8 @@ def watchdog_env(tmpdir: Path, **env: str) -> dict[str, str]:
         "port": str(free_port()),
         "metrics_port": str(free_port()),
         "healthcheck_interval": "0",
+        # The checkout under test, whatever is installed in the environment.
+        "PYTHONPATH": str(ROOT),
     }
     base.update(env)
     return base
