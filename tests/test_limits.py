@@ -1,0 +1,143 @@
+"""max_inflight, read_timeout, exec_timeout (whole trees), and reaping of orphans."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import FIXTURES, PYTHON, RunningWatchdog
+
+
+def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _in_background(wd: RunningWatchdog, path: str) -> tuple[threading.Thread, list]:
+    """Send a request from a thread; the list receives its Reply, or the exception it raised."""
+    result: list = []
+
+    def call() -> None:
+        try:
+            result.append(wd.request("GET", path))
+        except Exception as exc:  # noqa: BLE001 - handed to the test to assert on
+            result.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, result
+
+
+def test_max_inflight_refuses_with_429_and_ready_says_so(start_watchdog) -> None:
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'sleepy.py'}", max_inflight="1")
+    thread, result = _in_background(wd, "/?seconds=1.5")
+    _wait_for(lambda: "http_requests_in_flight 1.0" in wd.metrics(), what="one in flight")
+    refused = wd.request("GET", "/?seconds=0")
+    assert refused.status == 429
+    assert refused.text == "Concurrent request limit exceeded. Max concurrent requests: 1\n"
+    assert refused.headers["Content-Type"].startswith("text/plain")
+    assert "X-Duration-Seconds" in refused.headers
+    assert wd.request("GET", "/_/ready").status == 429
+    assert wd.request("GET", "/_/health").status == 200
+    thread.join(10)
+    assert result[0].status == 200
+    assert wd.request("GET", "/_/ready").status == 200
+    assert 'fwatchdog_requests_rejected_total{reason="max_inflight"} 1.0' in wd.metrics()
+
+
+def test_read_timeout_cuts_off_a_slow_body_with_408(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat", read_timeout="1s")
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+        started = time.monotonic()
+        reply = sock.recv(65536).decode()
+        elapsed = time.monotonic() - started
+    assert reply.startswith("HTTP/1.1 408"), reply
+    assert "read_timeout of 1s" in reply
+    assert elapsed < 8
+
+
+def test_read_timeout_closes_a_connection_that_never_sends_headers(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat", read_timeout="1s")
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the watchdog
+        assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("mode", ["auto", "serializing", "streaming"])
+def test_exec_timeout_kills_the_whole_tree(start_watchdog, tmp_path: Path, mode: str) -> None:
+    pid_file = tmp_path / f"pids-{mode}"
+    wd = start_watchdog(
+        fprocess=f"{PYTHON} {FIXTURES / 'tree.py'}",
+        exec_timeout="1500ms",
+        PID_FILE=str(pid_file),
+        mode=mode,
+    )
+    reply = wd.request("GET", "/")
+    assert reply.status == 504
+    assert reply.text == "Function exceeded its exec_timeout of 1.5s\n"
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 3  # the handler, a grandchild in its group, one that left it
+
+    def all_gone() -> bool:
+        return not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            for pid in pids
+        )
+
+    _wait_for(all_gone, what="the handler's tree to be dead")
+    assert 'fwatchdog_handlers_killed_total{reason="exec_timeout"} 1.0' in wd.metrics()
+
+
+def test_handler_ignoring_sigterm_is_killed_after_grace(start_watchdog) -> None:
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    wd = start_watchdog(
+        fprocess=f'{PYTHON} -c "{script}"', exec_timeout="500ms", kill_grace="300ms"
+    )
+    started = time.monotonic()
+    assert wd.request("GET", "/").status == 504
+    assert time.monotonic() - started < 10
+    _wait_for(lambda: "fwatchdog_handlers_running 0.0" in wd.metrics(), what="no handler left")
+
+
+def test_orphaned_grandchildren_are_reaped(start_watchdog) -> None:
+    # Each request leaves an orphan that outlives the handler; as subreaper the watchdog
+    # inherits them and must reap them, or zombies pile up (the anchors never reap).
+    orphan = "sleep 0.3 </dev/null >/dev/null 2>&1 & echo started"
+    wd = start_watchdog(fprocess=f"sh -c '{orphan}'")
+    for _ in range(10):
+        assert wd.request("GET", "/").text == "started\n"
+    watchdog = psutil.Process(wd.proc.pid)
+
+    def no_zombies_or_orphans() -> bool:
+        return not watchdog.children()
+
+    _wait_for(no_zombies_or_orphans, timeout=10, what="orphans reaped")
+
+
+def test_leftover_holding_stdout_does_not_hold_the_response(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="sh -c 'sleep 30 & echo quick'", kill_grace="200ms")
+    started = time.monotonic()
+    reply = wd.request("GET", "/")
+    assert reply.text == "quick\n"
+    assert time.monotonic() - started < 10
+    _wait_for(lambda: not psutil.Process(wd.proc.pid).children(), what="leftover killed")
+
+
+def test_client_disconnect_kills_the_handler(start_watchdog) -> None:
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'sleepy.py'}")
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=10) as sock:
+        sock.sendall(b"GET /?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        _wait_for(lambda: "fwatchdog_handlers_running 1.0" in wd.metrics(), what="running")
+    _wait_for(lambda: "fwatchdog_handlers_running 0.0" in wd.metrics(), what="handler killed")
+    assert 'fwatchdog_handlers_killed_total{reason="request_ended"} 1.0' in wd.metrics()
