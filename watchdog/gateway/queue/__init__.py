@@ -1,0 +1,59 @@
+"""Queue backends for asynchronous calls, all behind :class:`~.base.QueueBackend`.
+
+Backends are named here and imported lazily, so an optional dependency (NATS) costs nothing
+until it is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import (
+    ActivationPage,
+    ActivationRecord,
+    AttemptInfo,
+    AttemptResult,
+    CallbackAttempt,
+    CallbackJob,
+    CallRequest,
+    EnqueueResult,
+    LeasedCall,
+    ListQuery,
+    QueueBackend,
+    QueueClosed,
+    QueueError,
+    QueueFull,
+)
+
+BACKENDS: dict[str, str] = {"sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue"}
+
+
+def backend_class(name: str) -> Any:
+    """The class registered as ``name`` in :data:`BACKENDS`.
+
+    Raises:
+        KeyError: no such backend.
+    """
+    module, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = [
+    "BACKENDS",
+    "ActivationPage",
+    "ActivationRecord",
+    "AttemptInfo",
+    "AttemptResult",
+    "CallRequest",
+    "CallbackAttempt",
+    "CallbackJob",
+    "EnqueueResult",
+    "LeasedCall",
+    "ListQuery",
+    "QueueBackend",
+    "QueueClosed",
+    "QueueError",
+    "QueueFull",
+    "backend_class",
+]
