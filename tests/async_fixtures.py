@@ -1,0 +1,33 @@
+"""Fixtures of the asynchronous-call tests (load with ``pytest_plugins = ("async_fixtures",)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from async_helpers import BACKENDS, Receiver
+
+from watchdog.gateway.queue.base import QueueBackend
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    """``receiver(answers=[(500, {}), ...])`` starts a recording HTTP receiver."""
+    started: list[Receiver] = []
+
+    def start(answers: list[tuple[int, dict[str, str]]] | None = None) -> Receiver:
+        rec = Receiver(answers)
+        started.append(rec)
+        return rec
+
+    yield start
+    for rec in started:
+        rec.close()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., QueueBackend]:
+    """``make_queue(**options)``: a new (unopened) queue of the parametrized backend."""
+    factory = BACKENDS[request.param]
+    return lambda **opts: factory(tmp_path, **opts)

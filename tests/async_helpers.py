@@ -1,0 +1,100 @@
+"""Helpers for the asynchronous-call tests: a real HTTP receiver on loopback, queue factories."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any, TypeVar
+
+from watchdog.gateway.queue.base import QueueBackend
+from watchdog.gateway.queue.sqlite import SqliteQueue
+
+T = TypeVar("T")
+
+# Every backend behind QueueBackend; the contract tests run once per entry.
+BACKENDS: dict[str, Callable[..., QueueBackend]] = {
+    "sqlite": lambda path, **opts: SqliteQueue(path / "queue.db", **opts),
+}
+
+
+def run(coro: Awaitable[T], timeout: float = 30) -> T:
+    """Run ``coro`` on a fresh event loop, bounded in time."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: Message
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records every request.
+
+    ``answers`` scripts the replies in order, each ``(status, headers)``; once they run out
+    every request gets 200.
+    """
+
+    def __init__(self, answers: list[tuple[int, dict[str, str]]] | None = None) -> None:
+        self.answers = list(answers or [])
+        self.requests: list[Received] = []
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with receiver._cond:
+                    receiver.requests.append(
+                        Received(self.command, self.path, self.headers, body, time.time())
+                    )
+                    status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
+                    receiver._cond.notify_all()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.requests) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"receiver got {len(self.requests)} request(s), expected {count}"
+                    )
+                self._cond.wait(left)
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

@@ -1,0 +1,337 @@
+"""Workers that run queued calls: lease, invoke, decide, record.
+
+An :class:`AsyncWorker` runs in the gateway process. It leases due calls from the queue up to
+a global concurrency limit, leaving functions at their own limit for later, and runs each
+through an :class:`Invoker` (the gateway's synchronous invoke path; :class:`HttpInvoker` calls
+a function's watchdog directly). While a call runs its lease is extended every third of its
+length, so a slow call is never handed to a second worker; if the gateway dies the lease runs
+out (or, with the SQLite store, the next gateway takes the call over at once) and the call
+runs again: at-least-once, never lost.
+
+After each attempt :func:`~.retry.decide` picks: complete, retry at a time, or fail. A call
+older than its function's ``max_event_age`` fails without running; an attempt cut short by a
+gateway restart counts as a platform failure and is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from ..proxy import HOP_BY_HOP
+from ._aio import first_of
+from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend
+from .retry import RetryPolicy, decide
+
+log = logging.getLogger("watchdog.gateway.worker")
+
+DEFAULT_RESULT_LIMIT = 1 << 20
+_NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length"}
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    """An attempt's result; ``retryable`` overrides the policy (False: never retry, e.g. the
+    function is no longer registered)."""
+
+    result: AttemptResult
+    retryable: bool | None = None
+
+
+class Invoker(Protocol):
+    """Runs one attempt of a call synchronously and reports how it ended. Never raises for
+    a failure of the function or of the network: those are results."""
+
+    async def invoke(self, call: LeasedCall) -> InvokeResult: ...
+
+
+def replay_headers(call: LeasedCall) -> list[tuple[str, str]]:
+    """The call's request headers as they came, minus hop-by-hop ones, plus ``X-Call-Id``."""
+    headers = [
+        (k, v)
+        for k, v in call.request.headers
+        if k.lower() not in _NOT_REPLAYED and k.lower() != "x-call-id"
+    ]
+    headers.append(("X-Call-Id", call.call_id))
+    return headers
+
+
+def classify(
+    status: int, headers: Headers, body: bytes, truncated: bool, started: float
+) -> AttemptResult:
+    """An :class:`AttemptResult` for a response: status >= 400 is a failure of the function."""
+    failed = status >= 400
+    return AttemptResult(
+        started_at=started,
+        ended_at=time.time(),
+        status_code=status,
+        headers=headers,
+        body=body,
+        truncated=truncated,
+        error=f"function answered {status}" if failed else None,
+        error_kind="function" if failed else None,
+    )
+
+
+def platform_failure(started: float, error: str) -> AttemptResult:
+    return AttemptResult(
+        started_at=started, ended_at=time.time(), error=error, error_kind="platform"
+    )
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Read the whole body, keeping at most ``limit`` bytes; True if some were dropped."""
+    kept = bytearray()
+    truncated = False
+    while chunk := await response.content.readany():
+        room = limit - len(kept)
+        if len(chunk) > room:
+            truncated = True
+            kept += chunk[: max(room, 0)]
+        else:
+            kept += chunk
+    return bytes(kept), truncated
+
+
+class HttpInvoker:
+    """Invokes a call by sending its request to the function's URL (its watchdog).
+
+    Args:
+        session: the client session to use.
+        url_for: the base URL of a function, None if it is not registered.
+        timeout_for: the limit on one attempt of a function, in seconds.
+        result_limit: the most response bytes kept (the rest is read and dropped).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url_for: Callable[[str], str | None],
+        timeout_for: Callable[[str], float],
+        result_limit: int = DEFAULT_RESULT_LIMIT,
+    ) -> None:
+        self.session = session
+        self.url_for = url_for
+        self.timeout_for = timeout_for
+        self.result_limit = result_limit
+
+    async def invoke(self, call: LeasedCall) -> InvokeResult:
+        request = call.request
+        started = time.time()
+        base = self.url_for(request.function)
+        if base is None:
+            error = f"function {request.function} is not registered"
+            return InvokeResult(platform_failure(started, error), retryable=False)
+        url = base.rstrip("/") + (request.path or "/")
+        if request.query:
+            url += "?" + request.query
+        timeout = self.timeout_for(request.function)
+        try:
+            async with asyncio.timeout(timeout or None):
+                async with self.session.request(
+                    request.method,
+                    URL(url, encoded=True),
+                    headers=replay_headers(call),
+                    data=request.body,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                ) as response:
+                    body, truncated = await read_capped(response, self.result_limit)
+                    headers = tuple(
+                        (k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP
+                    )
+                    return InvokeResult(
+                        classify(response.status, headers, body, truncated, started)
+                    )
+        except TimeoutError:
+            return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
+        except aiohttp.ClientConnectorError as exc:
+            return InvokeResult(platform_failure(started, f"function unreachable: {exc}"))
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
+            return InvokeResult(platform_failure(started, error))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Attributes:
+    concurrency: calls run at once by this worker, all functions together.
+    lease_for: lease length; extended every third of it while a call runs.
+    poll_interval: the longest sleep between looks at the queue when nothing is due
+        (new calls wake the worker at once).
+    """
+
+    concurrency: int = 32
+    lease_for: float = 30.0
+    poll_interval: float = 1.0
+
+
+class AsyncWorker:
+    """Runs due calls from ``queue`` until stopped.
+
+    Args:
+        policy_for: the retry policy of a function.
+        limit_for: the most calls of a function run at once (None: no limit of its own).
+    """
+
+    def __init__(
+        self,
+        queue: QueueBackend,
+        invoker: Invoker,
+        *,
+        policy_for: Callable[[str], RetryPolicy],
+        limit_for: Callable[[str], int | None] = lambda name: None,
+        settings: WorkerSettings | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.invoker = invoker
+        self.policy_for = policy_for
+        self.limit_for = limit_for
+        self.settings = settings or WorkerSettings()
+        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        self.running: Counter[str] = Counter()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+
+    def _saturated(self) -> list[str]:
+        full = []
+        for name, count in self.running.items():
+            limit = self.limit_for(name)
+            if limit is not None and count >= limit:
+                full.append(name)
+        return full
+
+    async def run(self, stop: asyncio.Event, drain_timeout: float = 10.0) -> None:
+        """Work until ``stop`` is set; then wait up to ``drain_timeout`` for running calls
+        and abandon the rest (their leases make them due again for the next gateway)."""
+        try:
+            while not stop.is_set():
+                free = self.settings.concurrency - len(self._inflight)
+                if free <= 0:
+                    await first_of(stop.wait(), self._slot_freed.wait())
+                    self._slot_freed.clear()
+                    continue
+                self._slot_freed.clear()
+                batch = await self.queue.lease(
+                    owner=self.owner,
+                    limit=free,
+                    lease_for=self.settings.lease_for,
+                    skip_functions=self._saturated(),
+                )
+                for call in batch.calls:
+                    self._start(call)
+                if len(batch.calls) == free:
+                    continue
+                wait = self.settings.poll_interval
+                if batch.next_due is not None:
+                    wait = min(wait, max(0.0, batch.next_due - time.time()))
+                # A finished call may unblock a function that was at its limit.
+                await first_of(
+                    stop.wait(), self.queue.wait_for_calls(wait), self._slot_freed.wait()
+                )
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=drain_timeout)
+        finally:
+            for task in self._inflight:
+                task.cancel()
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=5)
+
+    def _start(self, call: LeasedCall) -> None:
+        name = call.request.function
+        self.running[name] += 1
+        task = asyncio.create_task(self._run_call(call), name=f"call-{call.call_id}")
+        self._inflight.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._inflight.discard(task)
+            self.running[name] -= 1
+            if self.running[name] <= 0:
+                del self.running[name]
+            self._slot_freed.set()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("call %s crashed", call.call_id, exc_info=task.exception())
+
+        task.add_done_callback(done)
+
+    async def _run_call(self, call: LeasedCall) -> None:
+        policy = self.policy_for(call.request.function)
+        now = time.time()
+        if policy.expired(call.created_at, now):
+            error = f"not run: older than max_event_age ({policy.max_event_age:g}s)"
+            await self._end(call, platform_failure(now, error), "fail")
+            return
+        if call.attempt > policy.max_attempts:
+            # Only reachable when the previous attempt was interrupted (a gateway restart):
+            # running it again would exceed the attempts the function allows.
+            error = f"gave up: attempt {call.attempt - 1} of {policy.max_attempts} interrupted"
+            await self._end(call, platform_failure(now, error), "fail")
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(call))
+        try:
+            outcome = await self.invoker.invoke(call)
+        except Exception as exc:  # noqa: BLE001 - an invoker bug must not lose the call
+            log.exception("invoking call %s failed", call.call_id)
+            outcome = InvokeResult(platform_failure(now, f"gateway error: {exc!r}"))
+        finally:
+            heartbeat.cancel()
+        result = outcome.result
+        decision = decide(
+            policy,
+            attempt=call.attempt,
+            created_at=call.created_at,
+            result=result,
+            now=time.time(),
+            retryable=outcome.retryable,
+        )
+        if decision.action == "succeed":
+            await self._end(call, result, "complete")
+        elif decision.action == "retry":
+            assert decision.at is not None
+            await self._end(call, result, "retry", decision.at)
+        else:
+            error = f"{result.error}; {decision.reason}" if result.error else decision.reason
+            await self._end(call, replace(result, error=error), "fail")
+
+    async def _end(
+        self, call: LeasedCall, result: AttemptResult, action: str, at: float = 0.0
+    ) -> None:
+        if action == "complete":
+            kept = await self.queue.complete(call, result)
+            self.completed += 1
+        elif action == "retry":
+            kept = await self.queue.retry(call, result, at)
+            self.retried += 1
+        else:
+            kept = await self.queue.fail(call, result)
+            self.failed += 1
+        if not kept:
+            log.warning(
+                "call %s attempt %d: lease lost before it ended; its result is dropped",
+                call.call_id,
+                call.attempt,
+            )
+
+    async def _heartbeat(self, call: LeasedCall) -> None:
+        period = self.settings.lease_for / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if not await self.queue.extend(call, self.settings.lease_for):
+                    log.warning("call %s: lease lost while running", call.call_id)
+                    return
+            except Exception:  # noqa: BLE001 - keep trying; the lease has slack
+                log.exception("extending the lease of call %s failed", call.call_id)
