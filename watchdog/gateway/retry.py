@@ -94,6 +94,8 @@ class RetryPolicy:
                     codes = _codes(raw)
                 elif key == "jitter":
                     jitter = str(raw).strip().lower()
+                    if jitter not in JITTERS:
+                        raise ValueError("one of " + ", ".join(JITTERS))
                 else:
                     problems.append(f"{prefix}{key}: unknown retry setting")
             except ValueError as exc:
