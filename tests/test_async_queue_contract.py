@@ -431,3 +431,29 @@ def test_wait_for_calls_wakes_on_enqueue(make_queue: MakeQueue) -> None:
             await q.close()
 
     run(body())
+
+
+def test_release_hands_a_call_back_without_counting_the_attempt(make_queue: MakeQueue) -> None:
+    async def body() -> None:
+        q = make_queue()
+        await q.open()
+        try:
+            fresh = await q.enqueue(CallRequest("f"))
+            leased = await lease_one(q)
+            assert await q.release(leased)
+            assert not await q.release(leased)
+            record = await q.get(fresh.call_id)
+            assert record is not None
+            assert (record.status, record.attempts, record.started_at) == ("queued", 0, None)
+            again = await lease_one(q)
+            assert (again.attempt, again.interrupted) == (1, False)
+            await q.retry(again, failure(), time.time())
+            retried = await lease_one(q)
+            assert await q.release(retried)
+            record = await q.get(fresh.call_id)
+            assert record is not None and (record.status, record.attempts) == ("retrying", 1)
+            assert (await lease_one(q)).attempt == 2
+        finally:
+            await q.close()
+
+    run(body())

@@ -231,8 +231,15 @@ class AsyncWorker:
                     lease_for=self.settings.lease_for,
                     skip_functions=self._saturated(),
                 )
+                over: list[LeasedCall] = []
                 for call in batch.calls:
-                    self._start(call)
+                    limit = self.limit_for(call.request.function)
+                    if limit is not None and self.running[call.request.function] >= limit:
+                        over.append(call)  # the batch held more than the function may run
+                    else:
+                        self._start(call)
+                for call in over:
+                    await self.queue.release(call)
                 if len(batch.calls) == free:
                     continue
                 wait = self.settings.poll_interval
@@ -270,7 +277,7 @@ class AsyncWorker:
     async def _run_call(self, call: LeasedCall) -> None:
         policy = self.policy_for(call.request.function)
         now = time.time()
-        if policy.expired(call.created_at, now):
+        if policy.expired(call.due_since, now):
             error = f"not run: older than max_event_age ({policy.max_event_age:g}s)"
             await self._end(call, platform_failure(now, error), "fail")
             return
@@ -292,7 +299,7 @@ class AsyncWorker:
         decision = decide(
             policy,
             attempt=call.attempt,
-            created_at=call.created_at,
+            created_at=call.due_since,
             result=result,
             now=time.time(),
             retryable=outcome.retryable,

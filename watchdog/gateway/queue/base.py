@@ -118,6 +118,12 @@ class LeasedCall:
     def call_id(self) -> str:
         return self.request.call_id
 
+    @property
+    def due_since(self) -> float:
+        """When the call first became due (acceptance plus its delay): the start of its
+        age for ``max_event_age``."""
+        return self.created_at + self.request.delay
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseBatch:
@@ -320,6 +326,11 @@ class QueueBackend(Protocol):
 
     async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
         """Push the lease's expiry to ``lease_for`` seconds from now; False if it was lost."""
+        ...
+
+    async def release(self, lease: LeasedCall) -> bool:
+        """Hand a leased call back unstarted: due again at once, the attempt not counted
+        (a worker leased more calls of a function than it may run at once)."""
         ...
 
     async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:

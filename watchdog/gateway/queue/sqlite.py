@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS calls (
     callback_url TEXT,
     idempotency_key TEXT,
     created_at REAL NOT NULL,
+    delay REAL NOT NULL DEFAULT 0,
     -- unfinished calls only: when queued or retrying, the time it may run; when running,
     -- the lease's expiry (an expired lease makes it due again). NULL once finished.
     due_at REAL,
@@ -128,7 +129,7 @@ _RECORD_COLUMNS = (
 )
 _LEASE_COLUMNS = (
     "seq, call_id, function, status, method, path, query, headers, body, callback_url,"
-    " idempotency_key, created_at, attempts, attempt_started_at"
+    " idempotency_key, created_at, attempts, attempt_started_at, delay"
 )
 _CALLBACK_COLUMNS = (
     "seq, call_id, function, callback_url, status, status_code, response_headers,"
@@ -488,8 +489,8 @@ class SqliteQueue:
                 raise QueueFull(self._depth, self.retry_after)
             conn.execute(
                 "INSERT INTO calls (call_id, function, status, method, path, query, headers,"
-                " body, callback_url, idempotency_key, created_at, due_at, callback_status)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " body, callback_url, idempotency_key, created_at, delay, due_at,"
+                " callback_status) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.call_id,
                     request.function,
@@ -501,6 +502,7 @@ class SqliteQueue:
                     request.callback_url,
                     request.idempotency_key,
                     now,
+                    max(0.0, request.delay),
                     now + max(0.0, request.delay),
                     "waiting" if request.callback_url else None,
                 ),
@@ -557,7 +559,7 @@ class SqliteQueue:
             expires = now + lease_for
             for row in rows:
                 (seq, call_id, function, status, method, path, query, headers, body) = row[:9]
-                (callback_url, key, created_at, attempts, attempt_started_at) = row[9:]
+                (callback_url, key, created_at, attempts, attempt_started_at, delay) = row[9:]
                 interrupted = status == "running"
                 log_sql = "attempt_log"
                 params: builtins.list[Any] = [owner, expires, now, now]
@@ -587,6 +589,7 @@ class SqliteQueue:
                     body=bytes(body or b""),
                     callback_url=callback_url,
                     idempotency_key=key,
+                    delay=delay,
                     call_id=call_id,
                 )
                 leased.append(
@@ -615,6 +618,22 @@ class SqliteQueue:
             return cursor.rowcount == 1
 
         return cast(bool, await self._submit(op))
+
+    async def release(self, lease: LeasedCall) -> bool:
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            # Back to how it was before the lease: never started, or waiting for a retry (an
+            # interrupted attempt stays recorded and counted; this lease's does not).
+            cursor = conn.execute(
+                "UPDATE calls SET attempts = attempts - 1, lease_owner = NULL,"
+                " status = CASE WHEN attempts = 1 THEN 'queued' ELSE 'retrying' END,"
+                " started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,"
+                " due_at = CASE WHEN attempts = 1 THEN created_at + delay ELSE ? END"
+                " WHERE call_id = ? AND status = 'running' AND attempts = ? AND lease_owner = ?",
+                (now, lease.call_id, lease.attempt, lease.owner),
+            )
+            return cursor.rowcount == 1
+
+        return cast(bool, await self._submit(op, wake_calls=True))
 
     async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
         return await self._finish(lease, result, "succeeded", None)
