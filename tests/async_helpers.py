@@ -94,6 +94,18 @@ class Receiver:
                 self._cond.wait(left)
             return list(self.requests)
 
+    def wait_for_calls(self, call_ids: list[str], timeout: float = 15) -> list[Received]:
+        """Wait until a request with ``X-Call-Id`` came for each of ``call_ids`` (callbacks
+        are at-least-once: a call may have more than one)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not set(call_ids) <= {r.headers["X-Call-Id"] for r in self.requests}:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"callbacks missing after {timeout}s")
+                self._cond.wait(left)
+            return list(self.requests)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 from async_helpers import Receiver, run
-from conftest import FIXTURES, PYTHON, free_port
+from conftest import FIXTURES, PYTHON, ROOT, free_port
 
 from watchdog.gateway.callbacks import CallbackDispatcher, CallbackSettings
 from watchdog.gateway.queue.base import ActivationRecord, CallRequest
@@ -304,3 +307,69 @@ def test_a_call_outlasting_its_lease_runs_once_while_its_worker_lives(
 
     assert [r.attempts for r in run(body())] == [1, 1]
     assert len(_runs(state)) == 2
+
+
+def test_calls_running_when_the_worker_process_is_killed_complete_after_a_restart(
+    tmp_path: Path, start_watchdog: Callable[..., object], receiver: Callable[..., Receiver]
+) -> None:
+    url = _flaky(start_watchdog)
+    rec = receiver()
+    db = tmp_path / "q.db"
+    state, started = quote(str(tmp_path / "state")), tmp_path / "started"
+
+    async def enqueue() -> list[str]:
+        queue = SqliteQueue(db)
+        await queue.open()
+        try:
+            ids = []
+            for i in range(4):
+                sleep = 2 if i == 0 else 0
+                query = f"sleep={sleep}&state={state}&started={quote(str(started))}"
+                request = CallRequest("flaky", query=query, callback_url=rec.url)
+                ids.append((await queue.enqueue(request)).call_id)
+            return ids
+        finally:
+            await queue.close()
+
+    ids = run(enqueue())
+
+    def worker() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [PYTHON, str(FIXTURES / "async_worker_proc.py"), str(db), f"flaky={url}"],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        return proc
+
+    first = worker()
+    try:
+        rec.wait_for(3)  # the three quick calls are done; the slow one is running
+        assert len(started.read_text().splitlines()) == 4
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(10)
+    second = worker()
+    try:
+        callbacks = rec.wait_for_calls(ids, timeout=20)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+
+    # Every accepted call's callback arrived; one cut off by the kill may arrive twice.
+    assert {r.headers["X-Call-Id"] for r in callbacks} == set(ids)
+
+    async def slow_record() -> ActivationRecord | None:
+        queue = SqliteQueue(db)
+        await queue.open()
+        try:
+            return await queue.get(ids[0])
+        finally:
+            await queue.close()
+
+    record = run(slow_record())
+    assert record is not None and (record.status, record.attempts) == ("succeeded", 2)
+    interrupted, done = record.attempt_log
+    assert interrupted.error_kind == "platform" and "interrupted" in (interrupted.error or "")
+    assert done.status_code == 200
