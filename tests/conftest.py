@@ -13,7 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
+
+from watchdog.forkserver import NAME as FORK_SERVER_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -86,6 +89,18 @@ class RunningWatchdog:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def leftovers(watchdog_pid: int) -> list[psutil.Process]:
+    """Descendants of the watchdog other than its fork server: orphans, zombies, stray work."""
+    found = []
+    for proc in psutil.Process(watchdog_pid).children(recursive=True):
+        try:
+            if proc.name() != FORK_SERVER_NAME:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def watchdog_env(tmpdir: Path, **env: str) -> dict[str, str]:

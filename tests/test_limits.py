@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import FIXTURES, PYTHON, RunningWatchdog
+from conftest import FIXTURES, PYTHON, RunningWatchdog, leftovers
 
 
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -117,12 +117,7 @@ def test_orphaned_grandchildren_are_reaped(start_watchdog) -> None:
     wd = start_watchdog(fprocess=f"sh -c '{orphan}'")
     for _ in range(10):
         assert wd.request("GET", "/").text == "started\n"
-    watchdog = psutil.Process(wd.proc.pid)
-
-    def no_zombies_or_orphans() -> bool:
-        return not watchdog.children()
-
-    _wait_for(no_zombies_or_orphans, timeout=10, what="orphans reaped")
+    _wait_for(lambda: not leftovers(wd.proc.pid), timeout=10, what="orphans reaped")
 
 
 def test_leftover_holding_stdout_does_not_hold_the_response(start_watchdog) -> None:
@@ -131,7 +126,7 @@ def test_leftover_holding_stdout_does_not_hold_the_response(start_watchdog) -> N
     reply = wd.request("GET", "/")
     assert reply.text == "quick\n"
     assert time.monotonic() - started < 10
-    _wait_for(lambda: not psutil.Process(wd.proc.pid).children(), what="leftover killed")
+    _wait_for(lambda: not leftovers(wd.proc.pid), what="leftover killed")
 
 
 def test_client_disconnect_kills_the_handler(start_watchdog) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from conftest import RunningWatchdog, wait_until_serving, watchdog_env
+from conftest import RunningWatchdog, leftovers, wait_until_serving, watchdog_env
 from test_limits import _wait_for
 
 needs_namespaces = pytest.mark.skipif(
@@ -39,7 +38,7 @@ def test_as_pid_1_orphans_are_reaped_and_sigterm_drains(tmp_path: Path) -> None:
         pid1 = psutil.Process(proc.pid).children()[0]  # the watchdog, PID 1 inside
         for _ in range(10):
             assert wd.request("GET", "/").text == "started\n"
-        _wait_for(lambda: not pid1.children(), timeout=10, what="orphans reaped by PID 1")
+        _wait_for(lambda: not leftovers(pid1.pid), timeout=10, what="orphans reaped in the ns")
         pid1.terminate()  # SIGTERM to PID 1: handled, not ignored
         started = time.monotonic()
         assert proc.wait(15) == 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..cgi import CGIHead, CGIHeaderError, parse_head, request_env
+from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..limits import BodyTimeout, ClientStalled, read_body, seconds_or_none, within_write_timeout
 from ..logs import FunctionLog, LineSplitter
@@ -75,6 +75,7 @@ class ForkRunner:
     async def start(self) -> None:
         # Fail at start, not on every request, when the handler program does not exist.
         self.program = resolve_program(self.config.fprocess, self._base_env.get("PATH"))
+        self.processes.start_fork_server(self.program, self.config.fprocess, self._base_env)
         log.info("Forking %s per request (mode %s)", self.program, self.config.mode)
 
     def healthy(self) -> bool:
@@ -96,11 +97,8 @@ class ForkRunner:
             except BodyTimeout:
                 return self._body_timeout(started)
         try:
-            child = self.processes.spawn(
-                self.program,
-                self.config.fprocess,
-                self._env(request),
-                merge_stderr=self.config.combine_output,
+            child = await self.processes.spawn_handler(
+                self._request_env(request), merge_stderr=self.config.combine_output
             )
         except SpawnError as exc:
             log.error("%s", exc)
@@ -122,11 +120,10 @@ class ForkRunner:
         finally:
             await call.finish()
 
-    def _env(self, request: web.BaseRequest) -> dict[str, str]:
+    def _request_env(self, request: web.BaseRequest) -> dict[str, str]:
         if not self.config.cgi_headers:
-            return self._base_env
-        return request_env(
-            self._base_env,
+            return {}
+        return request_variables(
             request.method,
             request.path,
             request.rel_url.raw_query_string,
