@@ -48,6 +48,22 @@ RESET_SIGNALS = (
 )
 
 
+def spawn_in_own_group(
+    program: str, argv: Sequence[str], env: Mapping[str, str], fds: Sequence[int]
+) -> int:
+    """``posix_spawn`` with ``fds`` as stdin, stdout and stderr, in a new process group, with
+    default signal dispositions and an empty signal mask. Raises OSError."""
+    return os.posix_spawn(
+        program,
+        list(argv),
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+        setpgroup=0,
+        setsigdef=RESET_SIGNALS,
+        setsigmask=(),
+    )
+
+
 class ForkServerError(Exception):
     """The fork server refused a spawn (its reason is the message) or is gone."""
 
@@ -205,17 +221,8 @@ def _spawn_one(  # pragma: no cover
         for entry in payload.split(b"\0"):
             key, _, value = entry.decode("utf-8", "surrogateescape").partition("=")
             env[key] = value
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
     try:
-        pid = os.posix_spawn(
-            program,
-            argv,
-            env,
-            file_actions=actions,
-            setpgroup=0,
-            setsigdef=RESET_SIGNALS,
-            setsigmask=(),
-        )
+        pid = spawn_in_own_group(program, argv, env, fds)
     except OSError as exc:
         return _FAILED + f"cannot start {argv[0]!r}: {exc.strerror}".encode()
     finally:

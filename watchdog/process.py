@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .forkserver import RESET_SIGNALS, ForkServer, ForkServerError
+from .forkserver import ForkServer, ForkServerError, spawn_in_own_group
 
 log = logging.getLogger("watchdog.process")
 
@@ -139,17 +139,8 @@ class ProcessTable:
             SpawnError: the program could not be executed.
         """
         pipes = _Pipes(merge_stderr)
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(pipes.child_fds)]
         try:
-            pid = os.posix_spawn(
-                program,
-                list(argv),
-                env,
-                file_actions=actions,
-                setpgroup=0,
-                setsigdef=RESET_SIGNALS,
-                setsigmask=(),
-            )
+            pid = spawn_in_own_group(program, argv, env, pipes.child_fds)
         except OSError as exc:
             for fd in pipes.parent_fds:
                 os.close(fd)
