@@ -27,7 +27,9 @@ def test_as_pid_1_orphans_are_reaped_and_sigterm_drains(tmp_path: Path) -> None:
     log_path = tmp_path / "watchdog.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "watchdog"],
+            # --kill-child: if the test kills unshare, PID 1 of the namespace dies with it.
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+            + [sys.executable, "-m", "watchdog"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
