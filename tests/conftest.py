@@ -159,6 +159,15 @@ def start_watchdog(tmp_path: Path) -> Iterator[object]:
 
     yield start
     for wd in started:
-        if wd.proc.poll() is None:
-            wd.proc.kill()
-        wd.proc.wait(10)
+        stop_process(wd.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (so the watchdog stops its own children), SIGKILL if that takes too long."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(10)
