@@ -136,3 +136,13 @@ def test_client_disconnect_kills_the_handler(start_watchdog) -> None:
         _wait_for(lambda: "fwatchdog_handlers_running 1.0" in wd.metrics(), what="running")
     _wait_for(lambda: "fwatchdog_handlers_running 0.0" in wd.metrics(), what="handler killed")
     assert 'fwatchdog_handlers_killed_total{reason="request_ended"} 1.0' in wd.metrics()
+
+
+def test_a_dead_fork_server_makes_the_watchdog_unhealthy(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat")
+    (helper,) = [p for p in psutil.Process(wd.proc.pid).children() if p.name() == "fw-spawner"]
+    helper.kill()
+    _wait_for(lambda: wd.request("GET", "/_/health").status == 503, what="unhealthy")
+    reply = wd.request("POST", "/", body=b"x")
+    assert reply.status == 500 and "fork server" in reply.text
+    wd.wait_for_log("the fork server")

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import select
 import signal
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+
+log = logging.getLogger("watchdog.forkserver")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -119,10 +123,16 @@ class ForkServer:
         self._pending.append((waiter, on_exit))
         return await waiter
 
+    @property
+    def alive(self) -> bool:
+        return self._sock.fileno() >= 0
+
     def close(self) -> None:
-        """Stop the helper (it exits when its socket closes) and fail pending spawns."""
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        """Stop the helper (it exits when its socket closes), reap it, fail pending spawns."""
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        _reap(self.pid)
         while self._pending:
             waiter, _ = self._pending.popleft()
             if not waiter.done():
@@ -135,6 +145,7 @@ class ForkServer:
             except BlockingIOError:
                 return
             if not message:
+                log.error("the fork server (pid %d) has gone: no handler can be started", self.pid)
                 self.close()
                 return
             self._dispatch(message)
@@ -158,6 +169,20 @@ class ForkServer:
             return
         self._on_exit[pid] = on_exit
         waiter.set_result(pid)
+
+
+def _reap(pid: int, patience: float = 2.0) -> None:
+    """Wait briefly for the helper to exit after its socket closed; kill it if it does not."""
+    deadline = time.monotonic() + patience
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.005)
+    except ChildProcessError:
+        pass  # already reaped
 
 
 def _kill_group(pid: int) -> None:

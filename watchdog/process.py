@@ -110,6 +110,11 @@ class ProcessTable:
         """Fork the helper that :meth:`spawn_handler` uses (see :mod:`watchdog.forkserver`)."""
         self._fork_server = ForkServer.start(program, argv, env)
 
+    @property
+    def can_spawn_handlers(self) -> bool:
+        """False once the fork server has died: the watchdog then reports itself unhealthy."""
+        return self._fork_server is not None and self._fork_server.alive
+
     def close(self) -> None:
         if self._fork_server is not None:
             self._fork_server.close()

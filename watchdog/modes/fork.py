@@ -79,7 +79,7 @@ class ForkRunner:
         log.info("Forking %s per request (mode %s)", self.program, self.config.mode)
 
     def healthy(self) -> bool:
-        return True
+        return self.processes.can_spawn_handlers
 
     async def ready(self) -> bool:
         return True
