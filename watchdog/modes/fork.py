@@ -194,7 +194,8 @@ class _Call:
         responding = asyncio.ensure_future(self._respond())
         try:
             await asyncio.wait({responding, feeder}, return_when=asyncio.FIRST_COMPLETED)
-            if not responding.done() and (error := feeder.exception()) is not None:
+            # A body that stopped arriving wins over whatever the handler made of part of it.
+            if feeder.done() and (error := feeder.exception()) is not None:
                 raise error
             return await responding
         finally:
@@ -202,22 +203,22 @@ class _Call:
             responding.cancel()
 
     async def _feed_stdin(self, body: bytes | None, prefix: bytes) -> None:
+        """Copy the body to stdin and close it. On a body timeout stdin stays open: the handler
+        is killed rather than shown a truncated body as if it were complete."""
         fd = self.child.stdin
         assert fd is not None
-        try:
-            if body is not None:
-                await write_all(fd, body)
-                return
-            async with asyncio.timeout_at(self.read_deadline):
-                chunk = prefix or await self.request.content.readany()
-                while chunk:
-                    if not await write_all(fd, chunk):
-                        return  # the handler closed stdin: the rest of the body is not wanted
-                    chunk = await self.request.content.readany()
-        except TimeoutError:
-            raise BodyTimeout from None
-        finally:
-            self.child.close_fd(fd)
+        if body is not None:
+            await write_all(fd, body)
+        else:
+            try:
+                async with asyncio.timeout_at(self.read_deadline):
+                    chunk = prefix or await self.request.content.readany()
+                    # write_all is False once the handler closed stdin: the rest is not wanted.
+                    while chunk and await write_all(fd, chunk):
+                        chunk = await self.request.content.readany()
+            except TimeoutError:
+                raise BodyTimeout from None
+        self.child.close_fd(fd)
 
     # -- the response ---------------------------------------------------------------------
 
