@@ -196,3 +196,12 @@ def test_many_quick_handlers_that_ignore_stdin(start_watchdog) -> None:
     for _ in range(100):
         reply = wd.request("POST", "/", body=iter([b"ab", b"cd"]), timeout=10)  # type: ignore[arg-type]
         assert reply.status == 200 and "Http_Method=POST" in reply.text
+
+
+@pytest.mark.parametrize("mode", FORK_MODES)
+def test_a_body_larger_than_the_pipe_buffer_arrives_intact(start_watchdog, mode: str) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB, 16 times a pipe's buffer
+    wd = start_watchdog(fprocess="cat", mode=mode)
+    reply = wd.request("POST", "/", body=body)
+    assert reply.status == 200
+    assert len(reply.body) == len(body) and reply.body == body

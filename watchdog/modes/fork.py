@@ -175,18 +175,20 @@ class _Call:
             prefix = self.request.content.read_nowait()
             if self.request.content.is_eof():
                 body = prefix
-        if body is not None and self._write_stdin_now(body):
-            return await self._respond()
+        if body is not None:
+            body = self._write_stdin_now(body)
+            if not body:
+                return await self._respond()
         return await self._respond_while_feeding(body, prefix)
 
-    def _write_stdin_now(self, body: bytes) -> bool:
-        """Write ``body`` without waiting if the pipe has room for it; True when done."""
+    def _write_stdin_now(self, body: bytes) -> bytes:
+        """Write what the pipe takes without waiting; return the rest (stdin closed if none)."""
         fd = self.child.stdin
         assert fd is not None
-        if body and write_now(fd, body) < len(body):
-            return False
-        self.child.close_fd(fd)
-        return True
+        rest = body[write_now(fd, body) :] if body else b""
+        if not rest:
+            self.child.close_fd(fd)
+        return rest
 
     async def _respond_while_feeding(self, body: bytes | None, prefix: bytes) -> web.StreamResponse:
         """Respond while a task feeds stdin; a body that stops arriving ends the request (408)."""
