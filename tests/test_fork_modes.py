@@ -205,3 +205,14 @@ def test_a_body_larger_than_the_pipe_buffer_arrives_intact(start_watchdog, mode:
     reply = wd.request("POST", "/", body=body)
     assert reply.status == 200
     assert len(reply.body) == len(body) and reply.body == body
+
+
+def test_cgi_head_and_body_written_apart_stream_whole(start_watchdog) -> None:
+    script = (
+        "import sys, time; sys.stdout.write('Status: 202 Accepted\\n\\n'); sys.stdout.flush(); "
+        "time.sleep(0.3); sys.stdout.write('later body')"
+    )
+    wd = start_watchdog(fprocess=f'{PYTHON} -c "{script}"', mode="streaming", cgi_response="1")
+    reply = wd.request("GET", "/")
+    assert reply.status == 202
+    assert reply.text == "later body"

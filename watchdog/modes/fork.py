@@ -277,9 +277,10 @@ class _Call:
         fd = self.child.stdout
         assert fd is not None
         chunk = bytes(output[head.body_offset :]) if head else bytes(output)
-        while chunk:
+        if chunk:
             await within_write_timeout(response.write(chunk), write_timeout)
-            chunk = await read_chunk(fd)
+        while chunk := await read_chunk(fd):
+            await within_write_timeout(response.write(chunk), write_timeout)
         self._close_stdout()
         returncode = await self.child.exited
         self._count_exit(returncode)
