@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -9,6 +10,7 @@ import threading
 import time
 import uuid
 
+import pytest
 from conftest import Reply
 
 from .conftest import World
@@ -153,6 +155,35 @@ def test_the_request_body_streams_to_the_function_and_back(world: World) -> None
             chunk = sock.recv(65536)
             assert chunk, received
             received += chunk
+
+
+def test_a_function_breaking_off_cuts_the_callers_connection(world: World) -> None:
+    with pytest.raises(http.client.IncompleteRead) as info:
+        world.gateway.request("GET", "/function/web/break")
+    assert info.value.partial == b"partial\n"
+    assert world.gateway.request("GET", "/function/web/status/200").status == 200
+
+
+def test_a_caller_going_away_mid_answer_counts_as_499(world: World) -> None:
+    warnings = world.gateway.logs().count("broke off")
+    with socket.create_connection(("127.0.0.1", world.gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /function/web/drip HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b"first\n" not in received:
+            received += sock.recv(65536)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        total = metric(
+            world.gateway.metrics(),
+            "gateway_function_invocation_total",
+            function_name="web.openfaas-fn",
+            code="499",
+        )
+        if total:
+            break
+        time.sleep(0.05)
+    assert total == 1
+    assert world.gateway.logs().count("broke off") == warnings  # not blamed on the function
 
 
 # -- names and namespaces ------------------------------------------------------------------

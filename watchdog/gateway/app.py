@@ -31,7 +31,15 @@ from aiohttp import web
 from .. import __version__
 from ..responses import INTERNAL_HEADER
 from .config import GatewayConfig
-from .invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, Call, InvokeError, Invoker
+from .invoke import (
+    CALL_ID_HEADER,
+    CLIENT_GONE,
+    DURATION_HEADER,
+    START_TIME_HEADER,
+    Call,
+    InvokeError,
+    Invoker,
+)
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 
@@ -127,6 +135,7 @@ class GatewayApp:
         try:
             function = self.invoker.resolve(unquote(segment))
             call = Call.from_request(request, target)
+            fn_key = function.key
             async with self.invoker.invoke(function, call) as invocation:
                 response = web.StreamResponse(
                     status=invocation.upstream.status, reason=invocation.upstream.reason
@@ -136,22 +145,32 @@ class GatewayApp:
                 length = invocation.upstream.content_length
                 if length is not None:
                     response.content_length = length
+                upstream = invocation.upstream
                 try:
                     await response.prepare(request)
-                    upstream = invocation.upstream
                     if request.method != "HEAD":
-                        while chunk := await upstream.content.readany():
+                        while True:
+                            try:
+                                chunk = await upstream.content.readany()
+                            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+                                # Status and headers are out: only an incomplete answer can
+                                # tell the caller that the function broke off.
+                                log.warning("function %s broke off its response: %s", fn_key, e)
+                                _abort(request)
+                                return response
+                            if not chunk:
+                                break
                             await response.write(chunk)
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                    # Status and headers are out: only an incomplete answer can say it broke.
-                    log.warning("function %s broke off its response: %s", function.key, exc)
-                    _abort(request)
-                    return response
+                    await response.write_eof()
                 except TimeoutError:
                     log.warning("function %s timed out while answering", function.key)
                     _abort(request)
                     raise
-                await response.write_eof()
+                except ConnectionError:
+                    # The caller went away (aiohttp's ClientConnectionResetError is also a
+                    # ConnectionError): nobody to answer.
+                    invocation.status = CLIENT_GONE
+                    _abort(request)
                 return response
         except InvokeError as exc:
             return _invoke_error(exc, call)

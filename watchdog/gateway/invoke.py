@@ -104,13 +104,18 @@ async def _stream_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
 
 @dataclass(slots=True)
 class Invocation:
-    """A call in progress whose response headers have arrived; read ``upstream`` for the body."""
+    """A call in progress whose response headers have arrived; read ``upstream`` for the body.
+
+    ``status`` is what the metrics record: the function's status unless the reader sets
+    another (e.g. 499 when its own client went away).
+    """
 
     function: Function
     call: Call
     upstream: aiohttp.ClientResponse
     started: float
     headers_after: float
+    status: int = 0
 
     def response_headers(self) -> CIMultiDict[str]:
         """The function's end-to-end headers plus the call id, start time and the duration
@@ -225,9 +230,13 @@ class Invoker:
                         function=function,
                     ) from None
                 status, answered = upstream.status, True
+                invocation = Invocation(
+                    function, call, upstream, started, time.monotonic() - started, status
+                )
                 try:
-                    yield Invocation(function, call, upstream, started, time.monotonic() - started)
+                    yield invocation
                 finally:
+                    status = invocation.status
                     upstream.release()
         except TimeoutError:
             # asyncio.timeout turns its cancellation into TimeoutError only here, on leaving
