@@ -13,7 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
+
+from watchdog.forkserver import NAME as FORK_SERVER_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -88,6 +91,18 @@ class RunningWatchdog:
         return self.proc.wait(timeout)
 
 
+def leftovers(watchdog_pid: int) -> list[psutil.Process]:
+    """Descendants of the watchdog other than its fork server: orphans, zombies, stray work."""
+    found = []
+    for proc in psutil.Process(watchdog_pid).children(recursive=True):
+        try:
+            if proc.name() != FORK_SERVER_NAME:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def watchdog_env(tmpdir: Path, **env: str) -> dict[str, str]:
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -144,6 +159,15 @@ def start_watchdog(tmp_path: Path) -> Iterator[object]:
 
     yield start
     for wd in started:
-        if wd.proc.poll() is None:
-            wd.proc.kill()
-        wd.proc.wait(10)
+        stop_process(wd.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (so the watchdog stops its own children), SIGKILL if that takes too long."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(10)

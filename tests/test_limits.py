@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import FIXTURES, PYTHON, RunningWatchdog
+from conftest import FIXTURES, PYTHON, RunningWatchdog, leftovers
 
 
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -117,12 +117,7 @@ def test_orphaned_grandchildren_are_reaped(start_watchdog) -> None:
     wd = start_watchdog(fprocess=f"sh -c '{orphan}'")
     for _ in range(10):
         assert wd.request("GET", "/").text == "started\n"
-    watchdog = psutil.Process(wd.proc.pid)
-
-    def no_zombies_or_orphans() -> bool:
-        return not watchdog.children()
-
-    _wait_for(no_zombies_or_orphans, timeout=10, what="orphans reaped")
+    _wait_for(lambda: not leftovers(wd.proc.pid), timeout=10, what="orphans reaped")
 
 
 def test_leftover_holding_stdout_does_not_hold_the_response(start_watchdog) -> None:
@@ -131,7 +126,7 @@ def test_leftover_holding_stdout_does_not_hold_the_response(start_watchdog) -> N
     reply = wd.request("GET", "/")
     assert reply.text == "quick\n"
     assert time.monotonic() - started < 10
-    _wait_for(lambda: not psutil.Process(wd.proc.pid).children(), what="leftover killed")
+    _wait_for(lambda: not leftovers(wd.proc.pid), what="leftover killed")
 
 
 def test_client_disconnect_kills_the_handler(start_watchdog) -> None:
@@ -141,3 +136,13 @@ def test_client_disconnect_kills_the_handler(start_watchdog) -> None:
         _wait_for(lambda: "fwatchdog_handlers_running 1.0" in wd.metrics(), what="running")
     _wait_for(lambda: "fwatchdog_handlers_running 0.0" in wd.metrics(), what="handler killed")
     assert 'fwatchdog_handlers_killed_total{reason="request_ended"} 1.0' in wd.metrics()
+
+
+def test_a_dead_fork_server_makes_the_watchdog_unhealthy(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat")
+    (helper,) = [p for p in psutil.Process(wd.proc.pid).children() if p.name() == "fw-spawner"]
+    helper.kill()
+    _wait_for(lambda: wd.request("GET", "/_/health").status == 503, what="unhealthy")
+    reply = wd.request("POST", "/", body=b"x")
+    assert reply.status == 500 and "fork server" in reply.text
+    wd.wait_for_log("the fork server")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -21,14 +21,13 @@ def header_env_name(name: str) -> str | None:
     return env_name if _ENV_NAME.match(env_name) else None
 
 
-def request_env(
-    base: Mapping[str, str],
+def request_variables(
     method: str,
     path: str,
     query: str,
     headers: Iterable[tuple[str, str]],
 ) -> dict[str, str]:
-    """The handler's environment: the watchdog's own plus ``Http_*`` request metadata.
+    """The ``Http_*`` variables describing a request, added to the handler's environment.
 
     Repeated headers are joined with ``, `` (RFC 9110 5.3). Names that cannot be variable names and
     values containing NUL bytes are dropped rather than passed on mangled.
@@ -40,16 +39,14 @@ def request_env(
             continue
         previous = meta.get(env_name)
         meta[env_name] = value if previous is None else f"{previous}, {value}"
-    env = dict(base)
-    env.update(meta)
     # After the headers, so that a header called "Method" cannot impersonate them.
-    env["Http_Method"] = method
-    env["Http_Path"] = path if "\0" not in path else ""
+    meta["Http_Method"] = method
+    meta["Http_Path"] = path if "\0" not in path else ""
     if query:
-        env["Http_Query"] = query
+        meta["Http_Query"] = query
     else:
-        env.pop("Http_Query", None)
-    return env
+        meta.pop("Http_Query", None)
+    return meta
 
 
 class CGIHeaderError(Exception):

@@ -1,4 +1,5 @@
-"""Command line: a bare ``fwatchdog`` is the container entry point; subcommands come later.
+"""Command line: a bare ``fwatchdog`` is the container entry point; ``fwatchdog gateway``
+runs the gateway.
 
 This is the only module that prints or chooses exit codes. Exit status 2 means the
 configuration is invalid; 1 means the watchdog could not start or failed while running.
@@ -10,9 +11,13 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, WatchdogConfig
+
+if TYPE_CHECKING:
+    from .gateway.config import GatewayConfig
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -27,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args and args[0] in ("-run-healthcheck", "--run-healthcheck"):
         return _run_healthcheck(os.environ)
+    if args and args[0] == "gateway":
+        return run_gateway(args[1:], os.environ)
     if args:
         print(f"fwatchdog: unknown argument {args[0]!r}", file=sys.stderr)
         return EXIT_CONFIG
@@ -68,6 +75,41 @@ def _serve(config: WatchdogConfig) -> int:
         return EXIT_START
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        return EXIT_START
+    return 0
+
+
+def run_gateway(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """``fwatchdog gateway [flags]``: parse flags over ``env`` and serve until told to stop."""
+    from .gateway.config import GatewayConfig, usage
+
+    if any(arg in ("-h", "--help", "-help") for arg in argv):
+        print(usage())
+        return 0
+    try:
+        config = GatewayConfig.from_args(argv, env)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fwatchdog gateway: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .logs import setup_logging
+
+    setup_logging(config.log_format)
+    return _serve_gateway(config)
+
+
+def _serve_gateway(config: GatewayConfig) -> int:
+    import uvloop
+
+    from .gateway.server import Gateway
+
+    async def serve() -> None:
+        await Gateway(config).serve()
+
+    try:
+        uvloop.run(serve())
+    except OSError as exc:
+        log.error("cannot start the gateway: %s", exc)
         return EXIT_START
     return 0
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .forkserver import ForkServer, ForkServerError, spawn_in_own_group
+
 log = logging.getLogger("watchdog.process")
 
 _PR_SET_CHILD_SUBREAPER = 36
 _ORPHAN_SWEEP_SECONDS = 1.0
-# Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals ignored, so reset them or a
-# handler such as `cat` would not die when its reader goes away.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_EXIT_REPORT_SECONDS = 5.0  # after SIGKILL; only a lost fork server would take longer
 
 
 class SpawnError(Exception):
@@ -96,6 +96,7 @@ class ProcessTable:
         self._loop = asyncio.get_running_loop()
         self._children: dict[int, Child] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._fork_server: ForkServer | None = None
         self.started_total = 0
         self.cpu_seconds_total = 0.0
 
@@ -105,7 +106,19 @@ class ProcessTable:
             _become_subreaper()
         self._sweeper = self._loop.call_later(_ORPHAN_SWEEP_SECONDS, self._sweep)
 
+    def start_fork_server(self, program: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Fork the helper that :meth:`spawn_handler` uses (see :mod:`watchdog.forkserver`)."""
+        self._fork_server = ForkServer.start(program, argv, env)
+
+    @property
+    def can_spawn_handlers(self) -> bool:
+        """False once the fork server has died: the watchdog then reports itself unhealthy."""
+        return self._fork_server is not None and self._fork_server.alive
+
     def close(self) -> None:
+        if self._fork_server is not None:
+            self._fork_server.close()
+            self._fork_server = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -130,38 +143,56 @@ class ProcessTable:
         Raises:
             SpawnError: the program could not be executed.
         """
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = (None, out_w) if merge_stderr else os.pipe2(os.O_CLOEXEC)
-        actions = [
-            (os.POSIX_SPAWN_DUP2, in_r, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
-        ]
+        pipes = _Pipes(merge_stderr)
         try:
-            pid = os.posix_spawn(
-                program,
-                list(argv),
-                env,
-                file_actions=actions,
-                setpgroup=0,
-                setsigdef=_RESET_SIGNALS,
-                setsigmask=(),
-            )
+            pid = spawn_in_own_group(program, argv, env, pipes.child_fds)
         except OSError as exc:
-            for fd in {in_r, in_w, out_r, out_w, err_w} | ({err_r} if err_r else set()):
+            for fd in pipes.parent_fds:
                 os.close(fd)
             raise SpawnError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
-        for fd in {in_r, out_w, err_w}:
-            os.close(fd)
-        parent_fds = [in_w, out_r] + ([err_r] if err_r is not None else [])
-        for fd in parent_fds:
-            os.set_blocking(fd, False)
-        child = Child(pid, in_w, out_r, err_r, self._loop.create_future(), _fds=parent_fds)
+        finally:
+            pipes.close_child_ends()
+        child = Child(pid, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
+        child._fds = pipes.parent_fds
         self._watch_exit(child)
         self._children[pid] = child
         self.started_total += 1
         return child
+
+    async def spawn_handler(self, extra_env: Mapping[str, str], *, merge_stderr: bool) -> Child:
+        """Start one more copy of the fork server's program, with ``extra_env`` added.
+
+        Like :meth:`spawn`, but the exec happens in the fork server, so the event loop is not
+        suspended for it.
+
+        Raises:
+            SpawnError: the program could not be executed.
+        """
+        assert self._fork_server is not None, "start_fork_server() first"
+        pipes = _Pipes(merge_stderr)
+        child = Child(0, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
+        child._fds = pipes.parent_fds
+        try:
+            child.pid = await self._fork_server.spawn(
+                extra_env, pipes.child_fds, lambda status, cpu: self._exited(child, status, cpu)
+            )
+        except (ForkServerError, asyncio.CancelledError) as exc:
+            child.close_pipes()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise SpawnError(str(exc)) from exc
+        finally:
+            pipes.close_child_ends()
+        self._children[child.pid] = child
+        self.started_total += 1
+        return child
+
+    def _exited(self, child: Child, status: int, cpu_seconds: float) -> None:
+        child.cpu_seconds = cpu_seconds
+        self.cpu_seconds_total += cpu_seconds
+        self._children.pop(child.pid, None)
+        if not child.exited.done():
+            child.exited.set_result(os.waitstatus_to_exitcode(status))
 
     def _watch_exit(self, child: Child) -> None:
         pidfd = os.pidfd_open(child.pid)
@@ -171,11 +202,7 @@ class ProcessTable:
         self._loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status, usage = os.wait4(child.pid, 0)
-        child.cpu_seconds = usage.ru_utime + usage.ru_stime
-        self.cpu_seconds_total += child.cpu_seconds
-        del self._children[child.pid]
-        if not child.exited.done():
-            child.exited.set_result(os.waitstatus_to_exitcode(status))
+        self._exited(child, status, usage.ru_utime + usage.ru_stime)
 
     async def kill_tree(self, child: Child, grace: float) -> None:
         """SIGTERM the child's process group and descendants that left it, SIGKILL after grace.
@@ -193,7 +220,10 @@ class ProcessTable:
         # Always follow with SIGKILL: members of the group may ignore SIGTERM even when the
         # child itself obeyed it.
         _signal_tree(child.pid, strays, signal.SIGKILL)
-        await asyncio.shield(child.exited)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), _EXIT_REPORT_SECONDS)
+        except TimeoutError:
+            log.error("no exit reported for pid %d after SIGKILL", child.pid)
 
     async def kill_all(self, grace: float) -> None:
         await asyncio.gather(*(self.kill_tree(c, grace) for c in self.running))
@@ -207,13 +237,37 @@ class ProcessTable:
             children = psutil.Process().children()
         except psutil.Error:
             return
+        helper = self._fork_server.pid if self._fork_server else None
         for proc in children:
-            if proc.pid in self._children:
+            if proc.pid in self._children or proc.pid == helper:
                 continue
             try:
                 os.waitpid(proc.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+class _Pipes:
+    """The three pipes of a child: our non-blocking ends and the child's ends."""
+
+    def __init__(self, merge_stderr: bool) -> None:
+        in_r, self.stdin = os.pipe2(os.O_CLOEXEC)
+        self.stdout, out_w = os.pipe2(os.O_CLOEXEC)
+        self.stderr: int | None
+        if merge_stderr:
+            self.stderr, err_w = None, out_w
+        else:
+            self.stderr, err_w = os.pipe2(os.O_CLOEXEC)
+        self.child_fds = (in_r, out_w, err_w)
+        self.parent_fds = [self.stdin, self.stdout] + (
+            [self.stderr] if self.stderr is not None else []
+        )
+        for fd in self.parent_fds:
+            os.set_blocking(fd, False)
+
+    def close_child_ends(self) -> None:
+        for fd in set(self.child_fds):
+            os.close(fd)
 
 
 def _descendants_outside_group(pid: int) -> list[psutil.Process]:

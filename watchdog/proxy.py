@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 HOP_BY_HOP = frozenset(
     {
@@ -33,6 +34,9 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 CHUNK = 65536
+# Headers aiohttp's client adds when the request has none. A proxy must not invent them: an
+# added Accept-Encoding makes the upstream compress for a client that never asked for it.
+CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class UpstreamError(Exception):
@@ -72,7 +76,7 @@ async def _stream_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
 async def open_upstream(
     session: aiohttp.ClientSession,
     request: web.BaseRequest,
-    url: str,
+    url: str | URL,
     *,
     buffer_body: bool = False,
     extra_headers: Mapping[str, str] | None = None,
@@ -81,7 +85,9 @@ async def open_upstream(
 
     The body streams unless ``buffer_body`` (then it is read whole and sent with a length). A
     known Content-Length is kept either way, so the upstream sees no chunked upload it did not
-    get from the client.
+    get from the client. A ``str`` ``url`` is taken as already percent-encoded and sent as it
+    is (yarl would otherwise re-quote it: ``%7e`` would become ``~``, ``%zz`` ``%25zz``), so a
+    raw path and query from the client reach the upstream unchanged.
 
     Raises:
         UpstreamError: the connection failed before the response headers.
@@ -99,11 +105,12 @@ async def open_upstream(
     try:
         return await session.request(
             request.method,
-            url,
+            URL(url, encoded=True) if isinstance(url, str) else url,
             headers=headers,
             data=data,
             allow_redirects=False,
             auto_decompress=False,
+            skip_auto_headers=CLIENT_AUTO_HEADERS,
         )
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise UpstreamError(str(exc) or exc.__class__.__name__) from exc

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..cgi import CGIHead, CGIHeaderError, parse_head, request_env
+from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..limits import BodyTimeout, ClientStalled, read_body, seconds_or_none, within_write_timeout
 from ..logs import FunctionLog, LineSplitter
@@ -75,10 +75,11 @@ class ForkRunner:
     async def start(self) -> None:
         # Fail at start, not on every request, when the handler program does not exist.
         self.program = resolve_program(self.config.fprocess, self._base_env.get("PATH"))
+        self.processes.start_fork_server(self.program, self.config.fprocess, self._base_env)
         log.info("Forking %s per request (mode %s)", self.program, self.config.mode)
 
     def healthy(self) -> bool:
-        return True
+        return self.processes.can_spawn_handlers
 
     async def ready(self) -> bool:
         return True
@@ -96,11 +97,8 @@ class ForkRunner:
             except BodyTimeout:
                 return self._body_timeout(started)
         try:
-            child = self.processes.spawn(
-                self.program,
-                self.config.fprocess,
-                self._env(request),
-                merge_stderr=self.config.combine_output,
+            child = await self.processes.spawn_handler(
+                self._request_env(request), merge_stderr=self.config.combine_output
             )
         except SpawnError as exc:
             log.error("%s", exc)
@@ -122,11 +120,10 @@ class ForkRunner:
         finally:
             await call.finish()
 
-    def _env(self, request: web.BaseRequest) -> dict[str, str]:
+    def _request_env(self, request: web.BaseRequest) -> dict[str, str]:
         if not self.config.cgi_headers:
-            return self._base_env
-        return request_env(
-            self._base_env,
+            return {}
+        return request_variables(
             request.method,
             request.path,
             request.rel_url.raw_query_string,
@@ -178,18 +175,20 @@ class _Call:
             prefix = self.request.content.read_nowait()
             if self.request.content.is_eof():
                 body = prefix
-        if body is not None and self._write_stdin_now(body):
-            return await self._respond()
+        if body is not None:
+            body = self._write_stdin_now(body)
+            if not body:
+                return await self._respond()
         return await self._respond_while_feeding(body, prefix)
 
-    def _write_stdin_now(self, body: bytes) -> bool:
-        """Write ``body`` without waiting if the pipe has room for it; True when done."""
+    def _write_stdin_now(self, body: bytes) -> bytes:
+        """Write what the pipe takes without waiting; return the rest (stdin closed if none)."""
         fd = self.child.stdin
         assert fd is not None
-        if body and write_now(fd, body) < len(body):
-            return False
-        self.child.close_fd(fd)
-        return True
+        rest = body[write_now(fd, body) :] if body else b""
+        if not rest:
+            self.child.close_fd(fd)
+        return rest
 
     async def _respond_while_feeding(self, body: bytes | None, prefix: bytes) -> web.StreamResponse:
         """Respond while a task feeds stdin; a body that stops arriving ends the request (408)."""
@@ -197,7 +196,8 @@ class _Call:
         responding = asyncio.ensure_future(self._respond())
         try:
             await asyncio.wait({responding, feeder}, return_when=asyncio.FIRST_COMPLETED)
-            if not responding.done() and (error := feeder.exception()) is not None:
+            # A body that stopped arriving wins over whatever the handler made of part of it.
+            if feeder.done() and (error := feeder.exception()) is not None:
                 raise error
             return await responding
         finally:
@@ -205,22 +205,22 @@ class _Call:
             responding.cancel()
 
     async def _feed_stdin(self, body: bytes | None, prefix: bytes) -> None:
+        """Copy the body to stdin and close it. On a body timeout stdin stays open: the handler
+        is killed rather than shown a truncated body as if it were complete."""
         fd = self.child.stdin
         assert fd is not None
-        try:
-            if body is not None:
-                await write_all(fd, body)
-                return
-            async with asyncio.timeout_at(self.read_deadline):
-                chunk = prefix or await self.request.content.readany()
-                while chunk:
-                    if not await write_all(fd, chunk):
-                        return  # the handler closed stdin: the rest of the body is not wanted
-                    chunk = await self.request.content.readany()
-        except TimeoutError:
-            raise BodyTimeout from None
-        finally:
-            self.child.close_fd(fd)
+        if body is not None:
+            await write_all(fd, body)
+        else:
+            try:
+                async with asyncio.timeout_at(self.read_deadline):
+                    chunk = prefix or await self.request.content.readany()
+                    # write_all is False once the handler closed stdin: the rest is not wanted.
+                    while chunk and await write_all(fd, chunk):
+                        chunk = await self.request.content.readany()
+            except TimeoutError:
+                raise BodyTimeout from None
+        self.child.close_fd(fd)
 
     # -- the response ---------------------------------------------------------------------
 
@@ -277,9 +277,10 @@ class _Call:
         fd = self.child.stdout
         assert fd is not None
         chunk = bytes(output[head.body_offset :]) if head else bytes(output)
-        while chunk:
+        if chunk:
             await within_write_timeout(response.write(chunk), write_timeout)
-            chunk = await read_chunk(fd)
+        while chunk := await read_chunk(fd):
+            await within_write_timeout(response.write(chunk), write_timeout)
         self._close_stdout()
         returncode = await self.child.exited
         self._count_exit(returncode)

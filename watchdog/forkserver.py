@@ -1,0 +1,275 @@
+"""A fork server: a helper process that spawns the per-request handlers.
+
+``posix_spawn`` uses vfork: the calling thread is suspended until the child has exec'd, and
+CPython holds the GIL throughout, so spawning from the event loop stalls every other request
+for the whole exec (about half a millisecond for ``cat``, of which only a fifth is the caller's
+own CPU). The watchdog therefore forks this helper once, before it serves, and sends it one
+message per request over a SEQPACKET socket pair: the request's extra environment variables,
+with the child's three pipe ends attached as file descriptors. The helper spawns, answers with
+the pid, and later reports the exit status and CPU time, so the event loop never blocks.
+
+The helper is also a child subreaper: orphans of handlers are re-parented to it and reaped at
+once. It dies with the watchdog (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+log = logging.getLogger("watchdog.forkserver")
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+NAME = "fw-spawner"
+
+_SPAWNED = b"P"
+_FAILED = b"E"
+_EXITED = b"X"
+_PID = struct.Struct("=i")
+_EXIT = struct.Struct("=iidd")  # pid, wait status, user and system CPU seconds
+_SOCKET_BUFFER = 4 * 1024 * 1024
+# Signals the watchdog (or this helper) handles or ignores; children start with defaults.
+# (Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals ignored: without this a
+# handler such as `cat` would not die when its reader goes away.)
+RESET_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGCHLD,
+    signal.SIGHUP,
+)
+
+
+def spawn_in_own_group(
+    program: str, argv: Sequence[str], env: Mapping[str, str], fds: Sequence[int]
+) -> int:
+    """``posix_spawn`` with ``fds`` as stdin, stdout and stderr, in a new process group, with
+    default signal dispositions and an empty signal mask. Raises OSError."""
+    return os.posix_spawn(
+        program,
+        list(argv),
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+        setpgroup=0,
+        setsigdef=RESET_SIGNALS,
+        setsigmask=(),
+    )
+
+
+class ForkServerError(Exception):
+    """The fork server refused a spawn (its reason is the message) or is gone."""
+
+
+ExitCallback = Callable[[int, float], None]
+
+
+class ForkServer:
+    """The watchdog's side of the fork server; one per watchdog, used from the event loop."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.pid = pid
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        # Replies come in request order; each spawn's exit callback is registered as soon as its
+        # pid is read, because its exit report may follow in the same read.
+        self._pending: deque[tuple[asyncio.Future[int], ExitCallback]] = deque()
+        self._on_exit: dict[int, ExitCallback] = {}
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    @classmethod
+    def start(cls, program: str, argv: Sequence[str], base_env: Mapping[str, str]) -> ForkServer:
+        """Fork the helper. Call from the event loop before serving (no threads yet)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (ours, theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper, which never returns
+            ours.close()
+            _run_helper(theirs, program, list(argv), dict(base_env))
+        theirs.close()
+        return cls(ours, pid)
+
+    async def spawn(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> int:
+        """Spawn the handler with ``extra_env`` and ``fds`` as its stdin, stdout and stderr.
+
+        ``on_exit(wait_status, cpu_seconds)`` is called from the loop when it exits.
+
+        Raises:
+            ForkServerError: the program could not be started, or the helper is gone.
+        """
+        payload = b"\0".join(
+            f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in extra_env.items()
+        )
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        try:
+            socket.send_fds(self._sock, [payload], list(fds))
+        except OSError as exc:
+            raise ForkServerError(f"fork server unavailable: {exc}") from exc
+        self._pending.append((waiter, on_exit))
+        return await waiter
+
+    @property
+    def alive(self) -> bool:
+        return self._sock.fileno() >= 0
+
+    def close(self) -> None:
+        """Stop the helper (it exits when its socket closes), reap it, fail pending spawns."""
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        _reap(self.pid)
+        while self._pending:
+            waiter, _ = self._pending.popleft()
+            if not waiter.done():
+                waiter.set_exception(ForkServerError("fork server closed"))
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                message = self._sock.recv(256, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not message:
+                log.error("the fork server (pid %d) has gone: no handler can be started", self.pid)
+                self.close()
+                return
+            self._dispatch(message)
+
+    def _dispatch(self, message: bytes) -> None:
+        kind, body = message[:1], message[1:]
+        if kind == _EXITED:
+            pid, status, user, system = _EXIT.unpack(body)
+            callback = self._on_exit.pop(pid, None)
+            if callback is not None:
+                callback(status, user + system)
+            return
+        waiter, on_exit = self._pending.popleft()
+        if kind != _SPAWNED:
+            if not waiter.done():
+                waiter.set_exception(ForkServerError(body.decode("utf-8", "replace")))
+            return
+        pid = _PID.unpack(body)[0]
+        if waiter.done():  # the request was cancelled while its handler was being spawned
+            _kill_group(pid)
+            return
+        self._on_exit[pid] = on_exit
+        waiter.set_result(pid)
+
+
+def _reap(pid: int, patience: float = 2.0) -> None:
+    """Wait briefly for the helper to exit after its socket closed; kill it if it does not."""
+    deadline = time.monotonic() + patience
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.005)
+    except ChildProcessError:
+        pass  # already reaped
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- the helper process ------------------------------------------------------------------------
+
+
+def _run_helper(  # pragma: no cover - covered by every fork-mode test, in another process
+    sock: socket.socket, program: str, argv: list[str], base_env: dict[str, str]
+) -> None:
+    code = 0
+    try:
+        _prepare_helper()
+        _serve(sock, program, argv, base_env)
+    except BaseException:  # noqa: BLE001 - nothing may escape into the forked copy of the loop
+        code = 1
+    os._exit(code)
+
+
+def _prepare_helper() -> None:  # pragma: no cover
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, NAME.encode(), 0, 0, 0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # The watchdog drives shutdown; a Ctrl-C to the terminal's process group must not kill us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _serve(  # pragma: no cover
+    sock: socket.socket, program: str, argv: list[str], base_env: dict[str, str]
+) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                _drain(wake_r)
+                _report_exits(sock)
+                continue
+            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
+            if not payload and not fds:
+                return  # the watchdog is gone
+            sock.send(_spawn_one(program, argv, base_env, payload, fds))
+
+
+def _spawn_one(  # pragma: no cover
+    program: str, argv: list[str], base_env: dict[str, str], payload: bytes, fds: list[int]
+) -> bytes:
+    env = dict(base_env)
+    if payload:
+        for entry in payload.split(b"\0"):
+            key, _, value = entry.decode("utf-8", "surrogateescape").partition("=")
+            env[key] = value
+    try:
+        pid = spawn_in_own_group(program, argv, env, fds)
+    except OSError as exc:
+        return _FAILED + f"cannot start {argv[0]!r}: {exc.strerror}".encode()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return _SPAWNED + _PID.pack(pid)
+
+
+def _report_exits(sock: socket.socket) -> None:  # pragma: no cover
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(_EXITED + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
+
+
+def _drain(fd: int) -> None:  # pragma: no cover
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

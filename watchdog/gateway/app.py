@@ -1,0 +1,332 @@
+"""The gateway's request handling: routing, authentication and the system API.
+
+Routes, as in the OpenFaaS gateway:
+
+- ``/function/NAME[.NAMESPACE][/sub/path][?query]``, any method: the function's answer.
+- ``GET /system/functions``, ``GET /system/function/NAME``: function status JSON (faas-cli).
+- ``GET /system/info``, ``GET /healthz``, ``GET /metrics``.
+
+Paths are taken raw (still percent-encoded) so the sub-path and query reach the function byte
+for byte. Only the function-name segment is decoded, to be matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, unquote
+
+import aiohttp
+from aiohttp import web
+
+from .. import __version__
+from ..responses import INTERNAL_HEADER
+from .config import GatewayConfig
+from .invoke import (
+    CALL_ID_HEADER,
+    CLIENT_GONE,
+    DURATION_HEADER,
+    START_TIME_HEADER,
+    Call,
+    InvokeError,
+    Invoker,
+)
+from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from .registry import Function, FunctionRegistry, InvalidName, split_ref
+
+log = logging.getLogger("watchdog.gateway")
+
+Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+SERVED_BY = f"fwatchdog-gateway/{__version__}"
+REALM = 'Basic realm="Restricted"'
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path prefix, its handler (given the raw path after the prefix) and whether basic auth
+    guards it. Later issues add their own (``/async-function/``, ``/system/activations``)."""
+
+    prefix: str
+    handler: Handler
+    protected: bool
+
+
+class GatewayApp:
+    """Dispatches requests to routes; owns nothing that needs closing."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: FunctionRegistry,
+        invoker: Invoker,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.invoker = invoker
+        self.metrics = metrics
+        self.healthy = True
+        self._credentials = config.credentials
+        auth_system = config.basic_auth
+        self.routes: list[Route] = []
+        self.add_route("/function/", self.function, protected=config.basic_auth_invoke)
+        self.add_route("/system/functions", self.system_functions, protected=auth_system)
+        self.add_route("/system/function/", self.system_function, protected=auth_system)
+        self.add_route("/system/info", self.system_info, protected=auth_system)
+        self.add_route("/system/", self.system_unknown, protected=auth_system)
+        self.add_route("/healthz", self.healthz, protected=False)
+        self.add_route("/metrics", self.serve_metrics, protected=False)
+        self._info = _info_body()
+
+    def add_route(self, prefix: str, handler: Handler, *, protected: bool) -> None:
+        """Add a route; longer prefixes are tried first, so order of calls does not matter."""
+        self.routes.append(Route(prefix, handler, protected))
+        self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path = request.raw_path.partition("?")[0]
+        for route in self.routes:
+            if raw_path.startswith(route.prefix):
+                if route.protected and not self._authorized(request):
+                    return _unauthorized()
+                return await route.handler(request, request.raw_path[len(route.prefix) :])
+        return _text(404, "Not Found")
+
+    # -- authentication ---------------------------------------------------------------------
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        if self._credentials is None:
+            return True
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = decoded.partition(b":")
+        want_user, want_password = self._credentials
+        # Both compared, always, in constant time: no early exit tells which one was wrong.
+        user_ok = hmac.compare_digest(user, want_user.encode())
+        password_ok = hmac.compare_digest(password, want_password.encode())
+        return bool(sep) and user_ok and password_ok
+
+    # -- /function/NAME ---------------------------------------------------------------------
+
+    async def function(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        redirect = _clean_redirect(request)
+        if redirect is not None:
+            return redirect
+        path, _, query = rest.partition("?")
+        segment, slash, sub_path = path.partition("/")
+        target = "/" + sub_path if slash else "/"
+        if query:
+            target += "?" + query
+        call: Call | None = None
+        try:
+            function = self.invoker.resolve(unquote(segment))
+            call = Call.from_request(request, target)
+            fn_key = function.key
+            async with self.invoker.invoke(function, call) as invocation:
+                response = web.StreamResponse(
+                    status=invocation.upstream.status, reason=invocation.upstream.reason
+                )
+                response.headers.extend(invocation.response_headers())
+                response.headers["X-Served-By"] = SERVED_BY
+                length = invocation.upstream.content_length
+                if length is not None:
+                    response.content_length = length
+                upstream = invocation.upstream
+                try:
+                    await response.prepare(request)
+                    if request.method != "HEAD":
+                        while True:
+                            try:
+                                chunk = await upstream.content.readany()
+                            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+                                # Status and headers are out: only an incomplete answer can
+                                # tell the caller that the function broke off.
+                                log.warning("function %s broke off its response: %s", fn_key, e)
+                                _abort(request)
+                                return response
+                            if not chunk:
+                                break
+                            await response.write(chunk)
+                    await response.write_eof()
+                except TimeoutError:
+                    log.warning("function %s timed out while answering", function.key)
+                    _abort(request)
+                    raise
+                except ConnectionError:
+                    # The caller went away (aiohttp's ClientConnectionResetError is also a
+                    # ConnectionError): nobody to answer.
+                    invocation.status = CLIENT_GONE
+                    _abort(request)
+                return response
+        except InvokeError as exc:
+            return _invoke_error(exc, call)
+        except TimeoutError:
+            return web.Response(status=504)  # never sent: the connection is cut already
+
+    # -- system API -------------------------------------------------------------------------
+
+    async def system_functions(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        if rest.partition("?")[0] not in ("", "/"):
+            return _text(404, "Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD")
+        namespace = parse_qs(request.query_string).get("namespace", [self.config.namespace])[0]
+        body = [self._status(fn) for fn in self.registry.list(namespace)]
+        return _json(200, body)
+
+    async def system_function(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD")
+        ref = unquote(rest.partition("?")[0])
+        namespace = parse_qs(request.query_string).get("namespace", [self.config.namespace])[0]
+        try:
+            name, namespace = split_ref(ref if "." in ref else f"{ref}.{namespace}", namespace)
+        except InvalidName as exc:
+            return _text(400, str(exc))
+        function = self.registry.get(name, namespace)
+        if function is None:
+            return _text(404, f"function {ref!r} not found in namespace {namespace!r}")
+        return _json(200, self._status(function))
+
+    async def system_info(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        if rest.partition("?")[0]:
+            return _text(404, "Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed("GET, HEAD")
+        return _json(200, self._info)
+
+    async def system_unknown(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        return _text(404, "Not Found")
+
+    async def healthz(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        if rest.partition("?")[0]:
+            return _text(404, "Not Found")
+        if not self.healthy:
+            return _text(503, "Service Unavailable")
+        return _text(200, "OK")
+
+    async def serve_metrics(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        if rest.partition("?")[0]:
+            return _text(404, "Not Found")
+        body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    def _status(self, function: Function) -> dict[str, object]:
+        """The OpenFaaS ``FunctionStatus`` JSON (faas-provider types) for ``function``."""
+        created = datetime.fromtimestamp(function.created_at, UTC)
+        status: dict[str, object] = {
+            "name": function.name,
+            "image": function.image,
+            "namespace": function.namespace,
+            "invocationCount": float(self.invoker.invocations(function)),
+            "replicas": 1,
+            "availableReplicas": 1,
+            "createdAt": created.isoformat().replace("+00:00", "Z"),
+            "labels": dict(function.labels),
+            "annotations": dict(function.annotations),
+        }
+        if function.fprocess:
+            status["envProcess"] = function.fprocess
+        if function.environment:
+            status["envVars"] = dict(function.environment)
+        return status
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _text(status: int, text: str) -> web.Response:
+    response = web.Response(status=status, text=text + "\n", content_type="text/plain")
+    response.headers["X-Served-By"] = SERVED_BY
+    return response
+
+
+def _json(status: int, body: object) -> web.Response:
+    response = web.Response(
+        status=status, body=json.dumps(body).encode(), content_type="application/json"
+    )
+    response.headers["X-Served-By"] = SERVED_BY
+    return response
+
+
+def _method_not_allowed(allow: str) -> web.Response:
+    response = _text(405, "Method Not Allowed")
+    response.headers["Allow"] = allow
+    return response
+
+
+def _unauthorized() -> web.Response:
+    response = _text(401, "Unauthorized")
+    response.headers["WWW-Authenticate"] = REALM
+    return response
+
+
+def _invoke_error(exc: InvokeError, call: Call | None) -> web.Response:
+    response = _text(exc.status, exc.message)
+    # Marks an answer of the platform, not of the function (retry policies tell them apart).
+    response.headers[INTERNAL_HEADER] = "gateway"
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if call is not None:
+        response.headers[CALL_ID_HEADER] = call.call_id
+        response.headers[START_TIME_HEADER] = str(call.start_time_ns)
+        response.headers[DURATION_HEADER] = f"{(time.time_ns() - call.start_time_ns) / 1e9:.6f}"
+    return response
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
+    """301 to the cleaned path for ``//``, ``.`` and ``..`` segments, as the OpenFaaS gateway's
+    router (gorilla/mux) does, so ``/function/a/../b`` never reaches function ``a`` as ``/../b``.
+    Percent-encoded dots count as dots; everything else stays encoded."""
+    raw_path, mark, query = request.raw_path.partition("?")
+    segments = raw_path.split("/")[1:]
+    if not any(seg in ("", ".", "..") or unquote(seg) in (".", "..") for seg in segments[:-1]) and (
+        unquote(segments[-1]) not in (".", "..")
+    ):
+        return None
+    cleaned: list[str] = []
+    for seg in segments:
+        value = unquote(seg)
+        if value == "..":
+            if cleaned:
+                cleaned.pop()
+        elif seg not in ("", ".") and value != ".":
+            cleaned.append(seg)
+    trailing = raw_path.endswith("/")
+    location = "/" + "/".join(cleaned) + ("/" if trailing and cleaned else "")
+    if request.method == "CONNECT":
+        return None
+    response = _text(301, "Moved Permanently")
+    response.headers["Location"] = location + (mark + query if query else "")
+    return response
+
+
+def _info_body() -> dict[str, object]:
+    version = {"sha": "", "release": __version__}
+    return {
+        "provider": {"provider": "fwatchdog", "orchestration": "static", "version": version},
+        "version": {**version, "commit_message": ""},
+        "arch": platform.machine(),
+    }

@@ -1,0 +1,422 @@
+"""Gateway configuration: flags, environment variables and the functions file, parsed once.
+
+Each setting is one row of :data:`FIELDS`: its command-line flag, its environment variable (the
+OpenFaaS gateway's name where it has one, e.g. ``upstream_timeout``, ``basic_auth``,
+``secret_mount_path``), parser, default and description. A flag wins over the environment.
+Like the watchdog's configuration nothing falls back silently: every problem, including those in
+the functions file, is collected into one :class:`~watchdog.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..config import ConfigError, parse_bool, parse_duration
+from .registry import DEFAULT_NAMESPACE, Function, is_valid_name
+
+DEFAULT_SECRET_MOUNT_PATH = "/var/openfaas/secrets"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number from 0 to 65535") from None
+    if not 0 <= value <= 65535:
+        raise ValueError("a whole number from 0 to 65535")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if value <= 0:
+        raise ValueError("a duration above zero such as 60s or 1m30s")
+    return value
+
+
+def _bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _namespace(text: str) -> str:
+    value = text.strip()
+    if not is_valid_name(value):
+        raise ValueError("a Kubernetes name: lowercase letters, digits and dashes, at most 63")
+    return value
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("text or json")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    attr: str
+    flag: str
+    env: str | None
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    takes_value: bool = True  # False: a bare ``--flag`` means true
+
+
+FIELDS: tuple[_Field, ...] = (
+    _Field("port", "--port", "port", _port, 8080, "HTTP port (0 picks a free one)"),
+    _Field("config_file", "--config", "gateway_config", _text, "", "functions file (YAML)"),
+    _Field(
+        "upstream_timeout",
+        "--upstream-timeout",
+        "upstream_timeout",
+        _positive_duration,
+        60.0,
+        "longest a call may take, to the end of its response (504); per function: timeout",
+    ),
+    _Field(
+        "read_timeout", "--read-timeout", "read_timeout", _positive_duration, 60.0,
+        "idle keep-alive limit for client connections",
+    ),
+    _Field(
+        "write_timeout", "--write-timeout", "write_timeout", _positive_duration, 60.0,
+        "on SIGTERM, how long in-flight calls may finish",
+    ),
+    _Field(
+        "namespace", "--namespace", "function_namespace", _namespace, DEFAULT_NAMESPACE,
+        "namespace of functions registered without one",
+    ),
+    _Field(
+        "basic_auth", "--basic-auth", "basic_auth", _bool, False,
+        "require basic auth on /system/*", takes_value=False,
+    ),
+    _Field(
+        "basic_auth_invoke", "--basic-auth-invoke", "basic_auth_invoke", _bool, False,
+        "require basic auth on /function/* too", takes_value=False,
+    ),
+    _Field(
+        "secret_mount_path", "--secret-mount-path", "secret_mount_path", _text,
+        DEFAULT_SECRET_MOUNT_PATH, "directory holding basic-auth-user and basic-auth-password",
+    ),
+    _Field("log_format", "--log-format", "log_format", _log_format, "text", "text or json"),
+)  # fmt: skip
+_BY_FLAG = {spec.flag: spec for spec in FIELDS}
+FUNCTION_FLAG = "--function"
+_FUNCTION_KEYS = frozenset(
+    {
+        "url",
+        "namespace",
+        "timeout",
+        "max_concurrency",
+        "image",
+        "fprocess",
+        "labels",
+        "annotations",
+        "environment",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The validated gateway configuration. Build it with :meth:`from_args`."""
+
+    port: int = 8080
+    config_file: str = ""
+    upstream_timeout: float = 60.0
+    read_timeout: float = 60.0
+    write_timeout: float = 60.0
+    namespace: str = DEFAULT_NAMESPACE
+    basic_auth: bool = False
+    basic_auth_invoke: bool = False
+    secret_mount_path: str = DEFAULT_SECRET_MOUNT_PATH
+    log_format: str = "text"
+    credentials: tuple[str, str] | None = None
+    functions: tuple[Function, ...] = ()
+    environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str], env: Mapping[str, str]) -> GatewayConfig:
+        """Parse the flags in ``argv`` over the variables in ``env``; read the functions file
+        and the basic-auth credentials.
+
+        Raises:
+            ConfigError: listing every problem found.
+        """
+        problems: list[str] = []
+        raw_flags, function_flags = _split_flags(argv, problems)
+        values: dict[str, Any] = {}
+        for spec in FIELDS:
+            if spec.flag in raw_flags:
+                source, raw = spec.flag, raw_flags[spec.flag]
+            elif spec.env is not None and spec.env in env:
+                source, raw = spec.env, env[spec.env]
+            else:
+                values[spec.attr] = spec.default
+                continue
+            try:
+                values[spec.attr] = spec.parse(raw)
+            except ValueError as exc:
+                problems.append(f"{source}={raw!r} is invalid: expected {exc}")
+        namespace = values.get("namespace") or DEFAULT_NAMESPACE
+        functions: dict[tuple[str, str], Function] = {}
+        if values.get("config_file"):
+            for loaded in _load_functions_file(values["config_file"], namespace, problems):
+                functions[(loaded.name, loaded.namespace)] = loaded
+        for raw in function_flags:
+            flagged = _parse_function_flag(raw, namespace, problems)
+            if flagged is None:
+                continue
+            if (flagged.name, flagged.namespace) in functions:
+                problems.append(
+                    f"{FUNCTION_FLAG} {raw!r} is invalid: function {flagged.key} is already "
+                    "defined (in the functions file or an earlier flag)"
+                )
+                continue
+            functions[(flagged.name, flagged.namespace)] = flagged
+        credentials = None
+        if values.get("basic_auth") or values.get("basic_auth_invoke"):
+            credentials = _load_credentials(env, values["secret_mount_path"], problems)
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            **values,
+            credentials=credentials,
+            functions=tuple(functions.values()),
+            environ=MappingProxyType(dict(env)),
+        )
+
+    def summary(self) -> str:
+        """The effective settings, for the start-up log line (never the password)."""
+        parts = [f"{spec.attr}={getattr(self, spec.attr)!r}" for spec in FIELDS]
+        parts.append(f"functions={len(self.functions)}")
+        return " ".join(parts)
+
+
+def usage() -> str:
+    """The ``fwatchdog gateway --help`` text, generated from :data:`FIELDS`."""
+    lines = [
+        "usage: fwatchdog gateway [flags]",
+        "",
+        f"  {FUNCTION_FLAG} NAME[.NAMESPACE]=URL   register a function (repeatable)",
+    ]
+    for spec in FIELDS:
+        flag = spec.flag if not spec.takes_value else f"{spec.flag} VALUE"
+        env = f" [env {spec.env}]" if spec.env else ""
+        default = "" if spec.default in ("", False) else f" (default {spec.default!r})"
+        lines.append(f"  {flag:<32} {spec.doc}{default}{env}")
+    lines += [
+        "",
+        "Basic-auth credentials: basic_auth_user and basic_auth_password from the environment,",
+        "else the files basic-auth-user and basic-auth-password in secret_mount_path.",
+    ]
+    return "\n".join(lines)
+
+
+def _split_flags(argv: Sequence[str], problems: list[str]) -> tuple[dict[str, str], list[str]]:
+    flags: dict[str, str] = {}
+    functions: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        name, eq, value = arg.partition("=")
+        if name == FUNCTION_FLAG:
+            if not eq:
+                if i >= len(args):
+                    problems.append(f"{FUNCTION_FLAG} needs a value: NAME=URL")
+                    break
+                value = args[i]
+                i += 1
+            functions.append(value)
+            continue
+        spec = _BY_FLAG.get(name)
+        if spec is None:
+            problems.append(f"unknown argument {arg!r} (see fwatchdog gateway --help)")
+            continue
+        if not eq:
+            if not spec.takes_value:
+                value = "true"
+            elif i >= len(args):
+                problems.append(f"{name} needs a value")
+                continue
+            else:
+                value = args[i]
+                i += 1
+        flags[name] = value
+    return flags, functions
+
+
+def _parse_url(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// URL such as http://127.0.0.1:8081")
+    if parts.query or parts.fragment:
+        raise ValueError("a URL without a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError("an http:// URL with a valid port") from None
+    return value.rstrip("/")
+
+
+def _parse_function_flag(raw: str, namespace: str, problems: list[str]) -> Function | None:
+    ref, eq, url = raw.partition("=")
+    name, dot, ns = ref.partition(".")
+    where = f"{FUNCTION_FLAG} {raw!r}"
+    ok = True
+    if not eq:
+        problems.append(f"{where} is invalid: expected NAME=URL")
+        return None
+    if not is_valid_name(name) or (dot and not is_valid_name(ns)):
+        problems.append(
+            f"{where} is invalid: expected NAME or NAME.NAMESPACE made of lowercase letters, "
+            "digits and dashes (at most 63)"
+        )
+        ok = False
+    try:
+        url = _parse_url(url)
+    except ValueError as exc:
+        problems.append(f"{where} is invalid: expected {exc}")
+        ok = False
+    if not ok:
+        return None
+    return Function(name=name, namespace=ns if dot else namespace, url=url)
+
+
+def _load_functions_file(path: str, namespace: str, problems: list[str]) -> list[Function]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        problems.append(f"functions file {path}: cannot read it: {exc.strerror or exc}")
+        return []
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.append(f"functions file {path}: not valid YAML: {exc}")
+        return []
+    if document is None:
+        return []
+    if not isinstance(document, dict) or set(document) - {"functions"}:
+        problems.append(f"functions file {path}: expected a mapping with one key, functions")
+        return []
+    entries = document.get("functions") or {}
+    if not isinstance(entries, dict):
+        problems.append(f"functions file {path}: functions: expected a mapping of name to settings")
+        return []
+    out: list[Function] = []
+    for name, settings in entries.items():
+        function = _function_from_yaml(f"{path}: functions.{name}", name, settings, namespace)
+        if isinstance(function, Function):
+            out.append(function)
+        else:
+            problems.extend(function)
+    return out
+
+
+def _function_from_yaml(
+    where: str, name: object, settings: object, default_namespace: str
+) -> Function | list[str]:
+    problems: list[str] = []
+    if not isinstance(name, str) or not is_valid_name(name):
+        problems.append(
+            f"{where}: invalid name: expected lowercase letters, digits and dashes (at most 63)"
+        )
+    if not isinstance(settings, dict):
+        return problems + [f"{where}: expected a mapping with at least url"]
+    unknown = sorted(str(key) for key in settings if key not in _FUNCTION_KEYS)
+    if unknown:
+        known = ", ".join(sorted(_FUNCTION_KEYS))
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}; known: {known}")
+    values: dict[str, Any] = {}
+
+    def parse(key: str, parser: Callable[[str], Any], required: bool = False) -> None:
+        if key not in settings or settings[key] is None:
+            if required:
+                problems.append(f"{where}.{key}: required")
+            return
+        raw = settings[key]
+        if isinstance(raw, bool | dict | list):
+            problems.append(f"{where}.{key}={raw!r} is invalid: expected a single value")
+            return
+        try:
+            values[key] = parser(str(raw))
+        except ValueError as exc:
+            problems.append(f"{where}.{key}={raw!r} is invalid: expected {exc}")
+
+    parse("url", _parse_url, required=True)
+    parse("namespace", _namespace)
+    parse("timeout", _positive_duration)
+    parse("max_concurrency", _non_negative_int)
+    parse("image", _text)
+    parse("fprocess", _text)
+    for key in ("labels", "annotations", "environment"):
+        raw = settings.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            problems.append(f"{where}.{key}: expected a mapping of names to values")
+            continue
+        mapping = {str(k): "" if v is None else str(v) for k, v in raw.items()}
+        values[key] = MappingProxyType(mapping)
+    if problems:
+        return problems
+    values.setdefault("namespace", default_namespace)
+    return Function(name=str(name), **values)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number from 0 up (0 = no limit)") from None
+    if value < 0:
+        raise ValueError("a whole number from 0 up (0 = no limit)")
+    return value
+
+
+def _load_credentials(
+    env: Mapping[str, str], secret_mount_path: str, problems: list[str]
+) -> tuple[str, str] | None:
+    user, password = env.get("basic_auth_user"), env.get("basic_auth_password")
+    if user is not None or password is not None:
+        if not user or not password:
+            problems.append(
+                "basic_auth_user and basic_auth_password must both be set and non-empty"
+            )
+            return None
+        return user, password
+    found: list[str] = []
+    for filename in ("basic-auth-user", "basic-auth-password"):
+        path = Path(secret_mount_path) / filename
+        try:
+            found.append(path.read_text().strip())
+        except OSError as exc:
+            problems.append(
+                f"basic_auth is on but {path} cannot be read ({exc.strerror or exc}): set "
+                "basic_auth_user and basic_auth_password, or secret_mount_path"
+            )
+            return None
+        if not found[-1]:
+            problems.append(f"basic_auth is on but {path} is empty")
+            return None
+    return found[0], found[1]
