@@ -373,3 +373,53 @@ def test_calls_running_when_the_worker_process_is_killed_complete_after_a_restar
     interrupted, done = record.attempt_log
     assert interrupted.error_kind == "platform" and "interrupted" in (interrupted.error or "")
     assert done.status_code == 200
+
+
+def test_the_worker_invokes_through_the_gateways_sync_path(
+    tmp_path: Path, start_watchdog: Callable[..., object]
+) -> None:
+    from watchdog.gateway.invoke import Invoker
+    from watchdog.gateway.metrics import GatewayMetrics
+    from watchdog.gateway.registry import Function, InMemoryRegistry
+    from watchdog.gateway.worker import GatewayInvoker
+
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'reflect.py'}")
+    registry = InMemoryRegistry([Function("reflect", wd.url, max_concurrency=2)])  # type: ignore[attr-defined]
+
+    async def body() -> tuple[list[ActivationRecord], int]:
+        queue = SqliteQueue(tmp_path / "q.db")
+        await queue.open()
+        stop = asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session:
+                path = Invoker(
+                    registry, session, GatewayMetrics(), namespace="openfaas-fn", default_timeout=5
+                )
+                gateway = GatewayInvoker(path)
+                assert gateway.limit_for("reflect") == 2 and gateway.limit_for("nope") is None
+                ok = CallRequest("reflect.openfaas-fn", path="/p", query="q=1", body=b"hi")
+                gone = CallRequest("nope")
+                for request in (ok, gone):
+                    await queue.enqueue(request)
+                worker = AsyncWorker(
+                    queue, gateway, policy_for=lambda name: FAST, limit_for=gateway.limit_for
+                )
+                task = asyncio.create_task(worker.run(stop))
+                while True:
+                    records = [await queue.get(r.call_id) for r in (ok, gone)]
+                    if all(r is not None and r.status in ("succeeded", "failed") for r in records):
+                        break
+                    await asyncio.sleep(0.02)
+                stop.set()
+                await asyncio.wait_for(task, 10)
+                return [r for r in records if r], path.invocations(registry.list()[0])
+        finally:
+            await queue.close()
+
+    (done, gone), invocations = run(body())
+    assert (done.status, done.status_code) == ("succeeded", 200)
+    assert json.loads(done.response_body or b"")["path"] == "/p"
+    assert json.loads(done.response_body or b"")["call_id"] == done.call_id
+    assert invocations == 1  # counted by the gateway's own invoke path
+    assert (gone.status, gone.attempts, gone.error_kind) == ("failed", 1, "platform")
+    assert "not found" in (gone.error or "")

@@ -25,10 +25,13 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
-from ..proxy import HOP_BY_HOP
+from ..proxy import HOP_BY_HOP, response_headers
 from ._aio import first_of
+from .invoke import Call, InvokeError
+from .invoke import Invoker as GatewayInvokePath
 from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend
 from .retry import RetryPolicy, decide
 
@@ -156,6 +159,68 @@ class HttpInvoker:
             return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
         except aiohttp.ClientConnectorError as exc:
             return InvokeResult(platform_failure(started, f"function unreachable: {exc}"))
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
+            return InvokeResult(platform_failure(started, error))
+
+
+class GatewayInvoker:
+    """Runs a queued call through the gateway's synchronous invoke path
+    (:meth:`watchdog.gateway.invoke.Invoker.invoke`), so an asynchronous call has the same
+    name resolution, per-function concurrency limit, timeout, call id and metrics as
+    ``/function/NAME``.
+
+    The gateway's own refusals are platform failures: 429 (the function at its limit, with
+    its ``Retry-After``), 502 (unreachable), 504 (timed out) are retried; a function no longer
+    registered (404) or a malformed name (400) fails at once.
+    """
+
+    def __init__(self, invoker: GatewayInvokePath, result_limit: int = DEFAULT_RESULT_LIMIT):
+        self.invoker = invoker
+        self.result_limit = result_limit
+
+    def limit_for(self, name: str) -> int | None:
+        """The function's ``max_concurrency`` (None when unlimited or unknown), for
+        :class:`AsyncWorker`."""
+        try:
+            return self.invoker.resolve(name).max_concurrency or None
+        except InvokeError:
+            return None
+
+    async def invoke(self, call: LeasedCall) -> InvokeResult:
+        request = call.request
+        started = time.time()
+        try:
+            function = self.invoker.resolve(request.function)
+        except InvokeError as exc:
+            return InvokeResult(platform_failure(started, exc.message), retryable=False)
+        target = (request.path or "/") + (f"?{request.query}" if request.query else "")
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in request.headers if k.lower() not in _NOT_REPLAYED
+        )
+        if request.body:
+            headers["Content-Length"] = str(len(request.body))
+        outgoing = Call(request.method, target, headers, request.body, call.call_id)
+        try:
+            async with self.invoker.invoke(function, outgoing) as invocation:
+                body, truncated = await read_capped(invocation.upstream, self.result_limit)
+                kept = tuple(response_headers(invocation.upstream).items())
+                return InvokeResult(classify(invocation.status, kept, body, truncated, started))
+        except InvokeError as exc:
+            retry_after: Headers = ()
+            if exc.retry_after is not None:
+                retry_after = (("Retry-After", str(exc.retry_after)),)
+            result = AttemptResult(
+                started_at=started,
+                ended_at=time.time(),
+                headers=retry_after,
+                error=f"{exc.status}: {exc.message}",
+                error_kind="platform",
+            )
+            return InvokeResult(result, retryable=exc.status in (429, 502, 503, 504))
+        except TimeoutError:
+            timeout = self.invoker.timeout_of(function)
+            return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
         except (aiohttp.ClientError, OSError) as exc:
             error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
             return InvokeResult(platform_failure(started, error))
