@@ -59,18 +59,20 @@ def _serve(config: WatchdogConfig) -> int:
     import uvloop
 
     from .health import LockFileError
+    from .modes.http import UpstreamStartError
+    from .modes.static import StaticRootError
     from .process import SpawnError
     from .server import Watchdog
 
-    async def serve() -> None:
-        await Watchdog(config).serve()
+    async def serve() -> int:
+        return await Watchdog(config).serve()
 
     try:
-        uvloop.run(serve())
-    except SpawnError as exc:
-        print(f"fwatchdog: configuration error: fprocess: {exc}", file=sys.stderr)
+        return uvloop.run(serve())
+    except (SpawnError, StaticRootError) as exc:
+        print(f"fwatchdog: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except LockFileError as exc:
+    except (LockFileError, UpstreamStartError) as exc:
         log.error("%s", exc)
         return EXIT_START
     except OSError as exc:

@@ -189,6 +189,9 @@ FIELDS: tuple[_Field, ...] = (
     _f("static_path", "static_path", _identity, "/home/app/public", "static mode root"),
     _f("log_format", "log_format", _parse_log_format, "text", "watchdog log lines: text/json"),
     _f("kill_grace", "kill_grace", _duration, 1.0, "SIGTERM to SIGKILL grace for handlers"),
+    _f("upstream_restart", "upstream_restart", parse_bool, True, "restart an exited upstream"),
+    _f("upstream_hung_after", "upstream_hung_after", _int_in(0, None), 3, "timeouts = hung"),
+    _f("upstream_start_timeout", "upstream_start_timeout", _duration, 30.0, "wait for upstream"),
 )
 
 
@@ -219,6 +222,9 @@ class WatchdogConfig:
     static_path: str = "/home/app/public"
     log_format: LogFormat = "text"
     kill_grace: float = 1.0
+    upstream_restart: bool = True
+    upstream_hung_after: int = 3
+    upstream_start_timeout: float = 30.0
     lock_path: Path = Path("/tmp/.lock")
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -123,29 +123,44 @@ def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     )
 
 
-async def relay_response(
-    request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
-    headers: CIMultiDict[str] | None = None,
+def abort_connection(request: web.BaseRequest) -> None:
+    """Cut the client's connection: once status and headers are out, an incomplete answer is
+    the only way left to tell the client that the rest is not coming."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def response_for(
+    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str] | None = None
 ) -> web.StreamResponse:
-    """Stream ``upstream``'s status, headers and body to the client.
-
-    ``headers`` (default: :func:`response_headers`) lets the caller add its own first.
-
-    Raises:
-        UpstreamError: the upstream broke off while sending the body (the client's
-            connection is then unusable; the caller should not try to answer).
-    """
+    """A response carrying ``upstream``'s status and (by default) end-to-end headers."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(headers if headers is not None else response_headers(upstream))
-    if upstream.content_length is not None and request.method != "HEAD":
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    return response
+
+
+async def relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+) -> web.StreamResponse:
+    """Send ``response`` and stream ``upstream``'s body into it, write by write.
+
+    If the upstream breaks off during the body, the client's connection is cut (see
+    :func:`abort_connection`). A client that goes away raises ``ConnectionError``; on a
+    deadline the caller checks ``response.prepared`` to decide between answering and cutting.
+    """
+    if request.method == "HEAD":
         response.content_length = upstream.content_length
     await response.prepare(request)
     try:
-        while chunk := await upstream.content.readany():
-            await response.write(chunk)
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
+        if request.method != "HEAD":
+            while chunk := await upstream.content.readany():
+                await response.write(chunk)
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+        abort_connection(request)
+        return response
     finally:
         upstream.release()
     await response.write_eof()

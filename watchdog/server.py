@@ -53,8 +53,11 @@ class Watchdog:
         self._http: web.BaseRunner | None = None
         self._metrics_http: web.BaseRunner | None = None
 
-    async def serve(self, stop: asyncio.Event | None = None) -> None:
-        """Start, serve until ``stop`` is set or a termination signal arrives, then drain."""
+    async def serve(self, stop: asyncio.Event | None = None) -> int:
+        """Start, serve until ``stop`` is set or a termination signal arrives, then drain.
+
+        Returns the exit status: 0, or the upstream's when the run mode ends the watchdog.
+        """
         stop = stop or asyncio.Event()
         self._log_start()
         self.processes.start()
@@ -63,10 +66,24 @@ class Watchdog:
             await self._listen()
             self.health.mark_serving()
             with _signals_set(stop):
-                await stop.wait()
+                status = await self._until_stopped(stop)
                 await self._shutdown()
+            return status
         finally:
             await self._close()
+
+    async def _until_stopped(self, stop: asyncio.Event) -> int:
+        waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
+        runner_exit = self.runner.exit_status()
+        if runner_exit is not None:
+            waiters.append(runner_exit)  # type: ignore[arg-type]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        waiters[0].cancel()
+        if runner_exit is not None and runner_exit.done():
+            status = runner_exit.result()
+            log.error("The upstream exited (status %d) and upstream_restart is off", status)
+            return status if status > 0 else 1 if status < 0 else 0
+        return 0
 
     async def _listen(self) -> None:
         server = web.Server(

@@ -20,6 +20,14 @@ def build_runner(
         from .fork import ForkRunner
 
         return ForkRunner(config, processes, metrics, function_log)
+    if config.mode == "http":
+        from .http import HttpRunner
+
+        return HttpRunner(config, processes, function_log)
+    if config.mode == "static":
+        from .static import StaticRunner
+
+        return StaticRunner(config)
     raise NotImplementedError(f"mode {config.mode} is not available in this build")
 
 

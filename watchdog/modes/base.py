@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from aiohttp import web
@@ -25,6 +26,9 @@ class Runner(Protocol):
 
     async def ready(self) -> bool:
         """Whether the mode should receive traffic now (``/_/ready``); may probe."""
+
+    def exit_status(self) -> asyncio.Future[int] | None:
+        """Resolves when the mode cannot go on and the watchdog should exit with that status."""
 
     async def stop(self, grace: float) -> None:
         """Stop whatever still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""

@@ -84,6 +84,9 @@ class ForkRunner:
     async def ready(self) -> bool:
         return True
 
+    def exit_status(self) -> asyncio.Future[int] | None:
+        return None
+
     async def stop(self, grace: float) -> None:
         await self.processes.kill_all(grace)
 
