@@ -225,7 +225,7 @@ class HttpRunner:
             abort_connection(request)  # the status is out already: only a cut can tell
             return exchange.response
         return text_response(
-            504, f"Upstream did not answer within exec_timeout of {limit}\n", started
+            504, f"Upstream did not answer within {limit}\n", started
         )
 
     async def _proxy_websocket(
