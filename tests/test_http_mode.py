@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
-
 from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port
 from test_limits import _in_background, _wait_for
 

@@ -224,9 +224,7 @@ class HttpRunner:
         if exchange.response is not None and exchange.response.prepared:
             abort_connection(request)  # the status is out already: only a cut can tell
             return exchange.response
-        return text_response(
-            504, f"Upstream did not answer within {limit}\n", started
-        )
+        return text_response(504, f"Upstream did not answer within {limit}\n", started)
 
     async def _proxy_websocket(
         self, request: web.BaseRequest, exchange: _Exchange
