@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
 
 EXIT_CONFIG = 2
+DEV_COMMANDS = ("new", "build", "up", "logs")  # watchdog.devtools.cli
 EXIT_START = 1
 
 log = logging.getLogger("watchdog")
@@ -34,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_healthcheck(os.environ)
     if args and args[0] == "gateway":
         return run_gateway(args[1:], os.environ)
+    if args and args[0] in DEV_COMMANDS:
+        from .devtools.cli import run as run_dev_command
+
+        return run_dev_command(args[0], args[1:])
     if args:
         print(f"fwatchdog: unknown argument {args[0]!r}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,0 +1,5 @@
+from .handler import handle
+
+
+def test_handle():
+    assert handle("Ada") == "Hello, Ada!"
