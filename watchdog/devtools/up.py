@@ -317,7 +317,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, logfile: Path, name: 
     raise DevError(f"{name} did not become healthy within {READY_TIMEOUT:.0f}s ({logfile})")
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

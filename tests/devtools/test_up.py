@@ -1,0 +1,175 @@
+"""``fwatchdog up --watch`` as a real child process, from an empty folder: the three templates
+invoked through the gateway, a handler edit picked up, ``logs``, and a shutdown that leaves
+no process behind."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import PYTHON, Reply, free_port
+
+from watchdog.testing import call, load_handler
+
+from .helpers import dev_env, fwatchdog
+
+START_TIMEOUT = 90
+
+
+class Up:
+    def __init__(self, project: Path, *args: str) -> None:
+        self.project = project
+        self.port = free_port()
+        self.log = project / "up.out"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "watchdog", "up", "--port", str(self.port), *args],
+                cwd=project,
+                env=dev_env(project),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_output(self, needle: str, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} not in the output of up:\n{self.output()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            return Reply(resp.status, resp.headers, resp.read())
+        finally:
+            conn.close()
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def kill(self) -> None:
+        for child in self.descendants() if self.proc.poll() is None else []:
+            child.kill()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    fwatchdog(tmp_path, "new", "hello", "--lang", "python3-http", "-q")
+    fwatchdog(tmp_path, "new", "classic", "--lang", "python3", "-a", "stack.yaml", "-q")
+    fwatchdog(tmp_path, "new", "raw", "--lang", "dockerfile", "-a", "stack.yaml", "-q")
+    with open(tmp_path / "stack.yaml", "a") as stack:
+        stack.write("    environment:\n      GREETING: howdy\n")  # for raw, the last function
+    (tmp_path / "raw" / "Dockerfile").write_text(
+        (tmp_path / "raw" / "Dockerfile").read_text().replace('fprocess="cat"', 'fprocess="env"')
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def up(project: Path) -> Iterator[Up]:
+    running = Up(project, "--watch")
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
+    up.wait_for_output("gateway: http://")
+    assert (project / ".fwatchdog" / "up.json").is_file()
+
+    hello = up.request("POST", "/function/hello/greet?x=1", b"Ada")
+    assert (hello.status, hello.text) == (200, "Hello, Ada!")
+    # The plain-pytest helper gives what the running template answers.
+    expected = call(load_handler(project / "hello").handle, b"Ada", path="/greet")
+    assert (expected.status, expected.text) == (hello.status, hello.text)
+    assert hello.headers["Content-Type"] == expected.headers["Content-Type"]
+
+    classic = up.request("POST", "/function/classic", b"Bob")
+    assert (classic.status, classic.text) == (200, "Hello, Bob!\n")
+
+    # dockerfile: fprocess and ENV from the handler's own Dockerfile, plus the stack's
+    # environment.
+    raw = up.request("GET", "/function/raw").text
+    assert "GREETING=howdy" in raw and "write_debug=false" in raw
+    assert "OPENFAAS_NAME=raw" in raw
+
+    listed = up.request("GET", "/system/functions").text
+    for name in ("hello", "classic", "raw"):
+        assert f'"name": "{name}"' in listed or f'"name":"{name}"' in listed
+
+    logs = fwatchdog(project, "logs", "hello", "--no-follow")
+    assert "Upstream ready" in logs.stdout
+    follower = subprocess.Popen(
+        [PYTHON, "-m", "watchdog", "logs", "classic"],
+        cwd=project,
+        env=dev_env(project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert follower.stdout is not None
+        assert b"fwatchdog up: starting classic" in follower.stdout.readline()
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+    # --watch: an edit to the handler is served after an automatic restart.
+    (project / "hello" / "handler.py").write_text(
+        "def handle(event, context):\n    return {'statusCode': 201, 'body': {'edited': True}}\n"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        edited = up.request("POST", "/function/hello", b"")
+        if edited.status == 201:
+            break
+        time.sleep(0.2)
+    assert (edited.status, edited.text) == (201, '{"edited": true}'), up.output()
+    assert "hello: change detected, restarting" in up.output()
+
+    family = up.descendants()
+    assert len(family) >= 6  # gateway, 3 watchdogs, the upstream, fork servers
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(30) == 0, up.output()
+    gone, alive = psutil.wait_procs(family, timeout=5)
+    assert not alive, f"left behind: {alive}"
+    assert not (project / ".fwatchdog" / "up.json").exists()
+
+
+def test_up_reports_a_function_that_cannot_start(tmp_path: Path) -> None:
+    fwatchdog(tmp_path, "new", "broken", "--lang", "python3-http", "-q")
+    (tmp_path / "broken" / "handler.py").write_text("def handle(:\n")
+    with open(tmp_path / "stack.yaml", "a") as stack:
+        stack.write("    environment:\n      upstream_start_timeout: 2s\n")
+    result = subprocess.run(
+        [PYTHON, "-m", "watchdog", "up", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=dev_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "broken exited with status 1 while starting" in result.stderr
+    assert "SyntaxError" in result.stderr
