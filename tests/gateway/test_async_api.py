@@ -4,7 +4,9 @@ watchdogs, with a real callback receiver on loopback."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 from async_helpers import Receiver
-from conftest import FIXTURES, PYTHON, Reply, RunningWatchdog
+from conftest import FIXTURES, PYTHON, ROOT, Reply, RunningWatchdog
 
 from watchdog.gateway.callbacks import verify_signature
 
@@ -366,3 +368,39 @@ def test_convert_after_per_function(world: Callable[..., AsyncWorld]) -> None:
     reply = w.post(f"/function/flaky?{w.flaky('conv', sleep=1.5)}")
     assert reply.status == 202
     w.wait_for_status(reply.headers["X-Call-Id"], "succeeded")
+
+
+def _cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [PYTHON, "-m", "watchdog", *args], input=stdin, capture_output=True, env=env, timeout=60
+    )
+
+
+def test_the_invoke_and_activations_commands(world: Callable[..., AsyncWorld]) -> None:
+    w = world()
+    gateway = ("--gateway", w.gateway.url)
+    state = str(w.state_dir / "cli")
+    sync = _cli("invoke", "flaky", *gateway, "--query", f"state={state}", stdin=b"hi")
+    assert (sync.returncode, sync.stdout) == (0, b"ok after 1\n")
+    failed = _cli("invoke", "flaky", *gateway, "--query", f"state={state}", "--query", "fail=9")
+    assert failed.returncode == 1
+    assert b"answered 500" in failed.stderr
+
+    queued = _cli("invoke", "flaky.openfaas-fn", *gateway, "--async", "--query", f"state={state}")
+    assert queued.returncode == 0, queued.stderr
+    call_id = queued.stdout.decode().strip()
+    w.wait_for_status(call_id, "succeeded")
+    got = _cli("activations", *gateway, "get", call_id)
+    assert json.loads(got.stdout)["callId"] == call_id
+    assert _cli("activations", *gateway, "result", call_id).stdout == b"ok after 3\n"
+    assert _cli("activations", *gateway, "result", "--last").stdout == b"ok after 3\n"
+    listing = _cli("activations", *gateway, "list").stdout.decode()
+    assert listing.splitlines()[0].split()[:3] == ["CALL", "ID", "FUNCTION"]
+    assert call_id in listing
+    missing = _cli("activations", *gateway, "get", "no-such-call")
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["error"] == "not_found"
+    down = _cli("invoke", "flaky", "--gateway", "http://127.0.0.1:1")
+    assert down.returncode == 1
+    assert b"cannot reach the gateway" in down.stderr
