@@ -23,8 +23,16 @@ def dev_env(project: Path, **extra: str) -> dict[str, str]:
 
 def fwatchdog(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``fwatchdog ARGS`` run in ``project``, to completion."""
+    return fwatchdog_input(project, "", *args, check=check)
+
+
+def fwatchdog_input(
+    project: Path, stdin: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``fwatchdog ARGS < stdin`` run in ``project``, to completion."""
     result = subprocess.run(
         [PYTHON, "-m", "watchdog", *args],
+        input=stdin,
         cwd=project,
         env=dev_env(project),
         capture_output=True,

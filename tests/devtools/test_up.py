@@ -17,7 +17,7 @@ from conftest import PYTHON, Reply, free_port
 
 from watchdog.testing import call, load_handler
 
-from .helpers import dev_env, fwatchdog
+from .helpers import dev_env, fwatchdog, fwatchdog_input
 
 START_TIMEOUT = 90
 
@@ -111,6 +111,23 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     raw = up.request("GET", "/function/raw").text
     assert "GREETING=howdy" in raw and "write_debug=false" in raw
     assert "OPENFAAS_NAME=raw" in raw
+
+    # fwatchdog invoke against it, synchronously and queued (async).
+    gateway = f"http://127.0.0.1:{up.port}"
+    sync = fwatchdog_input(project, "Cy", "invoke", "classic", "--gateway", gateway)
+    assert sync.stdout == "Hello, Cy!\n"
+    queued = fwatchdog_input(project, "Di", "invoke", "hello", "--async", "--gateway", gateway)
+    call_id = queued.stderr.strip().rsplit(" ", 1)[-1]
+    assert "submitted asynchronously" in queued.stderr and call_id
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = fwatchdog(
+            project, "activations", "--gateway", gateway, "result", call_id, check=False
+        )
+        if result.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert result.stdout == "Hello, Di!", (result.stdout, result.stderr)
 
     listed = up.request("GET", "/system/functions").text
     for name in ("hello", "classic", "raw"):

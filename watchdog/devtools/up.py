@@ -221,11 +221,13 @@ class LocalStack:
         config = self.options.state_dir / "gateway.yml"
         config.write_text(yaml.safe_dump({"functions": self._gateway_functions()}))
         logfile = log_path(self.options.state_dir, "gateway")
-        env = {k: v for k, v in os.environ.items() if k != "gateway_config"}
+        # This project's functions file and async queue, whatever the developer's shell says.
+        env = {k: v for k, v in os.environ.items() if k not in ("gateway_config", "queue_path")}
         with open(logfile, "ab") as out:
             self.gateway = subprocess.Popen(
                 [sys.executable, "-m", "watchdog", "gateway", "--port", str(self.port),
-                 "--config", str(config)],
+                 "--config", str(config),
+                 "--queue-path", str(self.options.state_dir / "queue.db")],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
