@@ -81,6 +81,8 @@ class FunctionProcess:
     port: int
     metrics_port: int
     upstream_port: int
+    context: Path = Path()
+    venv: Path = Path()
     proc: subprocess.Popen[bytes] | None = None
     family: list[psutil.Process] = field(default_factory=list)
 
@@ -106,6 +108,8 @@ class LocalStack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Spawn the gateway and every function, then wait for all of them: the ports are
+        chosen up front, so nothing has to wait for anything else to start."""
         state = self.options.state_dir
         (state / "logs").mkdir(parents=True, exist_ok=True)
         self._check_gateway_port()
@@ -116,14 +120,21 @@ class LocalStack:
                 spec, template, self._free_port(), self._free_port(), 0
             )
         for function in self.functions.values():
-            self._launch(function)
-        self._start_gateway()
+            self._prepare(function)  # one at a time: pip's progress stays readable
+        self._spawn_gateway()
+        for function in self.functions.values():
+            self._spawn(function)
+        for function in self.functions.values():
+            self._wait_ready(function)
+        self._wait_gateway()
         self._write_state()
 
     def restart(self, name: str) -> None:
         function = self.functions[name]
         self._stop_function(function)
-        self._launch(function)
+        self._prepare(function)
+        self._spawn(function)
+        self._wait_ready(function)
 
     def stop(self) -> None:
         """Gateway first (no new calls reach a stopping function), then every function."""
@@ -133,31 +144,41 @@ class LocalStack:
             self._stop_function(function)
         (self.options.state_dir / STATE_FILE).unlink(missing_ok=True)
 
-    def _launch(self, function: FunctionProcess) -> None:
+    def _prepare(self, function: FunctionProcess) -> None:
+        """Write the build context and get the venv (created on a cache miss)."""
         spec = function.spec
-        context = build_context(self.options.stack, spec, function.template)
-        self.report(f"{spec.name}: build context {context}")
-        requirements = _requirement_files(context)
+        function.context = build_context(self.options.stack, spec, function.template)
+        self.report(f"{spec.name}: build context {function.context}")
+        requirements = _requirement_files(function.context)
         if requirements:
-            self.report(f"{spec.name}: preparing the venv for {_names(requirements, context)}")
-        venv_path = ensure_venv(requirements, self.options.cache, self.options.pip_output)
-        env = self._environment(function, context, venv_path)
+            names = _names(requirements, function.context)
+            self.report(f"{spec.name}: venv for {names}")
+        function.venv = ensure_venv(requirements, self.options.cache, self.options.pip_output)
+
+    def _spawn(self, function: FunctionProcess) -> None:
+        spec = function.spec
+        env = self._environment(function, function.context, function.venv)
         logfile = log_path(self.options.state_dir, spec.name)
         with open(logfile, "ab") as out:
             out.write(f"--- fwatchdog up: starting {spec.name} on {function.url}\n".encode())
             out.flush()
             function.proc = subprocess.Popen(
                 [sys.executable, "-m", "watchdog"],
-                cwd=context,
+                cwd=function.context,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,
             )
-        _wait_healthy(function.proc, f"{function.url}/_/health", logfile, spec.name)
+
+    def _wait_ready(self, function: FunctionProcess) -> None:
+        assert function.proc is not None
+        name = function.spec.name
+        logfile = log_path(self.options.state_dir, name)
+        _wait_healthy(function.proc, f"{function.url}/_/health", logfile, name)
         function.family = _family(function.proc)
-        self.report(f"{spec.name}: ready on {function.url} (logs: fwatchdog logs {spec.name})")
+        self.report(f"{name}: ready on {function.url} (logs: fwatchdog logs {name})")
 
     def _stop_function(self, function: FunctionProcess) -> None:
         if function.proc is not None:
@@ -217,7 +238,7 @@ class LocalStack:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _start_gateway(self) -> None:
+    def _spawn_gateway(self) -> None:
         config = self.options.state_dir / "gateway.yml"
         config.write_text(yaml.safe_dump({"functions": self._gateway_functions()}))
         logfile = log_path(self.options.state_dir, "gateway")
@@ -234,6 +255,10 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 process_group=0,
             )  # fmt: skip
+
+    def _wait_gateway(self) -> None:
+        assert self.gateway is not None
+        logfile = log_path(self.options.state_dir, "gateway")
         _wait_healthy(self.gateway, f"{self.gateway_url}/healthz", logfile, "gateway")
         self._gateway_family = _family(self.gateway)
 
