@@ -113,6 +113,7 @@ def run_gateway(argv: Sequence[str], env: Mapping[str, str]) -> int:
 def _serve_gateway(config: GatewayConfig) -> int:
     import uvloop
 
+    from .gateway.queue import QueueError
     from .gateway.server import Gateway
 
     async def serve() -> None:
@@ -120,7 +121,7 @@ def _serve_gateway(config: GatewayConfig) -> int:
 
     try:
         uvloop.run(serve())
-    except OSError as exc:
+    except (OSError, QueueError) as exc:
         log.error("cannot start the gateway: %s", exc)
         return EXIT_START
     return 0

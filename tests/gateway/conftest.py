@@ -95,6 +95,7 @@ class Launcher:
         port = free_port()
         log_path = run_dir / "gateway.log"
         argv = [PYTHON, "-m", "watchdog", "gateway", "--port", str(port), *args]
+        env.setdefault("XDG_STATE_HOME", str(run_dir))  # its own queue file
         proc = _spawn(argv, _env(**env), log_path)
         self.procs.append(proc)
         gw = RunningWatchdog(proc, port, port, log_path, run_dir)

@@ -404,3 +404,14 @@ def test_the_invoke_and_activations_commands(world: Callable[..., AsyncWorld]) -
     down = _cli("invoke", "flaky", "--gateway", "http://127.0.0.1:1")
     assert down.returncode == 1
     assert b"cannot reach the gateway" in down.stderr
+
+
+def test_a_second_gateway_on_the_same_queue_file_stops_with_a_clear_error(
+    world: Callable[..., AsyncWorld],
+) -> None:
+    w = world()
+    second = w.launcher.gateway("--queue-path", str(w.queue_path), wait=False)
+    assert second.proc.wait(15) == 1
+    assert "cannot start the gateway" in second.logs()
+    assert "Traceback" not in second.logs()
+    assert w.gateway.request("GET", "/healthz").status == 200
