@@ -185,10 +185,12 @@ def test_stack_file_expands_variables_like_faas_cli(tmp_path: Path) -> None:
     path = tmp_path / "stack.yml"
     path.write_text(
         "provider: {name: openfaas}\nfunctions:\n  fn:\n    lang: python3\n    handler: ./fn\n"
-        "    image: ${REGISTRY:-docker.io}/fn:${TAG}\n    environment: {LEVEL: '${LEVEL}'}\n"
+        "    image: ${REGISTRY:-docker.io}/fn:${TAG}\n    environment: {LEVEL: '${LEVEL}', A: 1}\n"
+        "    environment_file: [env.yml]\n"
     )
+    (tmp_path / "env.yml").write_text("environment:\n  A: from-file\n  B: 2\n")
     stack = load_stack(path, {"TAG": "1.2"})
     spec = stack.function("fn")
     assert spec.image == "docker.io/fn:1.2"
-    assert dict(spec.environment) == {"LEVEL": ""}
+    assert dict(spec.environment) == {"LEVEL": "", "A": "from-file", "B": "2"}
     assert spec.handler == tmp_path / "fn"

@@ -74,6 +74,8 @@ class Up:
 def project(tmp_path: Path) -> Path:
     fwatchdog(tmp_path, "new", "hello", "--lang", "python3-http", "-q")
     fwatchdog(tmp_path, "new", "classic", "--lang", "python3", "-a", "stack.yaml", "-q")
+    # A second python3-http function wants the same upstream port: up moves it.
+    fwatchdog(tmp_path, "new", "twin", "--lang", "python3-http", "-a", "stack.yaml", "-q")
     fwatchdog(tmp_path, "new", "raw", "--lang", "dockerfile", "-a", "stack.yaml", "-q")
     with open(tmp_path / "stack.yaml", "a") as stack:
         stack.write("    environment:\n      GREETING: howdy\n")  # for raw, the last function
@@ -103,6 +105,9 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     assert (expected.status, expected.text) == (hello.status, hello.text)
     assert hello.headers["Content-Type"] == expected.headers["Content-Type"]
 
+    twin = up.request("POST", "/function/twin", b"Twin")
+    assert (twin.status, twin.text) == (200, "Hello, Twin!")
+
     classic = up.request("POST", "/function/classic", b"Bob")
     assert (classic.status, classic.text) == (200, "Hello, Bob!\n")
 
@@ -130,7 +135,7 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     assert result.stdout == "Hello, Di!", (result.stdout, result.stderr)
 
     listed = up.request("GET", "/system/functions").text
-    for name in ("hello", "classic", "raw"):
+    for name in ("hello", "twin", "classic", "raw"):
         assert f'"name": "{name}"' in listed or f'"name":"{name}"' in listed
 
     logs = fwatchdog(project, "logs", "hello", "--no-follow")
@@ -166,7 +171,7 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     assert "hello: change detected, restarting" in up.output()
 
     family = up.descendants()
-    assert len(family) >= 6  # gateway, 3 watchdogs, the upstream, fork servers
+    assert len(family) >= 8  # gateway, 4 watchdogs, 2 upstreams, fork servers
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(30) == 0, up.output()
     gone, alive = psutil.wait_procs(family, timeout=5)

@@ -157,10 +157,34 @@ def _parse_function(
         handler=(base / str(settings["handler"])).resolve(),
         image=str(settings.get("image") or ""),
         fprocess=str(settings.get("fprocess") or ""),
-        environment=_string_map(f"{at}.environment", settings.get("environment"), problems),
+        environment=_environment(at, base, settings, problems),
         labels=_string_map(f"{at}.labels", settings.get("labels"), problems),
         annotations=_string_map(f"{at}.annotations", settings.get("annotations"), problems),
     )
+
+
+def _environment(
+    at: str, base: Path, settings: dict[str, Any], problems: list[str]
+) -> Mapping[str, str]:
+    """``environment``, then each ``environment_file`` (YAML ``environment: {...}``) in order:
+    files win over the inline map, later files over earlier ones (faas-cli)."""
+    merged = dict(_string_map(f"{at}.environment", settings.get("environment"), problems))
+    files = settings.get("environment_file") or []
+    if not isinstance(files, list):
+        problems.append(f"{at}.environment_file: expected a list of files")
+        return MappingProxyType(merged)
+    for name in files:
+        where = f"{at}.environment_file {name}"
+        try:
+            document = yaml.safe_load((base / str(name)).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            problems.append(f"{where}: cannot read it: {exc}")
+            continue
+        if not isinstance(document, dict) or "environment" not in document:
+            problems.append(f"{where}: expected a mapping with one key, environment")
+            continue
+        merged.update(_string_map(where, document["environment"], problems))
+    return MappingProxyType(merged)
 
 
 def _string_map(at: str, value: Any, problems: list[str]) -> Mapping[str, str]:
