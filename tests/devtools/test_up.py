@@ -70,6 +70,18 @@ class Up:
         self.proc.wait(10)
 
 
+def async_result(project: Path, gateway: str, call_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = fwatchdog(
+            project, "activations", "--gateway", gateway, "result", call_id, check=False
+        )
+        if result.returncode == 0:
+            return result.stdout
+        time.sleep(0.1)
+    raise AssertionError(f"no result for {call_id}: {result.stderr}")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     fwatchdog(tmp_path, "new", "hello", "--lang", "python3-http", "-q")
@@ -117,22 +129,20 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     assert "GREETING=howdy" in raw and "write_debug=false" in raw
     assert "OPENFAAS_NAME=raw" in raw
 
-    # fwatchdog invoke against it, synchronously and queued (async).
+    # fwatchdog invoke against it, synchronously and queued (async), for each template.
     gateway = f"http://127.0.0.1:{up.port}"
-    sync = fwatchdog_input(project, "Cy", "invoke", "classic", "--gateway", gateway)
-    assert sync.stdout == "Hello, Cy!\n"
-    queued = fwatchdog_input(project, "Di", "invoke", "hello", "--async", "--gateway", gateway)
-    call_id = queued.stderr.strip().rsplit(" ", 1)[-1]
-    assert "submitted asynchronously" in queued.stderr and call_id
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        result = fwatchdog(
-            project, "activations", "--gateway", gateway, "result", call_id, check=False
-        )
-        if result.returncode == 0:
-            break
-        time.sleep(0.2)
-    assert result.stdout == "Hello, Di!", (result.stdout, result.stderr)
+    expected_answers = {
+        "hello": "Hello, Di!",
+        "classic": "Hello, Di!\n",
+        "raw": "OPENFAAS_NAME=raw",
+    }
+    for name, answer in expected_answers.items():
+        sync = fwatchdog_input(project, "Di", "invoke", name, "--gateway", gateway)
+        assert answer in sync.stdout
+        queued = fwatchdog_input(project, "Di", "invoke", name, "--async", "--gateway", gateway)
+        call_id = queued.stderr.strip().rsplit(" ", 1)[-1]
+        assert "submitted asynchronously" in queued.stderr and call_id
+        assert answer in async_result(project, gateway, call_id)
 
     listed = up.request("GET", "/system/functions").text
     for name in ("hello", "twin", "classic", "raw"):
@@ -195,3 +205,19 @@ def test_up_reports_a_function_that_cannot_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "broken exited with status 1 while starting" in result.stderr
     assert "SyntaxError" in result.stderr
+
+
+def test_killed_up_takes_its_processes_with_it(tmp_path: Path) -> None:
+    """Even SIGKILL (nothing to clean up with): every child gets SIGTERM from the kernel."""
+    fwatchdog(tmp_path, "new", "echo", "--lang", "dockerfile", "-q")
+    running = Up(tmp_path)
+    try:
+        running.wait_for_output("gateway: http://")
+        assert running.request("POST", "/function/echo", b"hi").body == b"hi"
+        family = running.descendants()
+        running.proc.kill()
+        running.proc.wait(10)
+        gone, alive = psutil.wait_procs(family, timeout=15)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        running.kill()

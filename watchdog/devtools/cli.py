@@ -22,6 +22,7 @@ from .venvs import cache_root
 COMMANDS = ("new", "build", "up", "logs")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run(command: str, argv: Sequence[str]) -> int:
@@ -142,14 +143,14 @@ def _say(line: str) -> None:
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT and SIGTERM only set an event (the work loop stops at its next check); the
-    previous handlers come back afterwards."""
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) only set an event (the work loop stops
+    at its next check); the previous handlers come back afterwards."""
     stop = threading.Event()
 
     def handle(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handle) for sig in _STOP_SIGNALS}
     try:
         yield stop
     finally:

@@ -10,6 +10,7 @@ is left of each group.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -47,6 +48,7 @@ LOCAL_DEFAULTS = {"healthcheck_interval": "0"}
 HOST_OWNED = frozenset({"PATH", "HOME", "HOSTNAME", "LANG", "TMPDIR"})
 _WATCHDOG_VARIABLES = frozenset(name for spec in WATCHDOG_FIELDS for name in spec.names)
 _UPSTREAM_KEYS = ("http_upstream_url", "upstream_url")
+_PR_SET_PDEATHSIG = 1
 
 Report = Callable[[str], None]
 
@@ -170,6 +172,7 @@ class LocalStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,
+                preexec_fn=_die_with_parent,
             )
 
     def _wait_ready(self, function: FunctionProcess) -> None:
@@ -254,6 +257,7 @@ class LocalStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 process_group=0,
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def _wait_gateway(self) -> None:
@@ -378,6 +382,13 @@ def _stop_group(proc: subprocess.Popen[bytes], family: list[psutil.Process]) -> 
         except psutil.Error:
             continue
     proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when ``up`` dies, even by SIGKILL, so a killed
+    session still drains and stops its watchdogs (they stop their own children)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
