@@ -96,9 +96,10 @@ class FunctionProcess:
 class LocalStack:
     """Owns every process ``up`` starts; :meth:`stop` leaves none behind."""
 
-    def __init__(self, options: UpOptions, report: Report) -> None:
+    def __init__(self, options: UpOptions, report: Report, stop: threading.Event) -> None:
         self.options = options
         self.report = report
+        self.stop_requested = stop
         self.functions: dict[str, FunctionProcess] = {}
         self.gateway: subprocess.Popen[bytes] | None = None
         self._gateway_family: list[psutil.Process] = []
@@ -179,7 +180,7 @@ class LocalStack:
         assert function.proc is not None
         name = function.spec.name
         logfile = log_path(self.options.state_dir, name)
-        _wait_healthy(function.proc, f"{function.url}/_/health", logfile, name)
+        _wait_healthy(function.proc, f"{function.url}/_/health", logfile, name, self.stop_requested)
         function.family = _family(function.proc)
         self.report(f"{name}: ready on {function.url} (logs: fwatchdog logs {name})")
 
@@ -263,7 +264,9 @@ class LocalStack:
     def _wait_gateway(self) -> None:
         assert self.gateway is not None
         logfile = log_path(self.options.state_dir, "gateway")
-        _wait_healthy(self.gateway, f"{self.gateway_url}/healthz", logfile, "gateway")
+        _wait_healthy(
+            self.gateway, f"{self.gateway_url}/healthz", logfile, "gateway", self.stop_requested
+        )
         self._gateway_family = _family(self.gateway)
 
     def _gateway_functions(self) -> dict[str, dict[str, object]]:
@@ -330,9 +333,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, logfile: Path, name: str) -> None:
+def _wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, logfile: Path, name: str, stop: threading.Event
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise DevError(f"stopped while {name} was starting")
         if proc.poll() is not None:
             raise DevError(
                 f"{name} exited with status {proc.returncode} while starting; "
@@ -344,7 +351,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, logfile: Path, name: 
                     return
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.05)
+        stop.wait(0.05)
     raise DevError(f"{name} did not become healthy within {READY_TIMEOUT:.0f}s ({logfile})")
 
 
@@ -400,9 +407,14 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def run_up(options: UpOptions, report: Report, stop: threading.Event) -> None:
     """Start everything, serve (and watch) until ``stop`` is set, then stop everything."""
-    local = LocalStack(options, report)
+    local = LocalStack(options, report, stop)
     try:
-        local.start()
+        try:
+            local.start()
+        except DevError:
+            if stop.is_set():
+                return  # Ctrl-C during start-up is not a failure
+            raise
         report(f"gateway: {local.gateway_url}")
         for name in local.functions:
             report(f"  {name}: {local.gateway_url}/function/{name}")
