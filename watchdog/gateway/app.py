@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import __version__
+from ..proxy import UpstreamError, read_whole_if_small, whole_response
 from ..responses import INTERNAL_HEADER
 from .answers import SERVED_BY, json_response, method_not_allowed, text
 from .config import GatewayConfig
@@ -161,6 +162,14 @@ class GatewayApp:
                 if length is not None:
                     response.content_length = length
                 upstream = invocation.upstream
+                try:
+                    body = await read_whole_if_small(request, upstream)
+                except UpstreamError as exc:
+                    invocation.status = 502
+                    message = f"function {fn_key} broke off its response: {exc}"
+                    raise InvokeError(502, message, function=function) from None
+                if body is not None:
+                    return whole_response(response, body)
                 try:
                     await response.prepare(request)
                     if request.method != "HEAD":
