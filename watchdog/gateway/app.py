@@ -41,6 +41,7 @@ from .invoke import (
     Call,
     InvokeError,
     Invoker,
+    new_call_id,
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
@@ -197,7 +198,7 @@ class GatewayApp:
                     _abort(request)
                 return response
         except InvokeError as exc:
-            return _invoke_error(exc, call)
+            return _invoke_error(exc, call, request)
         except TimeoutError:
             return web.Response(status=504)  # never sent: the connection is cut already
 
@@ -281,16 +282,19 @@ def _unauthorized() -> web.Response:
     return response
 
 
-def _invoke_error(exc: InvokeError, call: Call | None) -> web.Response:
+def _invoke_error(exc: InvokeError, call: Call | None, request: web.BaseRequest) -> web.Response:
     response = text(exc.status, exc.message)
     # Marks an answer of the platform, not of the function (retry policies tell them apart).
     response.headers[INTERNAL_HEADER] = "gateway"
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
-    if call is not None:
-        response.headers[CALL_ID_HEADER] = call.call_id
-        response.headers[START_TIME_HEADER] = str(call.start_time_ns)
-        response.headers[DURATION_HEADER] = f"{(time.time_ns() - call.start_time_ns) / 1e9:.6f}"
+    if call is None:  # refused before a call existed (malformed or unknown name)
+        call_id = request.headers.get(CALL_ID_HEADER) or new_call_id()
+        response.headers[CALL_ID_HEADER] = call_id
+        return response
+    response.headers[CALL_ID_HEADER] = call.call_id
+    response.headers[START_TIME_HEADER] = str(call.start_time_ns)
+    response.headers[DURATION_HEADER] = f"{(time.time_ns() - call.start_time_ns) / 1e9:.6f}"
     return response
 
 
