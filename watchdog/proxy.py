@@ -142,15 +142,52 @@ def response_for(
     return response
 
 
+WHOLE_BODY_LIMIT = 64 * 1024
+"""A response body of at most this size with a known length is read whole and sent together
+with the headers: one write (one system call) instead of headers, body and end apart, which
+is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
+
+
+async def read_whole_if_small(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse
+) -> bytes | None:
+    """``upstream``'s whole body if it qualifies (see :data:`WHOLE_BODY_LIMIT`), else None.
+
+    Raises:
+        UpstreamError: the upstream broke off before the end of the body (nothing has been
+            sent to the client yet, so an error status can still be answered).
+    """
+    length = upstream.content_length
+    if request.method == "HEAD" or length is None or length > WHOLE_BODY_LIMIT:
+        return None
+    try:
+        return await upstream.read()
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
+    finally:
+        upstream.release()
+
+
+def whole_response(response: web.StreamResponse, body: bytes) -> web.Response:
+    """``response``'s status and headers with ``body``, sent in one write."""
+    return web.Response(
+        status=response.status, reason=response.reason, headers=response.headers, body=body
+    )
+
+
 async def relay(
     request: web.BaseRequest, upstream: aiohttp.ClientResponse, response: web.StreamResponse
 ) -> web.StreamResponse:
-    """Send ``response`` and stream ``upstream``'s body into it, write by write.
+    """Send ``response`` and stream ``upstream``'s body into it, write by write (a small body
+    with a known length goes in one write with the headers instead).
 
     If the upstream breaks off during the body, the client's connection is cut (see
     :func:`abort_connection`). A client that goes away raises ``ConnectionError``; on a
     deadline the caller checks ``response.prepared`` to decide between answering and cutting.
     """
+    body = await read_whole_if_small(request, upstream)
+    if body is not None:
+        return whole_response(response, body)
     if request.method == "HEAD":
         response.content_length = upstream.content_length
     await response.prepare(request)

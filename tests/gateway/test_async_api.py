@@ -3,6 +3,7 @@ watchdogs, with a real callback receiver on loopback."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -90,8 +91,8 @@ def world(launcher: Launcher, tmp_path: Path) -> Callable[..., AsyncWorld]:
     """``world(*gateway_args, functions_yaml=...)``: a ``flaky.py`` watchdog registered as
     ``flaky`` and a gateway with fast retries and a callback secret."""
 
-    def start(*args: str, functions: str = "") -> AsyncWorld:
-        handler = launcher.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'flaky.py'}")
+    def start(*args: str, functions: str = "", **watchdog_env: str) -> AsyncWorld:
+        handler = launcher.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'flaky.py'}", **watchdog_env)
         url = f"http://127.0.0.1:{handler.port}"
         config = tmp_path / "gateway.yml"
         config.write_text(
@@ -307,6 +308,9 @@ def test_activation_listing_filters_and_pages(world: Callable[..., AsyncWorld]) 
     assert _json(w.gateway.request("GET", "/system/activations?status=failed"))["items"] == []
     assert w.gateway.request("GET", "/system/activations?status=bogus").status == 400
     assert w.gateway.request("GET", "/system/activations?limit=0").status == 400
+    bad_cursor = w.gateway.request("GET", "/system/activations?cursor=abc")
+    assert bad_cursor.status == 400
+    assert "cursor" in _json(bad_cursor)["message"]
 
 
 @pytest.mark.parametrize("moment", ["after_202", "while_running"])
@@ -415,3 +419,73 @@ def test_a_second_gateway_on_the_same_queue_file_stops_with_a_clear_error(
     assert "cannot start the gateway" in second.logs()
     assert "Traceback" not in second.logs()
     assert w.gateway.request("GET", "/healthz").status == 200
+
+
+def test_a_callers_call_id_is_kept_when_safe_and_refused_otherwise(
+    world: Callable[..., AsyncWorld],
+) -> None:
+    w = world()
+    mine = w.post(f"/async-function/flaky?{w.flaky('id')}", X_Call_Id="order-42.v1")
+    assert mine.status == 202
+    assert mine.headers["X-Call-Id"] == "order-42.v1"
+    w.wait_for_status("order-42.v1", "succeeded")
+    assert w.post("/async-function/flaky", X_Call_Id="order-42.v1").status == 409
+    for bad in ("a/b", "a?b", "x" * 129, "-lead"):
+        reply = w.post("/async-function/flaky", X_Call_Id=bad)
+        assert reply.status == 400, bad
+        assert "X-Call-Id" in reply.text
+
+
+def test_the_watchdogs_own_refusals_are_platform_failures_and_retried(
+    world: Callable[..., AsyncWorld],
+) -> None:
+    # 429 is not among the retried statuses here, but the watchdog's max_inflight refusal
+    # (X-OpenFaaS-Internal) is a failure of the platform, not of the function: retried.
+    w = world("--retry-codes", "500", max_inflight="1")
+    ids = [
+        w.post(f"/async-function/flaky?{w.flaky(name, sleep=0.5)}").headers["X-Call-Id"]
+        for name in ("a", "b")
+    ]
+    records = [w.wait_for_status(call_id, "succeeded") for call_id in ids]
+    refused = [a for r in records for a in r["attemptLog"] if a["statusCode"] == 429]
+    assert refused, records
+    assert {a["error"]["kind"] for a in refused} == {"platform"}
+
+
+def test_a_response_over_the_result_limit_is_cut_and_flagged(
+    world: Callable[..., AsyncWorld],
+) -> None:
+    w = world("--max-result-body", "5")
+    call_id = w.post(f"/async-function/flaky?{w.flaky('big')}").headers["X-Call-Id"]
+    record = w.wait_for_status(call_id, "succeeded")
+    assert record["response"]["truncated"] is True
+    assert record["response"]["body"] == "ok af"
+    result = w.gateway.request("GET", f"/system/activations/{call_id}/result")
+    assert (result.status, result.body) == (200, b"ok af")
+    assert result.headers["X-Result-Truncated"] == "true"
+
+
+def test_the_gateway_wide_async_concurrency_limit(world: Callable[..., AsyncWorld]) -> None:
+    w = world("--async-concurrency", "1")
+    ids = [
+        w.post(f"/async-function/flaky?{w.flaky('serial', sleep=0.3)}").headers["X-Call-Id"]
+        for _ in range(3)
+    ]
+    for call_id in ids:
+        w.wait_for_status(call_id, "succeeded")
+    runs = sorted(
+        tuple(map(float, line.split()))
+        for line in (w.state_dir / "serial.runs").read_text().splitlines()
+    )
+    assert len(runs) == 3
+    for (_, end), (start, _) in itertools.pairwise(runs):
+        assert start >= end - 0.05, runs  # one at a time (the handler's own clock)
+
+
+def test_the_gateway_wide_convert_after(world: Callable[..., AsyncWorld]) -> None:
+    w = world("--convert-after", "300ms")
+    fast = w.post(f"/function/flaky?{w.flaky('f')}")
+    assert (fast.status, fast.body) == (200, b"ok after 1\n")
+    slow = w.post(f"/function/flaky?{w.flaky('s', sleep=1.5)}")
+    assert slow.status == 202
+    assert w.wait_for_status(slow.headers["X-Call-Id"], "succeeded")["attempts"] == 1

@@ -9,11 +9,12 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from conftest import Reply
+from conftest import FIXTURES, PYTHON, Reply, free_port
 
-from .conftest import World
+from .conftest import Launcher, World
 
 
 def env_of(reply: Reply) -> dict[str, str]:
@@ -208,7 +209,10 @@ def test_an_unknown_function_is_404_naming_it(world: World) -> None:
     assert reply.status == 404
     assert "nosuch" in reply.text
     assert reply.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert reply.headers["X-Call-Id"]
     assert world.gateway.request("GET", "/function/cat.otherns").status == 404
+    mine = world.gateway.request("GET", "/function/nosuch", headers={"X-Call-Id": "c-1"})
+    assert mine.headers["X-Call-Id"] == "c-1"
 
 
 def test_malformed_names_are_400(world: World) -> None:
@@ -216,6 +220,7 @@ def test_malformed_names_are_400(world: World) -> None:
         reply = world.gateway.request("GET", f"/function/{name}")
         assert reply.status == 400, (name, reply.status)
         assert "invalid function name" in reply.text
+        assert reply.headers["X-Call-Id"]
     assert world.gateway.request("GET", "/function/" + "a" * 63).status == 404
 
 
@@ -329,3 +334,52 @@ def test_metrics_count_calls_per_function_and_code(world: World) -> None:
         == 1
     )
     assert "unknown-fn" not in after
+
+
+# -- behind an http-mode watchdog, gateway-wide timeout, functions file ---------------------
+
+
+def test_calls_reach_an_http_mode_watchdog_and_its_upstream(launcher: Launcher) -> None:
+    port = free_port()
+    watchdog = launcher.watchdog(
+        mode="http",
+        fprocess=f"{PYTHON} {FIXTURES / 'http_upstream.py'} {port}",
+        upstream_url=f"http://127.0.0.1:{port}",
+        ready_path="/status/200",
+    )
+    gateway = launcher.gateway("--function", f"web=http://127.0.0.1:{watchdog.port}")
+    reply = gateway.request(
+        "PUT", "/function/web/inspect/a%2Fb?x=%7e&y", body=b"body", headers={"X-Test": "1"}
+    )
+    assert reply.status == 200
+    seen = json.loads(reply.body)
+    assert seen["method"] == "PUT"
+    assert seen["raw_path"] == "/inspect/a%2Fb?x=%7e&y"
+    assert ["X-Test", "1"] in seen["headers"]
+    assert seen["body_length"] == 4
+    assert reply.headers["X-Call-Id"]
+    assert gateway.request("GET", "/function/web/status/418").status == 418
+
+
+def test_the_gateway_wide_upstream_timeout_answers_504(launcher: Launcher) -> None:
+    upstream = launcher.upstream()
+    gateway = launcher.gateway(
+        "--upstream-timeout", "300ms", "--function", f"up=http://127.0.0.1:{upstream.port}"
+    )
+    started = time.monotonic()
+    reply = gateway.request("GET", "/function/up/slow?s=5")
+    assert reply.status == 504
+    assert 0.25 < time.monotonic() - started < 2
+    assert "300ms" in reply.text
+
+
+def test_a_function_defined_twice_in_the_file_stops_the_gateway(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    config = tmp_path / "twice.yml"
+    config.write_text(
+        "functions:\n  echo:\n    url: http://127.0.0.1:1\n  echo:\n    url: http://127.0.0.1:2\n"
+    )
+    gateway = launcher.gateway("--config", str(config), wait=False)
+    assert gateway.proc.wait(15) == 2
+    assert "'echo' is defined twice" in gateway.logs()

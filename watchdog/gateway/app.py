@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import __version__
+from ..proxy import UpstreamError, read_whole_if_small, whole_response
 from ..responses import INTERNAL_HEADER
 from .answers import SERVED_BY, json_response, method_not_allowed, text
 from .config import GatewayConfig
@@ -40,6 +41,7 @@ from .invoke import (
     Call,
     InvokeError,
     Invoker,
+    new_call_id,
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
@@ -162,6 +164,14 @@ class GatewayApp:
                     response.content_length = length
                 upstream = invocation.upstream
                 try:
+                    body = await read_whole_if_small(request, upstream)
+                except UpstreamError as exc:
+                    invocation.status = 502
+                    message = f"function {fn_key} broke off its response: {exc}"
+                    raise InvokeError(502, message, function=function) from None
+                if body is not None:
+                    return whole_response(response, body)
+                try:
                     await response.prepare(request)
                     if request.method != "HEAD":
                         while True:
@@ -188,7 +198,7 @@ class GatewayApp:
                     _abort(request)
                 return response
         except InvokeError as exc:
-            return _invoke_error(exc, call)
+            return _invoke_error(exc, call, request)
         except TimeoutError:
             return web.Response(status=504)  # never sent: the connection is cut already
 
@@ -272,16 +282,19 @@ def _unauthorized() -> web.Response:
     return response
 
 
-def _invoke_error(exc: InvokeError, call: Call | None) -> web.Response:
+def _invoke_error(exc: InvokeError, call: Call | None, request: web.BaseRequest) -> web.Response:
     response = text(exc.status, exc.message)
     # Marks an answer of the platform, not of the function (retry policies tell them apart).
     response.headers[INTERNAL_HEADER] = "gateway"
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
-    if call is not None:
-        response.headers[CALL_ID_HEADER] = call.call_id
-        response.headers[START_TIME_HEADER] = str(call.start_time_ns)
-        response.headers[DURATION_HEADER] = f"{(time.time_ns() - call.start_time_ns) / 1e9:.6f}"
+    if call is None:  # refused before a call existed (malformed or unknown name)
+        call_id = request.headers.get(CALL_ID_HEADER) or new_call_id()
+        response.headers[CALL_ID_HEADER] = call_id
+        return response
+    response.headers[CALL_ID_HEADER] = call.call_id
+    response.headers[START_TIME_HEADER] = str(call.start_time_ns)
+    response.headers[DURATION_HEADER] = f"{(time.time_ns() - call.start_time_ns) / 1e9:.6f}"
     return response
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
@@ -56,6 +57,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_DELAY = 3600.0
 MAX_IDEMPOTENCY_KEY = 256
 MAX_PAGE = 1000
+# A caller's X-Call-Id becomes a record key and part of a URL: keep it to URL-safe characters.
+CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _NOT_RETURNED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -101,6 +104,7 @@ class AsyncCalls:
         try:
             function = self.invoker.resolve(unquote(segment))
             directives = self._directives(request)
+            call_id = _call_id(request)
         except InvokeError as exc:
             return _internal(text(exc.status, exc.message))
         except BadRequest as exc:
@@ -118,7 +122,7 @@ class AsyncCalls:
             callback_url=directives.callback_url,
             idempotency_key=directives.idempotency_key,
             delay=directives.delay,
-            call_id=request.headers.get(CALL_ID_HEADER) or new_call_id(),
+            call_id=call_id,
         )
         try:
             result = await self.queue.enqueue(call)
@@ -171,7 +175,10 @@ class AsyncCalls:
             wanted = self._list_query(parse_qs(query))
         except BadRequest as exc:
             return json_response(400, {"error": "bad_request", "message": str(exc)})
-        page = await self.queue.list(wanted)
+        try:
+            page = await self.queue.list(wanted)
+        except ValueError as exc:
+            return json_response(400, {"error": "bad_request", "message": str(exc)})
         items = [record_json(record) for record in page.items]
         return json_response(200, {"items": items, "nextCursor": page.next_cursor})
 
@@ -258,6 +265,7 @@ class AsyncCalls:
         hand it to the worker."""
         try:
             callback_url = self._callback_url(request)
+            call_id = _call_id(request)
         except BadRequest as exc:
             return _internal(text(400, str(exc)))
         body = await read_limited(request, self.config.max_async_body)
@@ -272,7 +280,7 @@ class AsyncCalls:
             headers=tuple(forwarded_headers(request).items()),
             body=body,
             callback_url=callback_url,
-            call_id=request.headers.get(CALL_ID_HEADER) or new_call_id(),
+            call_id=call_id,
         )
         now = time.time()
         lease_for = self.worker.settings.lease_for
@@ -325,6 +333,18 @@ def prefer_wait(values: list[str]) -> float | None:
             if name.strip().lower() == "wait" and raw.strip().isdigit():
                 return float(raw.strip())
     return None
+
+
+def _call_id(request: web.BaseRequest) -> str:
+    """The caller's ``X-Call-Id`` if it is a safe one, else a new id."""
+    given = request.headers.get(CALL_ID_HEADER)
+    if given is None:
+        return new_call_id()
+    if CALL_ID.fullmatch(given) is None:
+        raise BadRequest(
+            f"{CALL_ID_HEADER} {given!r}: expected at most 128 letters, digits and . _ : -"
+        )
+    return given
 
 
 def _delay(raw: str | None) -> float:

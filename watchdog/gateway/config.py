@@ -486,6 +486,22 @@ def _callback_policy(values: Mapping[str, Any], problems: list[str]) -> Callback
         return CallbackPolicy()
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key defined twice in one mapping (PyYAML keeps the last,
+    which would let a second ``echo:`` silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is defined twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load_functions_file(
     path: str, namespace: str, retry: RetryPolicy, problems: list[str]
 ) -> list[Function]:
@@ -495,7 +511,7 @@ def _load_functions_file(
         problems.append(f"functions file {path}: cannot read it: {exc.strerror or exc}")
         return []
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         problems.append(f"functions file {path}: not valid YAML: {exc}")
         return []

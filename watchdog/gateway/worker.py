@@ -29,16 +29,18 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..proxy import HOP_BY_HOP, response_headers
+from ..responses import INTERNAL_HEADER
 from ._aio import first_of
 from .invoke import Call, InvokeError
 from .invoke import Invoker as GatewayInvokePath
 from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend
-from .retry import RetryPolicy, decide
+from .retry import RetryPolicy, decide, header
 
 log = logging.getLogger("watchdog.gateway.worker")
 
 DEFAULT_RESULT_LIMIT = 1 << 20
 _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length"}
+_WATCHDOG_REFUSALS = frozenset({429, 502, 503})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,14 @@ def replay_headers(call: LeasedCall) -> list[tuple[str, str]]:
 def classify(
     status: int, headers: Headers, body: bytes, truncated: bool, started: float
 ) -> AttemptResult:
-    """An :class:`AttemptResult` for a response: status >= 400 is a failure of the function."""
-    failed = status >= 400
+    """An :class:`AttemptResult` for a response: status >= 400 is a failure of the function,
+    unless the watchdog refused the call itself (``X-OpenFaaS-Internal`` on a 429 at its
+    ``max_inflight``, a 502 or 503 for an upstream that is down): a failure of the platform.
+    (Its 500 for a handler that failed and 504 for one past ``exec_timeout`` are the
+    function's.)"""
+    if status < 400:
+        return AttemptResult(started, time.time(), status, headers, body, truncated)
+    internal = status in _WATCHDOG_REFUSALS and header(headers, INTERNAL_HEADER) is not None
     return AttemptResult(
         started_at=started,
         ended_at=time.time(),
@@ -82,8 +90,8 @@ def classify(
         headers=headers,
         body=body,
         truncated=truncated,
-        error=f"function answered {status}" if failed else None,
-        error_kind="function" if failed else None,
+        error=f"{'the watchdog' if internal else 'function'} answered {status}",
+        error_kind="platform" if internal else "function",
     )
 
 

@@ -384,7 +384,11 @@ class QueueBackend(Protocol):
     async def get(self, call_id: str) -> ActivationRecord | None: ...
 
     async def list(self, query: ListQuery) -> ActivationPage:
-        """Records newest first, filtered, one page at a time."""
+        """Records newest first, filtered, one page at a time.
+
+        Raises:
+            ValueError: ``query.cursor`` is not a cursor this backend handed out.
+        """
         ...
 
     async def purge(self, ended_before: float) -> int:
