@@ -30,6 +30,8 @@ GLIBC_LIBRARIES = ("ld-linux", "libc.so", "libdl.so", "libm.so", "libpthread.so"
 # first test's setup: about 30 s on 2 cores.
 pytestmark = pytest.mark.timeout(600)
 
+Start = Callable[..., RunningWatchdog]
+
 
 @pytest.fixture(scope="session")
 def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -50,7 +52,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Callable[..., RunningWatchdog]]:
+def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Start]:
     """``run_minimal(fprocess=..., **env)`` starts the artifact under ``env -i`` with a PATH that
     holds only ``cat`` and ``env``, in a directory outside the project; all are reaped after."""
     started: list[RunningWatchdog] = []
@@ -110,7 +112,7 @@ def healthcheck(standalone: Path, tmpdir: Path) -> int:
     ).returncode
 
 
-def test_serves_a_cat_function_without_python(standalone: Path, run_minimal: Callable[..., RunningWatchdog]) -> None:
+def test_serves_a_cat_function_without_python(standalone: Path, run_minimal: Start) -> None:
     wd = run_minimal(fprocess="cat")
 
     reply = wd.request("POST", "/", body=b"hello from nowhere")
@@ -136,7 +138,7 @@ def test_serves_a_cat_function_without_python(standalone: Path, run_minimal: Cal
     assert not psutil.pid_exists(children[0].pid)
 
 
-def test_handlers_get_the_container_environment_not_the_bundles(run_minimal: Callable[..., RunningWatchdog]) -> None:
+def test_handlers_get_the_container_environment_not_the_bundles(run_minimal: Start) -> None:
     wd = run_minimal(fprocess="env", MARKER="kept")
 
     reply = wd.request("GET", "/path?q=1")
