@@ -27,13 +27,9 @@ cp -R "$src/pyproject.toml" "$src/README.md" "$src/watchdog" "$work/src/"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --no-cache-dir "$work/src[standalone]"
 
-# onedir, not onefile: onefile unpacks the whole bundle into /tmp on every start.
-# --collect-submodules: the queue backends are imported by name, invisible to the analysis.
+# What goes in, and why, is in fwatchdog.spec.
 "$work/venv/bin/pyinstaller" --noconfirm --clean --log-level WARN \
-    --onedir --strip --name fwatchdog \
-    --collect-submodules watchdog \
-    --distpath "$work/dist" --workpath "$work/build" --specpath "$work" \
-    "$src/packaging/fwatchdog_frozen.py"
+    --distpath "$work/dist" --workpath "$work/build" "$src/packaging/fwatchdog.spec"
 
 rm -rf "$out"
 mkdir -p "$(dirname "$out")"
