@@ -8,17 +8,19 @@ command, a working directory outside the project.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, RunningWatchdog, free_port, leftovers, wait_until_serving
+from conftest import ROOT, RunningWatchdog, free_port, leftovers, stop_process
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
 
@@ -53,8 +55,9 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Start]:
-    """``run_minimal(fprocess=..., **env)`` starts the artifact under ``env -i`` with a PATH that
-    holds only ``cat`` and ``env``, in a directory outside the project; all are reaped after."""
+    """``run_minimal(*args, fprocess=..., **env)`` starts the artifact under ``env -i`` with a
+    PATH that holds only ``cat`` and ``env``, in a directory outside the project, and waits until
+    it answers ``health`` (a path); all are stopped and reaped after."""
     started: list[RunningWatchdog] = []
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -63,7 +66,7 @@ def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Start]:
     assert shutil.which("python3", path=str(bin_dir)) is None
     assert not tmp_path.resolve().is_relative_to(ROOT.resolve())
 
-    def start(**env: str) -> RunningWatchdog:
+    def start(*args: str, health: str = "/_/health", **env: str) -> RunningWatchdog:
         run_dir = tmp_path / f"run{len(started)}"
         run_dir.mkdir()
         full_env = {
@@ -76,8 +79,9 @@ def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Start]:
         }
         log_path = run_dir / "watchdog.log"
         with open(log_path, "wb") as log_file:
+            variables = [f"{k}={v}" for k, v in full_env.items()]
             proc = subprocess.Popen(
-                ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in full_env.items()), standalone],
+                ["/usr/bin/env", "-i", *variables, standalone, *args],
                 cwd=run_dir,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -87,14 +91,26 @@ def run_minimal(standalone: Path, tmp_path: Path) -> Iterator[Start]:
             proc, int(full_env["port"]), int(full_env["metrics_port"]), log_path, run_dir
         )
         started.append(wd)
-        wait_until_serving(wd)
+        wait_until_answering(wd, health)
         return wd
 
     yield start
     for wd in started:
-        if wd.proc.poll() is None:
-            wd.proc.kill()
-        wd.proc.wait(10)
+        stop_process(wd.proc)
+
+
+def wait_until_answering(wd: RunningWatchdog, path: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wd.proc.poll() is not None:
+            raise AssertionError(f"exited with {wd.proc.returncode}:\n{wd.logs()}")
+        try:
+            if wd.request("GET", path, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never answered 200:\n{wd.logs()}")
 
 
 def mapped_files(pid: int) -> set[Path]:
@@ -151,3 +167,37 @@ def test_handlers_get_the_container_environment_not_the_bundles(run_minimal: Sta
     assert not [name for name in handler_env if name.startswith(("LD_", "_PYI", "_MEI"))]
     wd.proc.send_signal(signal.SIGTERM)
     assert wd.proc.wait(30) == 0
+
+
+def test_http_mode_proxies_to_an_upstream(standalone: Path, run_minimal: Start) -> None:
+    # The upstream is the artifact itself serving `cat` in fork mode: no other server exists
+    # in an image without Python. `env` gives it its own port and mode, without a shell.
+    inner = free_port()
+    wd = run_minimal(
+        mode="http",
+        fprocess=f"env mode=auto port={inner} metrics_port={free_port()} fprocess=cat "
+        f"suppress_lock=true {standalone}",
+        upstream_url=f"http://127.0.0.1:{inner}",
+    )
+
+    reply = wd.request("POST", "/echo?x=1", body=b"through two watchdogs")
+
+    assert (reply.status, reply.body) == (200, b"through two watchdogs")
+    upstream = [c for c in psutil.Process(wd.proc.pid).children() if c.name() != FORK_SERVER_NAME]
+    assert len(upstream) == 1
+    wd.proc.send_signal(signal.SIGTERM)
+    assert wd.proc.wait(30) == 0
+    assert [p for p in upstream if p.is_running() and p.status() != "zombie"] == []
+
+
+def test_the_gateway_routes_to_a_function(standalone: Path, run_minimal: Start) -> None:
+    function = run_minimal(fprocess="cat")
+    gateway = run_minimal("gateway", f"--function=echo={function.url}", health="/healthz")
+
+    reply = gateway.request("POST", "/function/echo", body=b"via the gateway")
+
+    assert (reply.status, reply.body) == (200, b"via the gateway")
+    listed = json.loads(gateway.request("GET", "/system/functions").body)
+    assert [f["name"] for f in listed] == ["echo"]
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(30) == 0
