@@ -1,20 +1,24 @@
 """Every Dockerfile of the project only COPYs what exists in its build context.
 
 Docker cannot run here, so this is the check a ``docker build`` would make first. Dockerfiles are
-parsed with BuildKit's own parser (the ``dockerfile`` package). The build context of a Dockerfile
-is its own directory: the project root for ``Dockerfile.template``, the template folder for
-``templates/LANG/Dockerfile`` (which is what ``build --shrinkwrap`` copies, plus the handler in
-``function/``, whose skeleton the template ships).
+parsed with BuildKit's own parser (the ``dockerfile`` package); what ``.dockerignore`` keeps out
+of the context counts as missing. The build context of a Dockerfile is its own directory: the
+project root for ``Dockerfile.template``, the template folder for ``templates/LANG/Dockerfile``
+(which is what ``build --shrinkwrap`` copies, plus the handler in ``function/``, whose skeleton
+the template ships).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dockerfile
 import pytest
+from docker.utils.build import exclude_paths
 
 ROOT = Path(__file__).parent.parent
 # Not part of the project: tool caches, virtual environments, build outputs.
@@ -72,18 +76,38 @@ def _substitute(text: str, known: Mapping[str, str]) -> str:
 def missing_copy_sources(path: Path) -> list[str]:
     """One line per COPY/ADD source of ``path`` that is not in its build context."""
     context = path.parent.resolve()
+    sent = sent_to_docker(context)
     problems = []
     for line, source in copy_sources(path):
         where = f"{path}:{line}: COPY source {source!r}"
+        relative = posixpath.normpath(source.lstrip("/"))
         if "$" in source:
             problems.append(f"{where} uses an undeclared variable")
-            continue
-        target = (context / source.lstrip("/")).resolve()
-        if not target.is_relative_to(context):
+        elif not (context / relative).resolve().is_relative_to(context):
             problems.append(f"{where} leaves the build context {context}")
-        elif not any(context.glob(source.lstrip("/"))) and not target.exists():
+        elif relative == ".":
+            continue
+        elif not any(context.glob(relative)):
             problems.append(f"{where} does not exist in the build context {context}")
+        elif sent is not None and not any(_copy_matches(relative, sent_path) for sent_path in sent):
+            problems.append(f"{where} is excluded by {context}/.dockerignore")
     return problems
+
+
+def sent_to_docker(context: Path) -> set[str] | None:
+    """The context's paths that ``docker build`` sends, by its ``.dockerignore`` (docker-py's
+    implementation of Docker's rules); None when there is none (everything is sent)."""
+    ignore = context / ".dockerignore"
+    if not ignore.exists():
+        return None
+    lines = (line.strip() for line in ignore.read_text().splitlines())
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    return set(exclude_paths(str(context), patterns))
+
+
+def _copy_matches(pattern: str, path: str) -> bool:
+    # COPY wildcards follow Go's filepath.Match: `*` does not cross a `/`.
+    return pattern.count("/") == path.count("/") and fnmatch.fnmatchcase(path, pattern)
 
 
 def test_the_project_has_its_dockerfile_template() -> None:
@@ -99,6 +123,8 @@ def test_the_check_reports_what_a_docker_build_would_not_find(tmp_path: Path) ->
     (tmp_path / "function").mkdir()
     (tmp_path / "function" / "handler.py").write_text("")
     (tmp_path / "index.py").write_text("")
+    (tmp_path / "secret.env").write_text("")
+    (tmp_path / ".dockerignore").write_text("# not sent\n*.env\n")
     (tmp_path / "Dockerfile").write_text(
         "ARG DIR=function\n"
         "FROM scratch AS base\n"
@@ -109,6 +135,7 @@ def test_the_check_reports_what_a_docker_build_would_not_find(tmp_path: Path) ->
         'COPY ["../outside", "/x"]\n'
         "ADD https://example.org/file /x\n"
         "COPY $UNDECLARED /x\n"
+        "COPY secret.env /x\n"
         "COPY <<EOF /etc/motd\nhi\nEOF\n"
     )
     assert missing_copy_sources(tmp_path / "Dockerfile") == [
@@ -116,4 +143,6 @@ def test_the_check_reports_what_a_docker_build_would_not_find(tmp_path: Path) ->
         f"in the build context {tmp_path}",
         f"{tmp_path}/Dockerfile:7: COPY source '../outside' leaves the build context {tmp_path}",
         f"{tmp_path}/Dockerfile:9: COPY source '$UNDECLARED' uses an undeclared variable",
+        f"{tmp_path}/Dockerfile:10: COPY source 'secret.env' is excluded by "
+        f"{tmp_path}/.dockerignore",
     ]
