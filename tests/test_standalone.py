@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -49,6 +50,9 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
     assert [p.name for p in base.iterdir()] == ["fwatchdog"], "the build left files behind"
+    # Dockerfile.template runs it as nobody.
+    unreadable = [p for p in out.rglob("*") if not p.stat().st_mode & stat.S_IROTH]
+    assert unreadable == []
     yield out / "fwatchdog"
     shutil.rmtree(base)
 
