@@ -34,4 +34,10 @@ cp -R "$src/pyproject.toml" "$src/README.md" "$src/watchdog" "$work/src/"
 rm -rf "$out"
 mkdir -p "$(dirname "$out")"
 mv "$work/dist/fwatchdog" "$out"
+
+# PyInstaller only warns about a module it could not find: insist on every one of ours (the
+# spec's noarchive keeps them as files under _internal/).
+(cd "$src" && find watchdog -name '*.py') | while read -r module; do
+    [ -f "$out/_internal/${module%.py}.pyc" ] || { echo "$0: $module is not bundled" >&2; exit 1; }
+done
 "$out/fwatchdog" --version
