@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dockerfile
 import psutil
 import pytest
 from conftest import ROOT, RunningWatchdog, free_port, leftovers, stop_process
@@ -115,6 +116,15 @@ def wait_until_answering(wd: RunningWatchdog, path: str, timeout: float = 15) ->
             pass
         time.sleep(0.02)
     raise AssertionError(f"{path} never answered 200:\n{wd.logs()}")
+
+
+def test_the_recipe_builds_with_this_script_and_copies_its_output() -> None:
+    # What this module tests is what Dockerfile.template ships, as long as this holds.
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile.template"))
+    runs = [c.value[0] for c in commands if c.cmd == "RUN"]
+    assert "packaging/build-standalone.sh /opt/fwatchdog" in runs
+    copies = [(c.flags, c.value) for c in commands if c.cmd == "COPY"]
+    assert (("--from=fwatchdog-builder",), ("/opt/fwatchdog", "/opt/fwatchdog")) in copies
 
 
 def mapped_files(pid: int) -> set[Path]:
