@@ -218,3 +218,80 @@ def test_the_gateway_routes_to_a_function(standalone: Path, run_minimal: Start) 
     assert [f["name"] for f in listed] == ["echo"]
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(30) == 0
+
+
+# What every Debian-based image (debian:bookworm-slim, node:20) has: glibc, and zlib, which
+# PyInstaller's bootloader links before it can load the bundle's own libraries.
+BASE_IMAGE_LIBRARIES = ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1")
+BASE_IMAGE_LIBRARIES += ("libz.so.1",)
+
+
+def bare_root_filesystem(root: Path, bundle: Path) -> None:
+    """A root filesystem with the bundle in /opt/fwatchdog, /bin/cat, glibc and zlib: nothing
+    else, no Python anywhere."""
+    cat = Path(shutil.which("cat") or "/bin/cat")
+    linked = {}
+    ldd = subprocess.run(["ldd", str(cat)], capture_output=True, text=True, check=True)
+    for words in (line.split() for line in ldd.stdout.splitlines()):
+        if "=>" in words:
+            linked[words[0]] = Path(words[2])
+        elif words and words[0].startswith("/"):
+            linked["interpreter"] = Path(words[0])
+    libdir = linked["libc.so.6"].parent
+    for path in [linked["interpreter"], *(libdir / name for name in BASE_IMAGE_LIBRARIES)]:
+        _install(path, root / path.relative_to("/"))
+    _install(cat, root / "bin" / "cat")
+    (root / "tmp").mkdir()
+    (root / "proc").mkdir()
+    shutil.copytree(bundle, root / "opt" / "fwatchdog", symlinks=True, copy_function=_link)
+
+
+def _install(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.resolve(), target)
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="a new root and PID namespace need unshare(1) and root",
+)
+def test_runs_as_pid_1_in_a_root_filesystem_without_python(
+    standalone: Path, tmp_path: Path
+) -> None:
+    # The nearest thing to `docker run debian:bookworm-slim` with the recipe's COPY: a PID
+    # namespace with /proc, a root directory holding only the bundle, glibc, zlib and cat.
+    root = tmp_path / "rootfs"
+    bare_root_filesystem(root, standalone.parent)
+    assert not [p for p in root.rglob("*python*") if not p.is_relative_to(root / "opt")]
+    port = free_port()
+    env = {"PATH": "/bin", "TMPDIR": "/tmp", "fprocess": "cat", "port": str(port)}
+    env |= {"metrics_port": str(free_port()), "healthcheck_interval": "0"}
+    log_path = tmp_path / "watchdog.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]
+            + [f"--root={root}", "/opt/fwatchdog/fwatchdog"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    wd = RunningWatchdog(proc, port, int(env["metrics_port"]), log_path, root / "tmp")
+    try:
+        wait_until_answering(wd, "/_/health")
+        reply = wd.request("POST", "/", body=b"from a bare root")
+        assert (reply.status, reply.body) == (200, b"from a bare root")
+        assert (root / "tmp" / ".lock").exists()
+        pid1 = psutil.Process(proc.pid).children()[0]  # the watchdog, PID 1 inside
+        assert [c.name() for c in pid1.children()] == [FORK_SERVER_NAME]
+        pid1.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not (root / "tmp" / ".lock").exists()
+    finally:
+        stop_process(proc)
