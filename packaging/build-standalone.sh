@@ -27,8 +27,10 @@ cp -R "$src/pyproject.toml" "$src/README.md" "$src/watchdog" "$work/src/"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --no-cache-dir "$work/src[standalone]"
 
-# What goes in, and why, is in fwatchdog.spec.
-"$work/venv/bin/pyinstaller" --noconfirm --clean --log-level WARN \
+# What goes in, and why, is in fwatchdog.spec. PyInstaller's cache goes in the work dir, so
+# that builds running at the same time (test sessions in other checkouts) never share it.
+export PYINSTALLER_CONFIG_DIR="$work/pyinstaller"
+"$work/venv/bin/pyinstaller" --noconfirm --log-level WARN \
     --distpath "$work/dist" --workpath "$work/build" "$src/packaging/fwatchdog.spec"
 
 rm -rf "$out"
