@@ -23,7 +23,8 @@ trap 'rm -rf "$work"' EXIT
 
 # Install from a copy, so the build never writes into the source tree (build/, *.egg-info).
 mkdir "$work/src"
-cp -R "$src/pyproject.toml" "$src/README.md" "$src/watchdog" "$work/src/"
+cp -R "$src/pyproject.toml" "$src/setup.py" "$src/README.md" "$src/watchdog" "$src/templates" \
+    "$work/src/"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --no-cache-dir "$work/src[standalone]"
 
