@@ -1,0 +1,81 @@
+"""Scenarios 2 and 3: handlers forked per request, against the spawn limit.
+
+2. ``cat`` through ``serializing``, ``streaming`` and the default mode (``auto``);
+3. a Python handler (``python3 -c`` echoing stdin), where the interpreter's start-up is the
+   limit.
+
+The limit of each concurrency is :func:`bench.spawn_limit.spawn_loop` with as many loops as
+there can be useful parallel spawns: ``min(concurrency, cores)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from ..procs import Children
+from ..report import Measurement, Run
+from ..spawn_limit import spawn_loop
+from .common import Settings, Steady, measure, warm_up
+
+BODY = 16
+PYTHON_ECHO = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+MODES = (("default (auto)", None), ("serializing", "serializing"), ("streaming", "streaming"))
+
+
+def run_cat(result: Run, settings: Settings, run_dir: Path) -> None:
+    _run_family(result, settings, run_dir, "2 fork cat", ["cat"], MODES)
+
+
+def run_python(result: Run, settings: Settings, run_dir: Path) -> None:
+    python = shutil.which("python3") or "python3"
+    argv = [python, "-c", PYTHON_ECHO]
+    _run_family(result, settings, run_dir, "3 fork python3", argv, MODES[:1])
+
+
+def _run_family(
+    result: Run,
+    settings: Settings,
+    run_dir: Path,
+    scenario: str,
+    argv: list[str],
+    modes: tuple[tuple[str, str | None], ...],
+) -> None:
+    for concurrency in settings.concurrencies:
+        result.add(_spawn_limit(scenario, argv, concurrency, settings.spawn_seconds))
+    for label, mode in modes:
+        with Children(run_dir) as children:
+            env = {"fprocess": shlex.join(argv), "max_inflight": "0"}
+            if mode:
+                env["mode"] = mode
+            watchdog = children.watchdog(f"fork-{label.split()[0]}", **env)
+            load = {"method": "POST", "body_size": BODY}
+            warm_up(
+                watchdog.url + "/", settings.warmup_seconds, max(settings.concurrencies), **load
+            )
+            steady = Steady.of(f"{scenario}, {label}", watchdog.pid)
+            for concurrency in settings.concurrencies:
+                row = measure(
+                    scenario, f"watchdog, {label}", watchdog.pid, watchdog.url + "/",
+                    concurrency, settings.seconds, **load,
+                )  # fmt: skip
+                result.add(row)
+                steady.requests += row.requests
+            result.steady.append(steady.finish(watchdog.pid))
+
+
+def _spawn_limit(scenario: str, argv: list[str], concurrency: int, seconds: float) -> Measurement:
+    workers = min(concurrency, os.cpu_count() or 1)
+    spawned = spawn_loop(argv, b"x" * BODY, seconds, workers)
+    return Measurement(
+        scenario=scenario,
+        path=f"spawn loop, no HTTP ({workers} thread{'s' if workers > 1 else ''})",
+        concurrency=concurrency,
+        rps=round(spawned.rate, 1),
+        cpu_ms_per_req=round(spawned.cpu_ms_per_spawn, 4),
+        requests=spawned.spawns,
+        limit=True,
+        extra={"handler_cpu_ms_per_req": round(spawned.handler_cpu_ms_per_spawn, 4)},
+    )
