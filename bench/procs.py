@@ -255,6 +255,30 @@ class Meter:
         )
 
 
+def wait_idle(pid: int, timeout: float = 10, window: float = 0.1, busy: float = 0.05) -> None:
+    """Wait until a server and its descendants use less than ``busy`` of a core, so the tail
+    of one load (handlers still running for requests the client gave up) does not run into
+    the next measurement."""
+    root = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+
+    def tree_cpu() -> float:
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    while time.monotonic() < deadline:
+        before = tree_cpu()
+        time.sleep(window)
+        if tree_cpu() - before < busy * window:
+            return
+
+
 @contextmanager
 def terminated_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so ``with Children`` blocks still reap."""

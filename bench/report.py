@@ -167,9 +167,10 @@ def render(run: Run, json_name: str) -> str:
             "|---|---:|---:|---:|",
         ]
         for s in run.steady:
+            fds = f"{s['fds_before']} → {s['fds_after']}" if s["fds_before"] != "" else ""
             lines.append(
                 f"| {s['server']} | {s['requests']:,} | {s['rss_before_mb']} → {s['rss_after_mb']} "
-                f"| {s['fds_before']} → {s['fds_after']} |"
+                f"| {fds} |"
             )
     if run.notes:
         lines += [""] + [f"- {note}" for note in run.notes]

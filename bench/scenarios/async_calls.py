@@ -6,7 +6,7 @@ asynchronous calls is not on this branch yet):
   fsync per commit);
 - completed calls/s end to end: a queue of N calls drained by the worker through the gateway's
   invoke path to a ``cat`` watchdog (``bench.async_drain``, in its own process so its RSS is
-  the worker's). Its limit is the fork-mode ``cat`` watchdog's own rate (scenario 2).
+  the worker's). Its limit: the same ``cat`` watchdog loaded directly by wrk at concurrency 32.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 from .. import async_enqueue
+from ..procs import Children
 from ..report import Measurement, Run
-from .common import Settings
+from .common import Settings, measure, warm_up
 
 SCENARIO = "5 async (queue level)"
+DRAIN = "5 async drain (queue level)"
 CONCURRENCY = 32
+DRAIN_BODY = 64
 
 
 def run(result: Run, settings: Settings, run_dir: Path) -> None:
@@ -41,10 +44,19 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
                 extra={"per_commit": round(got["per_commit"], 1)},
             )
         )
+    with Children(run_dir) as children:
+        watchdog = children.watchdog("drain-limit", fprocess="cat")
+        url = watchdog.url + "/"
+        warm_up(url, settings.warmup_seconds, CONCURRENCY, "POST", DRAIN_BODY)
+        limit = measure(
+            DRAIN, "cat watchdog directly (wrk)", watchdog.pid, url, CONCURRENCY,
+            settings.seconds, method="POST", body_size=DRAIN_BODY, limit=True,
+        )  # fmt: skip
+        result.add(limit)
     drained = _drain(settings.drain_calls)
     result.add(
         Measurement(
-            SCENARIO,
+            DRAIN,
             f"drain {settings.drain_calls:,} queued calls → cat watchdog",
             CONCURRENCY,
             rps=float(drained["rate"]),  # type: ignore[arg-type]
@@ -71,7 +83,7 @@ def _drain(calls: int) -> dict[str, object]:
     watchdog before exiting."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.async_drain", "--calls", str(calls)]
-        + ["--concurrency", str(CONCURRENCY), "--json"],
+        + ["--concurrency", str(CONCURRENCY), "--body", str(DRAIN_BODY), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from .. import wrk
-from ..procs import Meter
+from ..procs import Meter, wait_idle
 from ..report import Measurement
 
 SETTLE = 0.5  # seconds for closed connections to be gone before counting open files
@@ -44,6 +44,7 @@ def measure(
     limit: bool = False,
 ) -> Measurement:
     """One bounded wrk run against ``url`` while metering process ``pid``'s CPU and RSS."""
+    wait_idle(pid)
     with Meter(pid) as meter:
         result = wrk.run(
             url, connections=concurrency, seconds=seconds, method=method, body_size=body_size
@@ -93,11 +94,13 @@ class Steady:
 
     @classmethod
     def of(cls, name: str, pid: int) -> Steady:
+        wait_idle(pid)
         time.sleep(SETTLE)
         meter = Meter(pid)
         return cls(name, round(meter.rss() / 2**20, 1), meter.proc.num_fds())
 
     def finish(self, pid: int) -> dict[str, object]:
+        wait_idle(pid)
         time.sleep(SETTLE)
         meter = Meter(pid)
         return {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
+import sys
 from pathlib import Path
 
 from ..procs import Children
@@ -22,17 +22,22 @@ from .common import Settings, Steady, measure, warm_up
 
 BODY = 16
 PYTHON_ECHO = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+PYTHON_MIN_SECONDS = 3
+WARMUP_CONCURRENCY = 4  # a handler's process costs no memory in the watchdog once it exited
 MODES = (("default (auto)", None), ("serializing", "serializing"), ("streaming", "streaming"))
 
 
 def run_cat(result: Run, settings: Settings, run_dir: Path) -> None:
-    _run_family(result, settings, run_dir, "2 fork cat", ["cat"], MODES)
+    _run_family(result, settings, run_dir, "2 fork cat", ["cat"], MODES, settings.seconds)
 
 
 def run_python(result: Run, settings: Settings, run_dir: Path) -> None:
-    python = shutil.which("python3") or "python3"
-    argv = [python, "-c", PYTHON_ECHO]
-    _run_family(result, settings, run_dir, "3 fork python3", argv, MODES[:1])
+    # The interpreter itself: ``python3`` on PATH may be a wrapper (pyenv's shim is a shell
+    # script that costs more than the interpreter's start-up).
+    argv = [os.path.realpath(sys.executable), "-c", PYTHON_ECHO]
+    # Tens of ms per request: a 1 s load at concurrency 64 would not complete a round.
+    seconds = max(settings.seconds, PYTHON_MIN_SECONDS)
+    _run_family(result, settings, run_dir, "3 fork python3", argv, MODES[:1], seconds)
 
 
 def _run_family(
@@ -42,9 +47,11 @@ def _run_family(
     scenario: str,
     argv: list[str],
     modes: tuple[tuple[str, str | None], ...],
+    seconds: float,
 ) -> None:
     for concurrency in settings.concurrencies:
-        result.add(_spawn_limit(scenario, argv, concurrency, settings.spawn_seconds))
+        spawn_seconds = min(seconds, settings.spawn_seconds * seconds / settings.seconds)
+        result.add(_spawn_limit(scenario, argv, concurrency, spawn_seconds))
     for label, mode in modes:
         with Children(run_dir) as children:
             env = {"fprocess": shlex.join(argv), "max_inflight": "0"}
@@ -59,7 +66,7 @@ def _run_family(
             for concurrency in settings.concurrencies:
                 row = measure(
                     scenario, f"watchdog, {label}", watchdog.pid, watchdog.url + "/",
-                    concurrency, settings.seconds, **load,
+                    concurrency, seconds, **load,
                 )  # fmt: skip
                 result.add(row)
                 steady.requests += row.requests
@@ -71,7 +78,8 @@ def _spawn_limit(scenario: str, argv: list[str], concurrency: int, seconds: floa
     spawned = spawn_loop(argv, b"x" * BODY, seconds, workers)
     return Measurement(
         scenario=scenario,
-        path=f"spawn loop, no HTTP ({workers} thread{'s' if workers > 1 else ''})",
+        path=f"spawn loop, no HTTP ({workers} thread{'s' if workers > 1 else ''}; "
+        f"handler CPU {spawned.handler_cpu_ms_per_spawn:.2f} ms each)",
         concurrency=concurrency,
         rps=round(spawned.rate, 1),
         cpu_ms_per_req=round(spawned.cpu_ms_per_spawn, 4),
