@@ -1,8 +1,10 @@
 """Command line: a bare ``fwatchdog`` is the container entry point; ``fwatchdog gateway``
-runs the gateway.
+runs the gateway; ``fwatchdog invoke`` and ``fwatchdog activations`` are its client
+(:mod:`.client`, which prints its own output).
 
-This is the only module that prints or chooses exit codes. Exit status 2 means the
-configuration is invalid; 1 means the watchdog could not start or failed while running.
+Apart from the client, this is the only module that prints or chooses exit codes. Exit
+status 2 means the configuration is invalid; 1 means the watchdog could not start or failed
+while running.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_healthcheck(os.environ)
     if args and args[0] == "gateway":
         return run_gateway(args[1:], os.environ)
+    if args and args[0] in ("invoke", "activations"):
+        return run_client(args[0], args[1:], os.environ)
     if args:
         print(f"fwatchdog: unknown argument {args[0]!r}", file=sys.stderr)
         return EXIT_CONFIG
@@ -114,6 +118,19 @@ def _serve_gateway(config: GatewayConfig) -> int:
         log.error("cannot start the gateway: %s", exc)
         return EXIT_START
     return 0
+
+
+def run_client(command: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """``fwatchdog invoke`` and ``fwatchdog activations``: talk to a gateway."""
+    from . import client
+
+    try:
+        if command == "invoke":
+            return client.invoke(argv, env, sys.stdin.buffer, sys.stdout.buffer)
+        return client.activations(argv, env, sys.stdout.buffer)
+    except client.Unreachable as exc:
+        print(f"fwatchdog {command}: {exc}", file=sys.stderr)
+        return client.EXIT_FAILED
 
 
 def _run_healthcheck(env: Mapping[str, str]) -> int:

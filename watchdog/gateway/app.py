@@ -16,13 +16,13 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import logging
 import platform
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 import aiohttp
@@ -30,6 +30,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..responses import INTERNAL_HEADER
+from .answers import SERVED_BY, json_response, method_not_allowed, text
 from .config import GatewayConfig
 from .invoke import (
     CALL_ID_HEADER,
@@ -46,18 +47,27 @@ from .registry import Function, FunctionRegistry, InvalidName, split_ref
 log = logging.getLogger("watchdog.gateway")
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
-SERVED_BY = f"fwatchdog-gateway/{__version__}"
 REALM = 'Basic realm="Restricted"'
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """A path prefix, its handler (given the raw path after the prefix) and whether basic auth
-    guards it. Later issues add their own (``/async-function/``, ``/system/activations``)."""
+    guards it. :mod:`.async_api` adds ``/async-function/`` and ``/system/activations``."""
 
     prefix: str
     handler: Handler
     protected: bool
+
+
+class Converter(Protocol):
+    """Turns slow synchronous calls into asynchronous ones (:mod:`.async_api`)."""
+
+    def conversion_wait(self, request: web.BaseRequest, function: Function) -> float | None: ...
+
+    async def call_converting(
+        self, request: web.BaseRequest, function: Function, target: str, wait: float
+    ) -> web.StreamResponse: ...
 
 
 class GatewayApp:
@@ -75,6 +85,7 @@ class GatewayApp:
         self.invoker = invoker
         self.metrics = metrics
         self.healthy = True
+        self.converter: Converter | None = None
         self._credentials = config.credentials
         auth_system = config.basic_auth
         self.routes: list[Route] = []
@@ -99,7 +110,7 @@ class GatewayApp:
                 if route.protected and not self._authorized(request):
                     return _unauthorized()
                 return await route.handler(request, request.raw_path[len(route.prefix) :])
-        return _text(404, "Not Found")
+        return text(404, "Not Found")
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -134,6 +145,10 @@ class GatewayApp:
         call: Call | None = None
         try:
             function = self.invoker.resolve(unquote(segment))
+            if self.converter is not None:
+                wait = self.converter.conversion_wait(request, function)
+                if wait is not None:
+                    return await self.converter.call_converting(request, function, target, wait)
             call = Call.from_request(request, target)
             fn_key = function.key
             async with self.invoker.invoke(function, call) as invocation:
@@ -181,47 +196,47 @@ class GatewayApp:
 
     async def system_functions(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         if rest.partition("?")[0] not in ("", "/"):
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed("GET, HEAD")
+            return method_not_allowed("GET, HEAD")
         namespace = parse_qs(request.query_string).get("namespace", [self.config.namespace])[0]
         body = [self._status(fn) for fn in self.registry.list(namespace)]
-        return _json(200, body)
+        return json_response(200, body)
 
     async def system_function(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed("GET, HEAD")
+            return method_not_allowed("GET, HEAD")
         ref = unquote(rest.partition("?")[0])
         namespace = parse_qs(request.query_string).get("namespace", [self.config.namespace])[0]
         try:
             name, namespace = split_ref(ref if "." in ref else f"{ref}.{namespace}", namespace)
         except InvalidName as exc:
-            return _text(400, str(exc))
+            return text(400, str(exc))
         function = self.registry.get(name, namespace)
         if function is None:
-            return _text(404, f"function {ref!r} not found in namespace {namespace!r}")
-        return _json(200, self._status(function))
+            return text(404, f"function {ref!r} not found in namespace {namespace!r}")
+        return json_response(200, self._status(function))
 
     async def system_info(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         if rest.partition("?")[0]:
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed("GET, HEAD")
-        return _json(200, self._info)
+            return method_not_allowed("GET, HEAD")
+        return json_response(200, self._info)
 
     async def system_unknown(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
-        return _text(404, "Not Found")
+        return text(404, "Not Found")
 
     async def healthz(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         if rest.partition("?")[0]:
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         if not self.healthy:
-            return _text(503, "Service Unavailable")
-        return _text(200, "OK")
+            return text(503, "Service Unavailable")
+        return text(200, "OK")
 
     async def serve_metrics(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         if rest.partition("?")[0]:
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -251,34 +266,14 @@ class GatewayApp:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _text(status: int, text: str) -> web.Response:
-    response = web.Response(status=status, text=text + "\n", content_type="text/plain")
-    response.headers["X-Served-By"] = SERVED_BY
-    return response
-
-
-def _json(status: int, body: object) -> web.Response:
-    response = web.Response(
-        status=status, body=json.dumps(body).encode(), content_type="application/json"
-    )
-    response.headers["X-Served-By"] = SERVED_BY
-    return response
-
-
-def _method_not_allowed(allow: str) -> web.Response:
-    response = _text(405, "Method Not Allowed")
-    response.headers["Allow"] = allow
-    return response
-
-
 def _unauthorized() -> web.Response:
-    response = _text(401, "Unauthorized")
+    response = text(401, "Unauthorized")
     response.headers["WWW-Authenticate"] = REALM
     return response
 
 
 def _invoke_error(exc: InvokeError, call: Call | None) -> web.Response:
-    response = _text(exc.status, exc.message)
+    response = text(exc.status, exc.message)
     # Marks an answer of the platform, not of the function (retry policies tell them apart).
     response.headers[INTERNAL_HEADER] = "gateway"
     if exc.retry_after is not None:
@@ -318,7 +313,7 @@ def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
     location = "/" + "/".join(cleaned) + ("/" if trailing and cleaned else "")
     if request.method == "CONNECT":
         return None
-    response = _text(301, "Moved Permanently")
+    response = text(301, "Moved Permanently")
     response.headers["Location"] = location + (mark + query if query else "")
     return response
 

@@ -19,7 +19,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..config import ConfigError, parse_bool, parse_duration
+from .callbacks import CallbackPolicy, parse_allow
+from .queue import BACKENDS
 from .registry import DEFAULT_NAMESPACE, Function, is_valid_name
+from .retry import RetryPolicy
 
 DEFAULT_SECRET_MOUNT_PATH = "/var/openfaas/secrets"
 
@@ -69,6 +72,57 @@ def _text(text: str) -> str:
     return text
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number from 1 up") from None
+    if value < 1:
+        raise ValueError("a whole number from 1 up")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number from 0 up (0 = no limit)") from None
+    if value < 0:
+        raise ValueError("a whole number from 0 up (0 = no limit)")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def _size(text: str) -> int:
+    """Bytes: ``1048576``, ``512KiB``, ``1MiB`` or ``1MB``."""
+    value = text.strip().lower()
+    digits = value.rstrip("abikm")
+    unit = value[len(digits) :]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise ValueError("a size in bytes such as 1048576, 512KiB or 1MiB")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _backend(text: str) -> str:
+    value = text.strip().lower()
+    if value not in BACKENDS:
+        raise ValueError("one of " + ", ".join(sorted(BACKENDS)))
+    return value
+
+
+def _allow(text: str) -> tuple[str, ...]:
+    return parse_allow(text)
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     attr: str
@@ -116,7 +170,73 @@ FIELDS: tuple[_Field, ...] = (
         DEFAULT_SECRET_MOUNT_PATH, "directory holding basic-auth-user and basic-auth-password",
     ),
     _Field("log_format", "--log-format", "log_format", _log_format, "text", "text or json"),
+    # -- asynchronous calls --
+    _Field(
+        "queue_backend", "--queue", "queue_backend", _backend, "sqlite",
+        "where asynchronous calls are stored",
+    ),
+    _Field(
+        "queue_path", "--queue-path", "queue_path", _text, "",
+        "SQLite queue file (default $XDG_STATE_HOME/fwatchdog/queue.db)",
+    ),
+    _Field(
+        "max_queue_depth", "--max-queue-depth", "max_queue_depth", _non_negative_int, 1_000_000,
+        "unfinished asynchronous calls before 429 (0 = no limit)",
+    ),
+    _Field(
+        "max_async_body", "--max-async-body", "max_async_body", _size, 1 << 20,
+        "largest request body of an asynchronous call (413 beyond)",
+    ),
+    _Field(
+        "max_result_body", "--max-result-body", "max_result_body", _size, 1 << 20,
+        "response bytes kept in an activation record (the rest is cut, flagged)",
+    ),
+    _Field(
+        "async_concurrency", "--async-concurrency", "async_concurrency", _positive_int, 32,
+        "asynchronous calls run at once, all functions together",
+    ),
+    _Field(
+        "activation_retention", "--activation-retention", "activation_retention",
+        _positive_duration, 72 * 3600.0, "how long records of ended calls are kept",
+    ),
+    _Field(
+        "convert_after", "--convert-after", "convert_after", _duration, 0.0,
+        "a /function call running longer answers 202 and goes on async (0 = never)",
+    ),
+    _Field(
+        "max_attempts", "--max-attempts", "max_retry_attempts", _positive_int, 10,
+        "attempts of an asynchronous call",
+    ),
+    _Field(
+        "initial_backoff", "--initial-backoff", "initial_retry_wait", _duration, 10.0,
+        "wait before the first retry; doubles each time",
+    ),
+    _Field(
+        "max_backoff", "--max-backoff", "max_retry_wait", _duration, 120.0,
+        "longest wait between retries",
+    ),
+    _Field(
+        "max_event_age", "--max-event-age", "max_event_age", _positive_duration, 86400.0,
+        "a call older than this fails instead of running",
+    ),
+    _Field(
+        "retry_codes", "--retry-codes", "retry_http_codes", _text, "408,429,500,502,503,504",
+        "function statuses that are retried",
+    ),
+    _Field(
+        "callback_secret", "--callback-secret", "callback_secret", _text, "",
+        "HMAC-SHA256 key for X-Callback-Signature (empty: unsigned)",
+    ),
+    _Field(
+        "callback_allow", "--callback-allow", "callback_allow", _allow, (),
+        "only these callback hosts, *.domains or networks (comma-separated)",
+    ),
+    _Field(
+        "callback_deny_private", "--callback-deny-private", "callback_deny_private", _bool,
+        False, "refuse loopback and private callback addresses", takes_value=False,
+    ),
 )  # fmt: skip
+_RETRY_FIELDS = ("max_attempts", "initial_backoff", "max_backoff", "max_event_age", "retry_codes")
 _BY_FLAG = {spec.flag: spec for spec in FIELDS}
 FUNCTION_FLAG = "--function"
 _FUNCTION_KEYS = frozenset(
@@ -130,6 +250,8 @@ _FUNCTION_KEYS = frozenset(
         "labels",
         "annotations",
         "environment",
+        "convert_after",
+        *_RETRY_FIELDS,
     }
 )
 
@@ -148,6 +270,24 @@ class GatewayConfig:
     basic_auth_invoke: bool = False
     secret_mount_path: str = DEFAULT_SECRET_MOUNT_PATH
     log_format: str = "text"
+    queue_backend: str = "sqlite"
+    queue_path: str = ""
+    max_queue_depth: int = 1_000_000
+    max_async_body: int = 1 << 20
+    max_result_body: int = 1 << 20
+    async_concurrency: int = 32
+    activation_retention: float = 72 * 3600.0
+    convert_after: float = 0.0
+    max_attempts: int = 10
+    initial_backoff: float = 10.0
+    max_backoff: float = 120.0
+    max_event_age: float = 86400.0
+    retry_codes: str = "408,429,500,502,503,504"
+    callback_secret: str = ""
+    callback_allow: tuple[str, ...] = ()
+    callback_deny_private: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    callback_policy: CallbackPolicy = field(default_factory=CallbackPolicy)
     credentials: tuple[str, str] | None = None
     functions: tuple[Function, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -176,9 +316,16 @@ class GatewayConfig:
             except ValueError as exc:
                 problems.append(f"{source}={raw!r} is invalid: expected {exc}")
         namespace = values.get("namespace") or DEFAULT_NAMESPACE
+        retry = _retry_policy(values, problems)
+        callback_policy = _callback_policy(values, problems)
+        if not values.get("queue_path"):
+            values["queue_path"] = str(default_queue_path(env))
         functions: dict[tuple[str, str], Function] = {}
         if values.get("config_file"):
-            for loaded in _load_functions_file(values["config_file"], namespace, problems):
+            loaded_functions = _load_functions_file(
+                values["config_file"], namespace, retry, problems
+            )
+            for loaded in loaded_functions:
                 functions[(loaded.name, loaded.namespace)] = loaded
         for raw in function_flags:
             flagged = _parse_function_flag(raw, namespace, problems)
@@ -198,6 +345,8 @@ class GatewayConfig:
             raise ConfigError(problems)
         return cls(
             **values,
+            retry=retry,
+            callback_policy=callback_policy,
             credentials=credentials,
             functions=tuple(functions.values()),
             environ=MappingProxyType(dict(env)),
@@ -205,7 +354,13 @@ class GatewayConfig:
 
     def summary(self) -> str:
         """The effective settings, for the start-up log line (never the password)."""
-        parts = [f"{spec.attr}={getattr(self, spec.attr)!r}" for spec in FIELDS]
+        hidden = {"callback_secret"}
+        parts = [
+            f"{spec.attr}={getattr(self, spec.attr)!r}"
+            for spec in FIELDS
+            if spec.attr not in hidden
+        ]
+        parts.append(f"callback_secret={'set' if self.callback_secret else 'unset'}")
         parts.append(f"functions={len(self.functions)}")
         return " ".join(parts)
 
@@ -303,7 +458,37 @@ def _parse_function_flag(raw: str, namespace: str, problems: list[str]) -> Funct
     return Function(name=name, namespace=ns if dot else namespace, url=url)
 
 
-def _load_functions_file(path: str, namespace: str, problems: list[str]) -> list[Function]:
+def default_queue_path(env: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/fwatchdog/queue.db``, else ``~/.local/state/fwatchdog/queue.db``."""
+    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/tmp")) / ".local" / "state")
+    return Path(state) / "fwatchdog" / "queue.db"
+
+
+def _retry_policy(values: Mapping[str, Any], problems: list[str]) -> RetryPolicy:
+    """The gateway's default retry policy from its flags (each already parsed alone)."""
+    try:
+        return RetryPolicy.from_mapping(
+            {key: values[key] for key in _RETRY_FIELDS if key in values}
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return RetryPolicy()
+
+
+def _callback_policy(values: Mapping[str, Any], problems: list[str]) -> CallbackPolicy:
+    try:
+        return CallbackPolicy(
+            allow=values.get("callback_allow", ()),
+            deny_private=values.get("callback_deny_private", False),
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return CallbackPolicy()
+
+
+def _load_functions_file(
+    path: str, namespace: str, retry: RetryPolicy, problems: list[str]
+) -> list[Function]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -325,7 +510,8 @@ def _load_functions_file(path: str, namespace: str, problems: list[str]) -> list
         return []
     out: list[Function] = []
     for name, settings in entries.items():
-        function = _function_from_yaml(f"{path}: functions.{name}", name, settings, namespace)
+        where = f"{path}: functions.{name}"
+        function = _function_from_yaml(where, name, settings, namespace, retry)
         if isinstance(function, Function):
             out.append(function)
         else:
@@ -334,7 +520,7 @@ def _load_functions_file(path: str, namespace: str, problems: list[str]) -> list
 
 
 def _function_from_yaml(
-    where: str, name: object, settings: object, default_namespace: str
+    where: str, name: object, settings: object, default_namespace: str, retry: RetryPolicy
 ) -> Function | list[str]:
     problems: list[str] = []
     if not isinstance(name, str) or not is_valid_name(name):
@@ -369,6 +555,13 @@ def _function_from_yaml(
     parse("max_concurrency", _non_negative_int)
     parse("image", _text)
     parse("fprocess", _text)
+    parse("convert_after", _duration)
+    overrides = {key: settings[key] for key in _RETRY_FIELDS if settings.get(key) is not None}
+    if overrides:
+        try:
+            values["retry"] = RetryPolicy.from_mapping(overrides, base=retry, where=where)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for key in ("labels", "annotations", "environment"):
         raw = settings.get(key)
         if raw is None:
@@ -382,16 +575,6 @@ def _function_from_yaml(
         return problems
     values.setdefault("namespace", default_namespace)
     return Function(name=str(name), **values)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number from 0 up (0 = no limit)") from None
-    if value < 0:
-        raise ValueError("a whole number from 0 up (0 = no limit)")
-    return value
 
 
 def _load_credentials(

@@ -13,7 +13,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .retry import RetryPolicy
 
 DEFAULT_NAMESPACE = "openfaas-fn"
 
@@ -60,6 +63,8 @@ class Function:
     ``timeout`` (seconds) overrides the gateway's ``upstream_timeout`` when set;
     ``max_concurrency`` 0 means no limit at the gateway. ``labels``, ``annotations``,
     ``environment``, ``image`` and ``fprocess`` are only shown by the system API.
+    ``retry`` (asynchronous calls) and ``convert_after`` (seconds after which a synchronous
+    call answers 202 and goes on asynchronously) override the gateway's when set.
     """
 
     name: str
@@ -72,6 +77,8 @@ class Function:
     labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
     annotations: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
     environment: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+    retry: RetryPolicy | None = None
+    convert_after: float | None = None
     created_at: float = field(default_factory=time.time)
 
     @property

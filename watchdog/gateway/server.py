@@ -1,13 +1,18 @@
-"""The gateway process: listener, the pooled client session, signals and shutdown.
+"""The gateway process: listener, the pooled client session, the queue of asynchronous calls
+with its worker, callback dispatcher and retention purge, signals and shutdown.
 
 Shutdown, on SIGTERM or SIGINT: ``/healthz`` answers 503, the listener closes, calls in flight
-get up to ``write_timeout`` to finish, then the client session closes.
+get up to ``write_timeout`` to finish; then the worker stops leasing and lets its running calls
+finish for up to ``write_timeout`` too (what remains runs again after a restart: leases), the
+queue closes, then the client session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -15,10 +20,15 @@ from aiohttp import web
 from .. import __version__
 from ..server import _signals_set
 from .app import GatewayApp
+from .async_api import AsyncCalls
+from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
-from .invoke import Invoker
+from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
+from .queue import QueueBackend, backend_class
 from .registry import FunctionRegistry, InMemoryRegistry
+from .retry import RetryPolicy
+from .worker import AsyncWorker, GatewayInvoker, WorkerSettings
 
 log = logging.getLogger("watchdog.gateway")
 
@@ -43,6 +53,9 @@ class Gateway:
         self._http: web.ServerRunner | None = None
         self.app: GatewayApp | None = None
         self.port: int | None = None
+        self.queue: QueueBackend | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._stop_background = asyncio.Event()
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Start, serve until ``stop`` is set or a termination signal arrives, then drain."""
@@ -78,6 +91,7 @@ class Gateway:
             default_timeout=self.config.upstream_timeout,
         )
         self.app = GatewayApp(self.config, self.registry, invoker, self.metrics)
+        await self._start_async(invoker, self.app)
         server = web.Server(
             self.app.dispatch,
             handler_cancellation=True,
@@ -95,6 +109,67 @@ class Gateway:
         self.port = int(self._http.addresses[0][1])
         log.info("Gateway listening on port: %s", self.port)
 
+    async def _start_async(self, invoker: Invoker, app: GatewayApp) -> None:
+        """Open the queue; start the worker, the callback dispatcher and the purge; add the
+        asynchronous routes."""
+        config = self.config
+        path = Path(config.queue_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        queue: QueueBackend = backend_class(config.queue_backend)(
+            path, max_depth=config.max_queue_depth
+        )
+        await queue.open()
+        self.queue = queue
+        runner = GatewayInvoker(invoker, result_limit=config.max_result_body)
+
+        def policy_for(ref: str) -> RetryPolicy:
+            try:
+                return invoker.resolve(ref).retry or config.retry
+            except InvokeError:
+                return config.retry
+
+        worker = AsyncWorker(
+            queue,
+            runner,
+            policy_for=policy_for,
+            limit_for=runner.limit_for,
+            settings=WorkerSettings(concurrency=config.async_concurrency),
+        )
+        secret = config.callback_secret.encode() or None
+        dispatcher = CallbackDispatcher(
+            queue, CallbackSettings(secret=secret, policy=config.callback_policy)
+        )
+        calls = AsyncCalls(config, queue, invoker, worker, runner)
+        app.add_route("/async-function/", calls.accept, protected=config.basic_auth_invoke)
+        app.add_route("/system/activations", calls.activations, protected=config.basic_auth)
+        app.converter = calls
+        stop = self._stop_background
+        self._background = [
+            asyncio.create_task(worker.run(stop, drain_timeout=config.write_timeout)),
+            asyncio.create_task(dispatcher.run(stop)),
+            asyncio.create_task(self._purge_loop(queue, stop)),
+        ]
+        log.info(
+            "Queue: %s at %s, %d calls unfinished", config.queue_backend, path, await queue.depth()
+        )
+
+    async def _purge_loop(self, queue: QueueBackend, stop: asyncio.Event) -> None:
+        """Delete records of calls that ended more than ``activation_retention`` ago."""
+        retention = self.config.activation_retention
+        period = min(60.0, max(0.05, retention / 10))
+        while not stop.is_set():
+            try:
+                purged = await queue.purge(time.time() - retention)
+            except Exception:  # noqa: BLE001 - try again next period
+                log.exception("purging activation records failed")
+            else:
+                if purged:
+                    log.info("Purged %d activation records older than %ss", purged, retention)
+            try:
+                await asyncio.wait_for(stop.wait(), period)
+            except TimeoutError:
+                pass
+
     async def shutdown(self) -> None:
         if self.app is not None:
             self.app.healthy = False
@@ -102,12 +177,23 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()  # waits up to write_timeout, then cancels the rest
             self._http = None
+        await self._stop_async()
         log.info("Exiting")
+
+    async def _stop_async(self) -> None:
+        self._stop_background.set()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+            self._background = []
+        if self.queue is not None:
+            await self.queue.close()
+            self.queue = None
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        await self._stop_async()
         if self._session is not None:
             await self._session.close()
             self._session = None

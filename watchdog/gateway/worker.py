@@ -20,9 +20,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -44,10 +44,12 @@ _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length"}
 @dataclass(frozen=True, slots=True)
 class InvokeResult:
     """An attempt's result; ``retryable`` overrides the policy (False: never retry, e.g. the
-    function is no longer registered)."""
+    function is no longer registered). ``gateway_status`` is what the gateway answered
+    itself when the function gave no response (429 at its limit, 502, 504)."""
 
     result: AttemptResult
     retryable: bool | None = None
+    gateway_status: int | None = None
 
 
 class Invoker(Protocol):
@@ -217,13 +219,15 @@ class GatewayInvoker:
                 error=f"{exc.status}: {exc.message}",
                 error_kind="platform",
             )
-            return InvokeResult(result, retryable=exc.status in (429, 502, 503, 504))
+            retryable = exc.status in (429, 502, 503, 504)
+            return InvokeResult(result, retryable=retryable, gateway_status=exc.status)
         except TimeoutError:
             timeout = self.invoker.timeout_of(function)
-            return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
+            error = f"timed out after {timeout:g}s"
+            return InvokeResult(platform_failure(started, error), gateway_status=504)
         except (aiohttp.ClientError, OSError) as exc:
             error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
-            return InvokeResult(platform_failure(started, error))
+            return InvokeResult(platform_failure(started, error), gateway_status=502)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,10 +326,17 @@ class AsyncWorker:
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=5)
 
-    def _start(self, call: LeasedCall) -> None:
+    def adopt(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
+        """Take over ``call``, whose first attempt is already running as ``attempt`` (a
+        synchronous call converted to asynchronous): keep its lease alive, then complete,
+        retry or fail it like any call of the queue."""
+        self._start(call, self._settle(call, attempt))
+
+    def _start(self, call: LeasedCall, work: Coroutine[Any, Any, None] | None = None) -> None:
         name = call.request.function
         self.running[name] += 1
-        task = asyncio.create_task(self._run_call(call), name=f"call-{call.call_id}")
+        work = work if work is not None else self._run_call(call)
+        task = asyncio.create_task(work, name=f"call-{call.call_id}")
         self._inflight.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -352,12 +363,18 @@ class AsyncWorker:
             error = f"gave up: attempt {call.attempt - 1} of {policy.max_attempts} interrupted"
             await self._end(call, platform_failure(now, error), "fail")
             return
+        await self._settle(call, self.invoker.invoke(call))
+
+    async def _settle(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
+        """Await the attempt while heartbeating the lease, then end the call as policy says."""
+        policy = self.policy_for(call.request.function)
+        started = time.time()
         heartbeat = asyncio.create_task(self._heartbeat(call))
         try:
-            outcome = await self.invoker.invoke(call)
+            outcome = await attempt
         except Exception as exc:  # noqa: BLE001 - an invoker bug must not lose the call
             log.exception("invoking call %s failed", call.call_id)
-            outcome = InvokeResult(platform_failure(now, f"gateway error: {exc!r}"))
+            outcome = InvokeResult(platform_failure(started, f"gateway error: {exc!r}"))
         finally:
             heartbeat.cancel()
         result = outcome.result

@@ -294,6 +294,17 @@ class QueueBackend(Protocol):
         """
         ...
 
+    async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
+        """Store ``request`` as a call already running its first attempt, leased to ``owner``
+        (a synchronous call converted to asynchronous). If the owner dies the lease runs out
+        and the call runs again from the stored request, like any other.
+
+        Raises:
+            QueueFull: the configured depth is reached.
+            QueueError: the call id exists already.
+        """
+        ...
+
     async def find_idempotent(self, function: str, key: str) -> str | None:
         """The id of the call accepted with ``key`` for ``function``, if its record exists."""
         ...

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -512,6 +512,43 @@ class SqliteQueue:
 
         try:
             return cast(EnqueueResult, await self._submit(op, wake_calls=True))
+        except QueueError:
+            raise
+        except sqlite3.IntegrityError as exc:
+            raise QueueError(f"call id {request.call_id} already exists") from exc
+
+    async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
+        def op(conn: sqlite3.Connection, now: float) -> LeasedCall:
+            if self.max_depth and self._depth >= self.max_depth:
+                raise QueueFull(self._depth, self.retry_after)
+            conn.execute(
+                "INSERT INTO calls (call_id, function, status, method, path, query, headers,"
+                " body, callback_url, idempotency_key, created_at, due_at, lease_owner,"
+                " attempts, started_at, attempt_started_at, callback_status)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                (
+                    request.call_id,
+                    request.function,
+                    request.method,
+                    request.path,
+                    request.query,
+                    _headers_json(request.headers),
+                    request.body,
+                    request.callback_url,
+                    request.idempotency_key,
+                    now,
+                    now + lease_for,
+                    owner,
+                    now,
+                    now,
+                    "waiting" if request.callback_url else None,
+                ),
+            )
+            self._depth += 1
+            return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
+
+        try:
+            return cast(LeasedCall, await self._submit(op))
         except QueueError:
             raise
         except sqlite3.IntegrityError as exc:
