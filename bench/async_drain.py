@@ -38,14 +38,14 @@ def _rss() -> float:
     return round(psutil.Process().memory_info().rss / MB, 1)
 
 
-async def fill(queue: SqliteQueue, calls: int, body: bytes) -> float:
+async def fill(queue: SqliteQueue, calls: int, body: bytes, function: str = "cat") -> float:
     """Enqueue ``calls`` calls from 32 tasks (durable group commits); the seconds it took."""
     started = time.perf_counter()
     left = iter(range(calls))
 
     async def filler() -> None:
         for _ in left:
-            await queue.enqueue(CallRequest("cat", body=body))
+            await queue.enqueue(CallRequest(function, body=body))
 
     await asyncio.gather(*(filler() for _ in range(FILLERS)))
     return time.perf_counter() - started

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -50,6 +50,7 @@ class Service:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -103,9 +104,10 @@ class Children:
 
     def watchdog(self, name: str = "watchdog", **settings: str) -> Service:
         """A real ``fwatchdog`` configured by environment variables, serving when returned."""
-        port = free_port()
-        env = base_env(self.run_dir, port=str(port), metrics_port=str(free_port()), **settings)
+        port, metrics_port = free_port(), free_port()
+        env = base_env(self.run_dir, port=str(port), metrics_port=str(metrics_port), **settings)
         service = self.start(name, fwatchdog_command(), env, port)
+        service.extra_ports["metrics"] = metrics_port
         wait_http(service, "/_/ready")
         return service
 
@@ -134,6 +136,15 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait(10)
+
+
+def get_text(port: int, path: str, timeout: float = 5) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def get_status(port: int, path: str, timeout: float = 1) -> int:

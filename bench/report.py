@@ -93,8 +93,14 @@ def machine() -> dict[str, str]:
         "memory": f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "?",
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "wrk": (wrk.stdout or wrk.stderr).split("\n")[0].strip(),
+        "wrk": (wrk.stdout or wrk.stderr).split("\n")[0].split(" Copyright")[0].strip(),
+        "load average at start": load_average(),
     }
+
+
+def load_average() -> str:
+    """1-minute load average: how busy the shared machine was (other work included)."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def now() -> str:
@@ -133,7 +139,8 @@ def render(run: Run, json_name: str) -> str:
         f"raw figures in `results/{json_name}`.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}, "
-        f"Python {m['python']}, {m['wrk']}.",
+        f"Python {m['python']}, {m['wrk']}. Load average (1 min) at start "
+        f"{m.get('load average at start', '?')}, at end {m.get('load average at end', '?')}.",
         "",
         "| scenario | path | conc. | req/s | p50 ms | p99 ms | CPU ms/req | peak RSS MB "
         "| vs limit |",

@@ -41,13 +41,19 @@ def measure(
     *,
     method: str = "GET",
     body_size: int = 0,
+    headers: dict[str, str] | None = None,
     limit: bool = False,
 ) -> Measurement:
     """One bounded wrk run against ``url`` while metering process ``pid``'s CPU and RSS."""
     wait_idle(pid)
     with Meter(pid) as meter:
         result = wrk.run(
-            url, connections=concurrency, seconds=seconds, method=method, body_size=body_size
+            url,
+            connections=concurrency,
+            seconds=seconds,
+            method=method,
+            body_size=body_size,
+            headers=headers,
         )
     usage = meter.usage
     assert usage is not None
