@@ -267,11 +267,16 @@ class Meter:
 
 
 def wait_idle(pid: int, timeout: float = 10, window: float = 0.1, busy: float = 0.05) -> None:
-    """Wait until a server and its descendants use less than ``busy`` of a core, so the tail
-    of one load (handlers still running for requests the client gave up) does not run into
-    the next measurement."""
+    """Wait until a server and its descendants use less than ``busy`` of a core and no
+    handler is left (no grandchild: handlers are children of the fork server), so the tail of
+    one load (handlers of requests the client gave up, being killed) does not run into the
+    next measurement or a leak check."""
     root = psutil.Process(pid)
     deadline = time.monotonic() + timeout
+
+    def handlers_left() -> bool:
+        children = root.children()
+        return len(root.children(recursive=True)) > len(children)
 
     def tree_cpu() -> float:
         total = 0.0
@@ -286,7 +291,7 @@ def wait_idle(pid: int, timeout: float = 10, window: float = 0.1, busy: float = 
     while time.monotonic() < deadline:
         before = tree_cpu()
         time.sleep(window)
-        if tree_cpu() - before < busy * window:
+        if tree_cpu() - before < busy * window and not handlers_left():
             return
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..procs import Children
 from ..report import Measurement, Run
-from ..spawn_limit import spawn_loop
+from ..spawn_limit import SpawnResult, spawn_loop
 from .common import Settings, Steady, measure, warm_up
 
 BODY = 16
@@ -36,7 +36,7 @@ def run_python(result: Run, settings: Settings, run_dir: Path) -> None:
     # script that costs more than the interpreter's start-up).
     argv = [os.path.realpath(sys.executable), "-c", PYTHON_ECHO]
     # Tens of ms per request: a 1 s load at concurrency 64 would not complete a round.
-    seconds = max(settings.seconds, PYTHON_MIN_SECONDS)
+    seconds = max(2 * settings.seconds, PYTHON_MIN_SECONDS)
     _run_family(result, settings, run_dir, "3 fork python3", argv, MODES[:1], seconds)
 
 
@@ -49,9 +49,13 @@ def _run_family(
     modes: tuple[tuple[str, str | None], ...],
     seconds: float,
 ) -> None:
+    spawn_seconds = min(seconds, settings.spawn_seconds * seconds / settings.seconds)
+    by_workers: dict[int, SpawnResult] = {}  # 16 and 64 both spawn from `cores` threads
     for concurrency in settings.concurrencies:
-        spawn_seconds = min(seconds, settings.spawn_seconds * seconds / settings.seconds)
-        result.add(_spawn_limit(scenario, argv, concurrency, spawn_seconds))
+        workers = min(concurrency, os.cpu_count() or 1)
+        if workers not in by_workers:
+            by_workers[workers] = spawn_loop(argv, b"x" * BODY, spawn_seconds, workers)
+        result.add(_spawn_limit_row(scenario, concurrency, by_workers[workers]))
     for label, mode in modes:
         with Children(run_dir) as children:
             env = {"fprocess": shlex.join(argv), "max_inflight": "0"}
@@ -73,9 +77,8 @@ def _run_family(
             result.steady.append(steady.finish(watchdog.pid))
 
 
-def _spawn_limit(scenario: str, argv: list[str], concurrency: int, seconds: float) -> Measurement:
-    workers = min(concurrency, os.cpu_count() or 1)
-    spawned = spawn_loop(argv, b"x" * BODY, seconds, workers)
+def _spawn_limit_row(scenario: str, concurrency: int, spawned: SpawnResult) -> Measurement:
+    workers = spawned.workers
     return Measurement(
         scenario=scenario,
         path=f"spawn loop, no HTTP ({workers} thread{'s' if workers > 1 else ''}; "
