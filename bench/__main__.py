@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report.render(result, path.name)
     print(table)
     if "all" in args.scenarios:
-        report.update_readme(result, path)
+        report.update_readme(result, path, "quick" if args.quick else "full")
         print(f"\nwritten: {path} and {report.README}", file=sys.stderr)
     else:
         print(f"\nwritten: {path}", file=sys.stderr)

@@ -19,7 +19,11 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).parent
 RESULTS_DIR = BENCH_DIR / "results"
 README = BENCH_DIR / "README.md"
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def markers(mode: str) -> tuple[str, str]:
+    """The README block of a mode (``quick`` or ``full``): each ``all`` run replaces its own."""
+    return f"<!-- results:{mode}:begin -->", f"<!-- results:{mode}:end -->"
 
 
 @dataclass
@@ -184,11 +188,12 @@ def render(run: Run, json_name: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(run: Run, json_path: Path) -> None:
-    """Replace the block between the markers in bench/README.md with this run's table."""
-    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{render(run, json_path.name)}\n{END}{tail}")
+def update_readme(run: Run, json_path: Path, mode: str) -> None:
+    """Replace the block between the mode's markers in bench/README.md with this run's table."""
+    begin, end = markers(mode)
+    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{render(run, json_path.name)}\n{end}{tail}")
