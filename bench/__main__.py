@@ -142,10 +142,13 @@ def add_checks(run: Run, settings: Settings) -> None:
             continue
         grown = float(steady["rss_after_mb"]) - float(steady["rss_before_mb"])  # type: ignore[arg-type]
         fds = int(steady["fds_after"]) - int(steady["fds_before"])  # type: ignore[call-overload]
+        # A client pool (http mode's, the gateway's) may hold one idle keep-alive connection
+        # per concurrent request and lets them expire: its size moves, a leak only grows.
+        allowed = FLAT_FDS + int(steady.get("pool", 0))  # type: ignore[call-overload]
         run.check(
-            f"{steady['server']}: RSS (±{FLAT_RSS_MB:.0f} MB) and open files flat",
+            f"{steady['server']}: RSS (+{FLAT_RSS_MB:.0f} MB) and open files (+{allowed}) flat",
             f"{grown:+.1f} MB, {fds:+d} fds after {steady['requests']:,} requests",
-            grown <= FLAT_RSS_MB and fds <= FLAT_FDS,
+            grown <= FLAT_RSS_MB and fds <= allowed,
         )
 
 

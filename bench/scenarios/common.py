@@ -97,13 +97,14 @@ class Steady:
     rss_before_mb: float
     fds_before: int
     requests: int = 0
+    pool: int = 0  # keep-alive connections a client pool may hold: not a leak
 
     @classmethod
-    def of(cls, name: str, pid: int) -> Steady:
+    def of(cls, name: str, pid: int, pool: int = 0) -> Steady:
         wait_idle(pid)
         time.sleep(SETTLE)
         meter = Meter(pid)
-        return cls(name, round(meter.rss() / 2**20, 1), meter.proc.num_fds())
+        return cls(name, round(meter.rss() / 2**20, 1), meter.proc.num_fds(), pool=pool)
 
     def finish(self, pid: int) -> dict[str, object]:
         wait_idle(pid)
@@ -116,4 +117,5 @@ class Steady:
             "rss_after_mb": round(meter.rss() / 2**20, 1),
             "fds_before": self.fds_before,
             "fds_after": meter.proc.num_fds(),
+            "pool": self.pool,
         }

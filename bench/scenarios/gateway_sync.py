@@ -34,7 +34,7 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
         load = {"method": "POST", "body_size": BODY}
         via_gateway = gateway.url + "/function/echo"
         warm_up(via_gateway, settings.warmup_seconds, max(settings.concurrencies), **load)
-        steady = Steady.of("gateway", gateway.pid)
+        steady = Steady.of("gateway", gateway.pid, pool=max(settings.concurrencies))
         for concurrency in settings.concurrencies:
             direct: list[Measurement] = []
             via: list[Measurement] = []

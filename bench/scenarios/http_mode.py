@@ -39,7 +39,7 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
         top = max(settings.concurrencies)
         for _, method, body in REQUESTS:
             warm_up(watchdog.url + "/", settings.warmup_seconds, top, method, body)
-        steady = Steady.of("mode=http watchdog", watchdog.pid)
+        steady = Steady.of("mode=http watchdog", watchdog.pid, pool=max(settings.concurrencies))
         for label, method, body in REQUESTS:
             scenario = f"1 http {label}"
             for concurrency in settings.concurrencies:
