@@ -157,6 +157,8 @@ def render(run: Run, json_name: str) -> str:
             ratio = "limit"
         elif limit and limit.rps:
             ratio = f"{row.rps / limit.rps:.2f}×"
+        elif limit and limit.p50_ms and row.p50_ms:  # times (start-up): slower is more
+            ratio = f"{row.p50_ms / limit.p50_ms:.2f}× the time"
         errors = f" ({row.errors} errors)" if row.errors else ""
         lines.append(
             f"| {row.scenario} | {row.path}{errors} | {row.concurrency or ''} "
