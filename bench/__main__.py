@@ -52,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(args.scenarios) + (" --quick" if args.quick else "")
     result = Run(command, report.now(), report.machine(), settings.__dict__)
     started = time.monotonic()
-    with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
-        for name in names:
-            print(f"== {name}", file=sys.stderr, flush=True)
-            begun = time.monotonic()
-            SCENARIOS[name](result, settings, Path(run_dir))
-            print(f"   {time.monotonic() - begun:.1f} s", file=sys.stderr, flush=True)
+    try:
+        with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
+            for name in names:
+                print(f"== {name}", file=sys.stderr, flush=True)
+                begun = time.monotonic()
+                SCENARIOS[name](result, settings, Path(run_dir))
+                print(f"   {time.monotonic() - begun:.1f} s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped; nothing written", file=sys.stderr)
+        return 130
     result.seconds = time.monotonic() - started
     result.machine["load average at end"] = report.load_average()
     add_checks(result, settings)
