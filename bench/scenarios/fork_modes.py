@@ -23,7 +23,6 @@ from .common import Settings, Steady, measure, warm_up
 BODY = 16
 PYTHON_ECHO = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
 PYTHON_MIN_SECONDS = 2
-WARMUP_CONCURRENCY = 4  # a handler's process costs no memory in the watchdog once it exited
 MODES = (("default (auto)", None), ("serializing", "serializing"), ("streaming", "streaming"))
 
 
