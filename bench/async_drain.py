@@ -1,24 +1,24 @@
 """Completed asynchronous calls per second: enqueue N calls to a ``cat`` watchdog, then let
 the queue worker run them through the gateway's sync invoke path until all succeeded.
 
-    python -m bench.async_drain --calls 2000 --concurrency 32
+    python -m bench.async_drain --calls 2000 --concurrency 32 [--json]
 
 Starts its own watchdog (``fprocess=cat``) on a free port; the queue is a fresh SQLite file.
+The queue is filled first (32 concurrent durable enqueues), then drained; this process's RSS
+is sampled throughout, so a queue that holds memory per call shows as growth.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
-import sys
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 import uvloop
 
 from watchdog.gateway.invoke import Invoker
@@ -29,18 +29,35 @@ from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.retry import RetryPolicy
 from watchdog.gateway.worker import AsyncWorker, GatewayInvoker, WorkerSettings
 
+from .procs import MB, Children, terminated_on_sigterm
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+FILLERS = 32
 
 
-async def drain(args: argparse.Namespace, directory: Path, url: str) -> None:
+def _rss() -> float:
+    return round(psutil.Process().memory_info().rss / MB, 1)
+
+
+async def fill(queue: SqliteQueue, calls: int, body: bytes, function: str = "cat") -> float:
+    """Enqueue ``calls`` calls from 32 tasks (durable group commits); the seconds it took."""
+    started = time.perf_counter()
+    left = iter(range(calls))
+
+    async def filler() -> None:
+        for _ in left:
+            await queue.enqueue(CallRequest(function, body=body))
+
+    await asyncio.gather(*(filler() for _ in range(FILLERS)))
+    return time.perf_counter() - started
+
+
+async def drain(args: argparse.Namespace, directory: Path, url: str) -> dict[str, object]:
+    figures: dict[str, object] = {"calls": args.calls, "rss_empty_mb": _rss()}
     queue = SqliteQueue(directory / "queue.db")
     await queue.open()
-    for _ in range(args.calls):
-        await queue.enqueue(CallRequest("cat", body=b"x" * args.body))
+    figures["fill_seconds"] = round(await fill(queue, args.calls, b"x" * args.body), 2)
+    figures["rss_full_mb"] = _rss()
+    samples: list[float] = []
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         registry = InMemoryRegistry([Function("cat", url)])
@@ -56,16 +73,31 @@ async def drain(args: argparse.Namespace, directory: Path, url: str) -> None:
         started = time.perf_counter()
         task = asyncio.create_task(worker.run(stop))
         while await queue.depth():
-            await asyncio.sleep(0.01)
+            samples.append(_rss())
+            await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         stop.set()
         await task
     await queue.close()
-    print(
-        f"{worker.completed} calls completed ({worker.failed} failed, {worker.retried} retried)"
-        f" in {elapsed:.2f}s at worker concurrency {args.concurrency}:"
-        f" {worker.completed / elapsed:,.0f}/s"
+    figures.update(
+        completed=worker.completed,
+        failed=worker.failed,
+        retried=worker.retried,
+        drain_seconds=round(elapsed, 2),
+        rate=round(worker.completed / elapsed, 1),
+        rss_peak_mb=max(samples, default=_rss()),
+        rss_end_mb=_rss(),
+        concurrency=args.concurrency,
     )
+    return figures
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as run_dir, Children(Path(run_dir)) as children:
+        watchdog = children.watchdog("drain-watchdog", fprocess="cat")
+        figures = uvloop.run(drain(args, Path(run_dir), watchdog.url))
+        figures["watchdog_rss_mb"] = round(psutil.Process(watchdog.pid).memory_info().rss / MB, 1)
+        return figures
 
 
 def main() -> None:
@@ -73,37 +105,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--body", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    port, metrics_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "fprocess": "cat",
-        "port": str(port),
-        "metrics_port": str(metrics_port),
-        "healthcheck_interval": "0",
-    }
-    run_dir = tempfile.TemporaryDirectory()
-    env["TMPDIR"] = run_dir.name  # the watchdog's lock file
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "watchdog"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    with terminated_on_sigterm():
+        figures = measure(args)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(
+        f"{figures['completed']} calls completed ({figures['failed']} failed,"
+        f" {figures['retried']} retried) in {figures['drain_seconds']}s at worker concurrency"
+        f" {args.concurrency}: {figures['rate']:,}/s; queue filled in {figures['fill_seconds']}s;"
+        f" RSS empty {figures['rss_empty_mb']} MB, full {figures['rss_full_mb']} MB,"
+        f" peak while draining {figures['rss_peak_mb']} MB, end {figures['rss_end_mb']} MB"
     )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        with tempfile.TemporaryDirectory() as directory:
-            uvloop.run(drain(args, Path(directory), f"http://127.0.0.1:{port}"))
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        run_dir.cleanup()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from watchdog.gateway.queue.base import CallRequest
 from watchdog.gateway.queue.sqlite import SqliteQueue
 
 
-async def bench(args: argparse.Namespace, directory: Path) -> None:
+async def bench(args: argparse.Namespace, directory: Path) -> dict[str, float]:
+    """Enqueue from ``args.concurrency`` tasks for ``args.seconds``; the rate and latencies."""
     queue = SqliteQueue(directory / "queue.db", synchronous=args.synchronous)
     await queue.open()
     body = b"x" * args.body
@@ -41,12 +42,24 @@ async def bench(args: argparse.Namespace, directory: Path) -> None:
     commits = queue.commits
     await queue.close()
     quantiles = statistics.quantiles(latencies, n=100)
-    print(
-        f"{len(latencies)} durable enqueues in {elapsed:.2f}s at concurrency {args.concurrency}"
-        f" (synchronous={args.synchronous}, body {args.body} B):"
-        f" {len(latencies) / elapsed:,.0f}/s; latency p50 {quantiles[49] * 1000:.2f} ms,"
-        f" p99 {quantiles[98] * 1000:.2f} ms; {len(latencies) / max(commits, 1):.1f} per commit"
+    return {
+        "enqueues": len(latencies),
+        "seconds": elapsed,
+        "rate": len(latencies) / elapsed,
+        "p50_ms": quantiles[49] * 1000,
+        "p99_ms": quantiles[98] * 1000,
+        "per_commit": len(latencies) / max(commits, 1),
+    }
+
+
+def measure(
+    concurrency: int = 32, seconds: float = 5.0, body: int = 1024, synchronous: str = "full"
+) -> dict[str, float]:
+    args = argparse.Namespace(
+        concurrency=concurrency, seconds=seconds, body=body, synchronous=synchronous
     )
+    with tempfile.TemporaryDirectory() as directory:
+        return uvloop.run(bench(args, Path(directory)))
 
 
 def main() -> None:
@@ -58,7 +71,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where the database goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-        uvloop.run(bench(args, Path(directory)))
+        got = uvloop.run(bench(args, Path(directory)))
+    print(
+        f"{got['enqueues']:.0f} durable enqueues in {got['seconds']:.2f}s at concurrency"
+        f" {args.concurrency} (synchronous={args.synchronous}, body {args.body} B):"
+        f" {got['rate']:,.0f}/s; latency p50 {got['p50_ms']:.2f} ms,"
+        f" p99 {got['p99_ms']:.2f} ms; {got['per_commit']:.1f} per commit"
+    )
 
 
 if __name__ == "__main__":

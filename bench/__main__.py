@@ -1,0 +1,182 @@
+"""One command for every benchmark:
+
+    python -m bench all [--quick]          # every scenario; table into bench/README.md
+    python -m bench http fork gateway      # some of them (JSON only, README untouched)
+
+Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6). Each load is
+wrk on loopback, bounded in time; every process started is reaped at the end, on errors and
+Ctrl-C too. Results go to bench/results/<date>-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import report, wrk
+from .procs import terminated_on_sigterm
+from .report import Run
+from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, startup
+from .scenarios.common import Settings
+
+Scenario = Callable[[Run, Settings, Path], None]
+SCENARIOS: dict[str, Scenario] = {
+    "http": http_mode.run,
+    "fork": fork_modes.run_cat,
+    "python": fork_modes.run_python,
+    "gateway": gateway_sync.run,
+    "async": async_calls.run,
+    "startup": startup.run,
+}
+
+# Figures of the Go OpenFaaS watchdogs on this machine class (shared/reference/performance.md).
+OF_WATCHDOG_HTTP_RPS = 14_100
+OF_WATCHDOG_HTTP_P99_MS = 4.8
+CLASSIC_FORK_RPS = 1_980
+FLAT_RSS_MB = 5.0
+FLAT_FDS = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="+", choices=["all", *SCENARIOS])
+    parser.add_argument("--quick", action="store_true", help="1 s loads, 2,000 queued calls")
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
+    settings = Settings.quick() if args.quick else Settings.full()
+    wrk.ensure_wrk()
+    command = "python -m bench " + " ".join(args.scenarios) + (" --quick" if args.quick else "")
+    result = Run(command, report.now(), report.machine(), settings.__dict__)
+    started = time.monotonic()
+    try:
+        with terminated_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
+            for name in names:
+                print(f"== {name}", file=sys.stderr, flush=True)
+                begun = time.monotonic()
+                SCENARIOS[name](result, settings, Path(run_dir))
+                print(f"   {time.monotonic() - begun:.1f} s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped; nothing written", file=sys.stderr)
+        return 130
+    result.seconds = time.monotonic() - started
+    result.machine["load average at end"] = report.load_average()
+    add_checks(result, settings)
+    add_notes(result, settings)
+    path = report.save(result)
+    table = report.render(result, path.name)
+    print(table)
+    if "all" in args.scenarios:
+        report.update_readme(result, path, "quick" if args.quick else "full")
+        print(f"\nwritten: {path} and {report.README}", file=sys.stderr)
+    else:
+        print(f"\nwritten: {path}", file=sys.stderr)
+    return 0
+
+
+def add_checks(run: Run, settings: Settings) -> None:
+    http = run.find("1 http small GET", "watchdog → upstream", 16)
+    if http:
+        run.check(
+            f"http mode, small GET, c16: ≥ {OF_WATCHDOG_HTTP_RPS:,} req/s (Go of-watchdog)",
+            f"{http.rps:,.0f} req/s",
+            http.rps >= OF_WATCHDOG_HTTP_RPS,
+        )
+        cpu = http.cpu_ms_per_req or 0
+        run.check(
+            "http mode: ≤ 70 µs watchdog CPU per request", f"{cpu * 1000:.0f} µs", cpu <= 0.07
+        )
+        p99 = http.p99_ms or 0
+        run.check(
+            f"http mode, c16: p99 ≤ {OF_WATCHDOG_HTTP_P99_MS} ms (of-watchdog's)",
+            f"{p99:.2f} ms",
+            p99 <= OF_WATCHDOG_HTTP_P99_MS,
+        )
+    fork = run.find("2 fork cat", "watchdog, default (auto)", 16)
+    if fork:
+        run.check(
+            f"fork mode, cat, c16: ≥ {CLASSIC_FORK_RPS:,} req/s (Go classic watchdog)",
+            f"{fork.rps:,.0f} req/s",
+            fork.rps >= CLASSIC_FORK_RPS,
+        )
+        cpu = fork.cpu_ms_per_req or 0
+        run.check("fork mode: ≤ 0.28 ms watchdog CPU per request", f"{cpu:.3f} ms", cpu <= 0.28)
+    for concurrency in (1, 16):
+        direct = run.find("4 gateway sync (cat)", "watchdog directly", concurrency)
+        via = run.find("4 gateway sync (cat)", "gateway → watchdog", concurrency)
+        if direct and via and direct.p50_ms and via.p50_ms:
+            ratio = via.p50_ms / direct.p50_ms
+            run.check(
+                f"gateway sync, c{concurrency}: p50 latency ≤ 1.30 × the watchdog's",
+                f"{via.p50_ms:.2f} / {direct.p50_ms:.2f} ms = {ratio:.2f}×",
+                ratio <= 1.30,
+            )
+    durable = run.find(
+        "5 async accept", "gateway: POST /async-function → 202 (durable)", async_calls.CONCURRENCY
+    )
+    if durable:
+        run.check(
+            "async: > 2,000 durable acceptances/s at c32 (HTTP, 202)",
+            f"{durable.rps:,.0f}/s",
+            durable.rps > 2000,
+        )
+    for row in run.measurements:
+        if row.scenario == "5 async drain" and not row.limit:
+            full, peak = float(row.extra["rss_full_mb"]), float(row.extra["rss_peak_mb"])  # type: ignore[arg-type]
+            run.check(
+                f"async: {settings.drain_calls:,} queued calls drain with flat RSS",
+                f"gateway {full} MB at start → peak {peak} MB; drained in "
+                f"{row.extra['drain_seconds']} s",
+                peak - full <= FLAT_RSS_MB,
+            )
+    ready = run.find(
+        "6 start-up", "exec of fwatchdog → /_/ready 200 (p50 = median, p99 = worst)", 0
+    )
+    if ready and ready.p50_ms is not None:
+        run.check(
+            "start-up to /_/ready < 150 ms (median)", f"{ready.p50_ms:.0f} ms", ready.p50_ms < 150
+        )
+        rss = ready.peak_rss_mb or 0
+        run.check("idle RSS ≤ 35 MB", f"{rss:.1f} MB", rss <= 35)
+    for steady in run.steady:
+        if steady["fds_before"] == "":
+            continue
+        grown = float(steady["rss_after_mb"]) - float(steady["rss_before_mb"])  # type: ignore[arg-type]
+        fds = int(steady["fds_after"]) - int(steady["fds_before"])  # type: ignore[call-overload]
+        # A client pool (http mode's, the gateway's) may hold one idle keep-alive connection
+        # per concurrent request and lets them expire: its size moves, a leak only grows.
+        allowed = FLAT_FDS + int(steady.get("pool", 0))  # type: ignore[call-overload]
+        run.check(
+            f"{steady['server']}: RSS (+{FLAT_RSS_MB:.0f} MB) and open files (+{allowed}) flat",
+            f"{grown:+.1f} MB, {fds:+d} fds after {steady['requests']:,} requests",
+            grown <= FLAT_RSS_MB and fds <= allowed,
+        )
+
+
+def add_notes(run: Run, settings: Settings) -> None:
+    run.notes.append(
+        f"Each load: wrk -t1, {settings.seconds:g} s, after a {settings.warmup_seconds:g} s "
+        "warm-up; a limit and its subject are measured back to back at the same concurrency. "
+        "wrk, the servers and other engineers' work share the cores, so absolute figures "
+        "drift (±10% and more); the ratios and CPU per request hold better."
+    )
+    run.notes.append(
+        "CPU ms/req = CPU seconds per 1,000 requests of the metered process: the watchdog (plus "
+        "its fork server fw-spawner, not the handlers), the gateway, or the upstream for "
+        "'directly' rows; for spawn loops, the spawning process."
+    )
+    run.notes.append(
+        "Targets quoting Go watchdogs compare with figures measured on this machine class on "
+        "another day (shared/reference/performance.md), not in this run."
+    )
+    if settings.drain_calls < 100_000:
+        run.notes.append(
+            f"--quick drains {settings.drain_calls:,} queued calls; the full run drains 100,000."
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

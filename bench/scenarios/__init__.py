@@ -1,0 +1,1 @@
+"""One module per family of scenarios; each exposes ``run(run, settings, run_dir)``."""
