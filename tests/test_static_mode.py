@@ -14,6 +14,7 @@ def site(tmp_path: Path, start_watchdog) -> RunningWatchdog:
     root = tmp_path / "public"
     (root / "docs").mkdir(parents=True)
     (root / "empty").mkdir()
+    (root / "example.com").mkdir()
     (root / "index.html").write_text("<h1>home</h1>")
     (root / "docs" / "index.html").write_text("<h1>docs</h1>")
     (root / "notes.txt").write_text("0123456789")
@@ -49,6 +50,14 @@ def test_files_and_directory_indexes(site: RunningWatchdog) -> None:
     head = site.request("HEAD", "/notes.txt")
     assert head.status == 200 and head.headers["Content-Length"] == "10" and head.body == b""
     assert site.request("POST", "/notes.txt", body=b"x").status == 405
+
+
+@pytest.mark.parametrize("target", ["//example.com", "///example.com", "/example.com"])
+def test_a_directory_redirect_never_leaves_the_server(site: RunningWatchdog, target: str) -> None:
+    # "//example.com/" in a Location header is a scheme-relative URL: another site.
+    answer = raw_get(site, target)
+    assert answer.split(" ", 2)[1] == "301", answer[:200]
+    assert "\r\nLocation: /example.com/\r\n" in answer, answer[:400]
 
 
 def test_etag_last_modified_and_ranges(site: RunningWatchdog) -> None:
