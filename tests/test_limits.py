@@ -146,3 +146,53 @@ def test_a_dead_fork_server_makes_the_watchdog_unhealthy(start_watchdog) -> None
     reply = wd.request("POST", "/", body=b"x")
     assert reply.status == 500 and "fork server" in reply.text
     wd.wait_for_log("the fork server")
+
+
+def _metric(wd: RunningWatchdog, name: str) -> float:
+    for line in wd.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[int, float]:
+    """Drain ``sock`` until the watchdog closes or resets it: (bytes received, when)."""
+    received = 0
+    deadline = time.monotonic() + limit
+    sock.settimeout(limit)
+    try:
+        while time.monotonic() < deadline and (chunk := sock.recv(1 << 20)):
+            received += len(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received, time.monotonic()
+
+
+@pytest.mark.parametrize("exit_status", [0, 3])
+def test_write_timeout_cuts_a_client_that_never_reads_a_buffered_answer(
+    start_watchdog, exit_status: int
+) -> None:
+    # A buffered answer (a serializing 200, or a 500 carrying the output with combine_output)
+    # must be written within write_timeout, holding its in-flight slot until then.
+    size = 64 * 1024 * 1024
+    wd = start_watchdog(
+        fprocess=f"sh -c 'head -c {size} /dev/zero; exit {exit_status}'",
+        mode="serializing",
+        write_timeout="2s",
+        combine_output="true",
+    )
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        _wait_for(lambda: _metric(wd, "fwatchdog_handlers_running") == 0, what="handler done")
+        # The handler is done and the answer is stuck in the socket: the request still counts.
+        assert _metric(wd, "http_requests_in_flight") == 1
+        # Only start reading once the watchdog must have given up on this client.
+        time.sleep(max(0.0, started + 2.5 - time.monotonic()))
+        received, closed_at = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert closed_at - started < 2 + 4  # write_timeout plus slack
+    _wait_for(lambda: _metric(wd, "http_requests_in_flight") == 0, what="slot released")
+    wd.wait_for_log("within write_timeout")
