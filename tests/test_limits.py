@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import FIXTURES, PYTHON, RunningWatchdog, leftovers
+from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port, leftovers
 
 
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -196,3 +197,50 @@ def test_write_timeout_cuts_a_client_that_never_reads_a_buffered_answer(
     assert closed_at - started < 2 + 4  # write_timeout plus slack
     _wait_for(lambda: _metric(wd, "http_requests_in_flight") == 0, what="slot released")
     wd.wait_for_log("within write_timeout")
+
+
+def _running_with_args(*args: str) -> list[psutil.Process]:
+    """Live processes anywhere on the machine with exactly this command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["cmdline"] == list(args) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def _double_fork(seconds: str) -> str:
+    # The subshell exits at once, so `sleep` is re-parented (to the fork server, a subreaper)
+    # before any kill: neither the process group nor the handler's children lead to it.
+    return f"(setsid sleep {seconds} </dev/null >/dev/null 2>&1 &)"
+
+
+def test_exec_timeout_kills_a_double_forked_descendant(start_watchdog) -> None:
+    seconds = f"297.{os.getpid()}"
+    wd = start_watchdog(fprocess=f"sh -c '{_double_fork(seconds)}; sleep 299'", exec_timeout="1s")
+    try:
+        assert wd.request("GET", "/").status == 504
+        _wait_for(lambda: not _running_with_args("sleep", seconds), what="the orphan killed")
+        assert not leftovers(wd.proc.pid)
+    finally:
+        for proc in _running_with_args("sleep", seconds):
+            proc.kill()
+
+
+@pytest.mark.parametrize("mode", ["auto", "http"])
+def test_no_orphan_of_a_handler_survives_shutdown(start_watchdog, mode: str) -> None:
+    seconds = f"296.{os.getpid()}"
+    fprocess = f"{PYTHON} {FIXTURES / 'double_fork.py'} {seconds}"
+    env = {}
+    if mode == "http":
+        port = free_port()
+        env = {"upstream_url": f"http://127.0.0.1:{port}"}
+        fprocess += f" {PYTHON} {FIXTURES / 'plain_upstream.py'} {port}"
+    wd = start_watchdog(fprocess=fprocess, mode=mode, **env)
+    try:
+        assert wd.request("GET", "/").status < 300
+        assert _running_with_args("sleep", seconds)  # the handler is done, its orphan is not
+        assert wd.terminate() == 0
+        assert not _running_with_args("sleep", seconds)
+    finally:
+        for proc in _running_with_args("sleep", seconds):
+            proc.kill()
