@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import aiohttp
 import psutil
 import pytest
 from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port
-from test_limits import _in_background, _wait_for
+from test_limits import _in_background, _read_until_closed, _wait_for
 
 
 def start_http(start_watchdog, upstream: str = "http_upstream.py", **env: str) -> RunningWatchdog:
@@ -244,3 +245,53 @@ def test_upstream_output_is_logged_line_by_line(start_watchdog) -> None:
     wd = start_http(start_watchdog)
     wd.wait_for_log("stdout: listening on")
     assert "Upstream ready at http://127.0.0.1:" in wd.logs()
+
+
+def _send_part_of_a_body(wd: RunningWatchdog, path: str) -> tuple[str, float]:
+    """POST 100 announced bytes but only 9 of them; return the answer and how long it took."""
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+        sock.sendall(b"only part")
+        answer = sock.recv(65536).decode()
+        return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("buffer_http", ["false", "true"])
+def test_read_timeout_answers_408_to_a_body_that_stops(start_watchdog, buffer_http: str) -> None:
+    wd = start_http(start_watchdog, read_timeout="1s", exec_timeout="0", buffer_http=buffer_http)
+    answer, elapsed = _send_part_of_a_body(wd, "/inspect")
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert answer.endswith("Request body not received within read_timeout of 1s\n")
+    assert elapsed < 1 + 4  # read_timeout, not exec_timeout (off) or never
+    assert wd.request("GET", "/pid").status == 200  # the upstream is fine
+
+
+def test_write_timeout_cuts_a_client_that_stops_reading(start_watchdog) -> None:
+    size = 64 * 1024 * 1024
+    wd = start_http(start_watchdog, write_timeout="1s", exec_timeout="0")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(f"GET /bytes?n={size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        started = time.monotonic()
+        time.sleep(1.5)  # never read until the watchdog must have given up
+        received, closed_at = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert closed_at - started < 1 + 4  # write_timeout plus slack
+    _wait_for(lambda: "http_requests_in_flight 0.0" in wd.metrics(), what="slot released")
+    wd.wait_for_log("Client did not read GET /bytes within write_timeout")
+
+
+def test_only_the_upstream_s_own_timeouts_count_towards_hung(start_watchdog) -> None:
+    wd = start_http(start_watchdog, exec_timeout="1s", upstream_hung_after="2")
+    first = upstream_pid(wd)
+    for _ in range(2):  # slow clients: the body never arrives
+        answer, _ = _send_part_of_a_body(wd, "/inspect")
+        assert answer.startswith("HTTP/1.1 504"), answer
+    assert wd.request("GET", "/pid").text == str(first)  # not declared hung
+    for _ in range(2):  # a stream that outlives exec_timeout after the upstream answered
+        with pytest.raises(http.client.IncompleteRead):
+            wd.request("GET", "/drip")
+    assert upstream_pid(wd) == first
+    assert "consecutive requests timed out" not in wd.logs()

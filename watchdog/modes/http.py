@@ -17,10 +17,12 @@ import aiohttp
 from aiohttp import web
 
 from ..config import WatchdogConfig, parse_duration
+from ..limits import BodyTimeout, ClientStalled, seconds_or_none
 from ..logs import FunctionLog
 from ..process import ProcessTable, resolve_program
 from ..proxy import (
     CLIENT_AUTO_HEADERS,
+    RequestBody,
     UpstreamError,
     abort_connection,
     forwarded_headers,
@@ -164,7 +166,7 @@ class HttpRunner:
         if not self._available:
             return text_response(503, "Upstream is not running; it is being restarted\n", started)
         timeout = self._deadline(request)
-        exchange = _Exchange()
+        exchange = _Exchange(self._read_deadline())
         try:
             async with asyncio.timeout(timeout):
                 if _is_websocket(request):
@@ -172,11 +174,26 @@ class HttpRunner:
                 return await self._proxy(request, started, exchange)
         except TimeoutError:
             return self._timed_out(request, started, timeout, exchange)
+        except BodyTimeout:
+            return self._body_timed_out(request, started, exchange)
+        except ClientStalled:
+            log.warning(
+                "Client did not read %s %s within write_timeout", request.method, request.path
+            )
+            return self._cut(request, exchange) or text_response(
+                504, "Client did not read the response within write_timeout\n", started
+            )
         except UpstreamError as exc:
+            if exchange.body.timed_out:
+                return self._body_timed_out(request, started, exchange)
             log.error("Upstream request failed: %s", exc)
             return text_response(
                 502, f"Upstream refused or dropped the connection: {exc}\n", started
             )
+
+    def _read_deadline(self) -> float | None:
+        read_timeout = self.config.read_timeout
+        return asyncio.get_running_loop().time() + read_timeout if read_timeout else None
 
     def _deadline(self, request: web.BaseRequest) -> float | None:
         """exec_timeout, shortened (never lengthened) by a valid X-Timeout header."""
@@ -201,18 +218,29 @@ class HttpRunner:
             self.base_url + request.raw_path,
             buffer_body=self.config.buffer_http,
             extra_headers={"Host": request.host},
+            body=exchange.body,
         )
         self._consecutive_timeouts = 0
         headers = response_headers(upstream)
         headers[DURATION_HEADER] = duration_value(started)
         exchange.response = response_for(upstream, headers)
-        return await relay(request, upstream, exchange.response)
+        write_timeout = seconds_or_none(self.config.write_timeout)
+        return await relay(request, upstream, exchange.response, write_timeout)
 
     def _timed_out(
         self, request: web.BaseRequest, started: float, timeout: float | None, exchange: _Exchange
     ) -> web.StreamResponse:
         limit = format_seconds(timeout or 0)
         log.warning("Upstream did not answer %s %s within %s", request.method, request.path, limit)
+        if exchange.awaiting_upstream:
+            self._count_upstream_timeout()
+        return self._cut(request, exchange) or text_response(
+            504, f"Upstream did not answer within {limit}\n", started
+        )
+
+    def _count_upstream_timeout(self) -> None:
+        """Only the upstream's own silence counts towards hung: not a slow client's body, nor
+        a stream (SSE, WebSocket) that outlived the deadline after the upstream answered."""
         self._consecutive_timeouts += 1
         hung_after = self.config.upstream_hung_after
         if hung_after and self._consecutive_timeouts >= hung_after and self._supervisor:
@@ -221,10 +249,25 @@ class HttpRunner:
             asyncio.ensure_future(
                 self._supervisor.restart(f"{hung_after} consecutive requests timed out")
             )
+
+    def _body_timed_out(
+        self, request: web.BaseRequest, started: float, exchange: _Exchange
+    ) -> web.StreamResponse:
+        limit = format_seconds(self.config.read_timeout)
+        log.warning(
+            "Request body of %s %s not received within %s", request.method, request.path, limit
+        )
+        return self._cut(request, exchange) or text_response(
+            408, f"Request body not received within read_timeout of {limit}\n", started
+        )
+
+    @staticmethod
+    def _cut(request: web.BaseRequest, exchange: _Exchange) -> web.StreamResponse | None:
+        """Once the status is out only a cut connection can tell the client something failed."""
         if exchange.response is not None and exchange.response.prepared:
-            abort_connection(request)  # the status is out already: only a cut can tell
+            abort_connection(request)
             return exchange.response
-        return text_response(504, f"Upstream did not answer within {limit}\n", started)
+        return None
 
     async def _proxy_websocket(
         self, request: web.BaseRequest, exchange: _Exchange
@@ -255,12 +298,18 @@ def _is_websocket(request: web.BaseRequest) -> bool:
 
 
 class _Exchange:
-    """What one proxied request has sent so far, for the deadline handler to look at."""
+    """How far one proxied request has got, for the deadline handlers to look at."""
 
-    __slots__ = ("response",)
+    __slots__ = ("body", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, read_deadline: float | None) -> None:
+        self.body = RequestBody(read_deadline)
         self.response: web.StreamResponse | None = None
+
+    @property
+    def awaiting_upstream(self) -> bool:
+        """The whole request is with the upstream, which has not answered yet."""
+        return self.body.complete and self.response is None
 
 
 async def _pump_both_ways(
