@@ -295,3 +295,30 @@ def test_only_the_upstream_s_own_timeouts_count_towards_hung(start_watchdog) -> 
             wd.request("GET", "/drip")
     assert upstream_pid(wd) == first
     assert "consecutive requests timed out" not in wd.logs()
+
+
+def test_a_websocket_counts_against_max_inflight_and_in_metrics(start_watchdog) -> None:
+    wd = start_http(start_watchdog, max_inflight="1")
+
+    async def while_a_websocket_is_open() -> tuple[str, int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{wd.url}/ws") as ws:
+                await ws.send_str("one")
+                echoed = (await ws.receive(timeout=5)).data
+                async with session.get(f"{wd.url}/pid") as refused:
+                    return echoed, refused.status, await refused.text()
+
+    echoed, status, text = asyncio.run(while_a_websocket_is_open())
+    assert echoed == "echo:one"
+    assert status == 429 and "Max concurrent requests: 1" in text
+
+    def counted() -> bool:
+        metrics = wd.metrics()
+        return (
+            'http_requests_total{code="101",method="get"} 1.0' in metrics
+            and 'http_requests_total{code="429",method="get"} 1.0' in metrics
+            and "http_requests_in_flight 0.0" in metrics
+        )
+
+    _wait_for(counted, what="the WebSocket and the refusal counted")
+    assert wd.request("GET", "/pid").status == 200  # the slot is free again

@@ -27,7 +27,7 @@ from .metrics import WatchdogMetrics
 from .modes import Runner, build_runner
 from .process import ProcessTable
 from .proxy import abort_connection
-from .responses import text_response
+from .responses import sent_status, text_response
 
 log = logging.getLogger("watchdog.server")
 
@@ -158,7 +158,8 @@ class Watchdog:
                 await self._send(request, response)
             return response
         except asyncio.CancelledError:
-            status = 499  # the client went away (nginx's convention)
+            # The client went away (nginx's convention), unless an answer had gone out.
+            status = sent_status(request) or 499
             raise
         finally:
             self.limiter.release()

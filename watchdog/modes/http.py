@@ -31,7 +31,13 @@ from ..proxy import (
     response_for,
     response_headers,
 )
-from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
+from ..responses import (
+    DURATION_HEADER,
+    duration_value,
+    format_seconds,
+    note_sent,
+    text_response,
+)
 from ..supervisor import Supervisor
 
 log = logging.getLogger("watchdog.http")
@@ -288,6 +294,7 @@ class HttpRunner:
         client = web.WebSocketResponse(protocols=protocols)
         exchange.response = client
         await client.prepare(request)
+        note_sent(request, 101)
         async with upstream:
             await _pump_both_ways(client, upstream)
         return client
