@@ -91,7 +91,7 @@ def test_buffer_http_turns_a_chunked_upload_into_a_length(start_watchdog) -> Non
 
 
 def test_a_large_body_streams_both_ways_with_flat_memory(start_watchdog) -> None:
-    size = 512 << 20
+    size = 1 << 30  # 1 GiB each way, as the issue asks (about 3 s on loopback)
     wd = start_http(start_watchdog, exec_timeout="120s")
     watchdog = psutil.Process(wd.proc.pid)
     baseline = watchdog.memory_info().rss
@@ -126,7 +126,9 @@ def test_a_large_body_streams_both_ways_with_flat_memory(start_watchdog) -> None
         conn.close()
     assert received == size
     growth = (peak[0] - baseline) / (1 << 20)
-    assert growth < 24, f"watchdog RSS grew by {growth:.1f} MiB"
+    # Measured 3.9-4.8 MiB over ten runs (four at once included); whole-body buffering
+    # anywhere would take hundreds.
+    assert growth < 8, f"watchdog RSS grew by {growth:.1f} MiB"
 
 
 def test_dropped_connection_is_a_quick_502(start_watchdog) -> None:
