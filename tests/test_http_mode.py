@@ -291,6 +291,7 @@ def test_only_the_upstream_s_own_timeouts_count_towards_hung(start_watchdog) -> 
     for _ in range(2):  # slow clients: the body never arrives
         answer, _ = _send_part_of_a_body(wd, "/inspect")
         assert answer.startswith("HTTP/1.1 504"), answer
+        assert answer.endswith("Request body not received within the request's limit of 1s\n")
     assert wd.request("GET", "/pid").text == str(first)  # not declared hung
     for _ in range(2):  # a stream that outlives exec_timeout after the upstream answered
         with pytest.raises(http.client.IncompleteRead):

@@ -237,12 +237,14 @@ class HttpRunner:
         self, request: web.BaseRequest, started: float, timeout: float | None, exchange: _Exchange
     ) -> web.StreamResponse:
         limit = format_seconds(timeout or 0)
-        log.warning("Upstream did not answer %s %s within %s", request.method, request.path, limit)
+        if exchange.body.complete:
+            what = f"Upstream did not answer within {limit}"
+        else:
+            what = f"Request body not received within the request's limit of {limit}"
+        log.warning("%s: %s %s", what, request.method, request.path)
         if exchange.awaiting_upstream:
             self._count_upstream_timeout()
-        return self._cut(request, exchange) or text_response(
-            504, f"Upstream did not answer within {limit}\n", started
-        )
+        return self._cut(request, exchange) or text_response(504, what + "\n", started)
 
     def _count_upstream_timeout(self) -> None:
         """Only the upstream's own silence counts towards hung: not a slow client's body, nor
