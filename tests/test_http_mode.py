@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
@@ -325,3 +326,23 @@ def test_a_websocket_counts_against_max_inflight_and_in_metrics(start_watchdog) 
 
     _wait_for(counted, what="the WebSocket and the refusal counted")
     assert wd.request("GET", "/pid").status == 200  # the slot is free again
+
+
+def test_write_timeout_cuts_a_websocket_client_that_stops_reading(start_watchdog) -> None:
+    messages = 1024  # 64 MiB in all
+    wd = start_http(start_watchdog, write_timeout="1s", exec_timeout="0")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(
+            f"GET /wsflood?n={messages} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        time.sleep(1.5)  # never read until the watchdog must have given up
+        received, closed_at = _read_until_closed(sock, 10)
+    assert 0 < received < messages * 65536  # the upgrade went through, then it was cut off
+    assert closed_at - started < 1 + 4  # write_timeout plus slack
+    _wait_for(lambda: "http_requests_in_flight 0.0" in wd.metrics(), what="slot released")

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import WatchdogConfig, parse_duration
-from ..limits import BodyTimeout, ClientStalled, seconds_or_none
+from ..limits import BodyTimeout, ClientStalled, seconds_or_none, within_write_timeout
 from ..logs import FunctionLog
 from ..process import ProcessTable, resolve_program
 from ..proxy import (
@@ -298,7 +298,7 @@ class HttpRunner:
         await client.prepare(request)
         note_sent(request, 101)
         async with upstream:
-            await _pump_both_ways(client, upstream)
+            await _pump_both_ways(client, upstream, seconds_or_none(self.config.write_timeout))
         return client
 
 
@@ -322,8 +322,16 @@ class _Exchange:
 
 
 async def _pump_both_ways(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    write_timeout: float | None,
 ) -> None:
+    """Relay messages both ways until either side closes.
+
+    Raises:
+        ClientStalled: the client did not take a message within ``write_timeout``.
+    """
+
     async def client_to_upstream() -> None:
         async for message in client:
             await _forward(message, upstream)
@@ -331,7 +339,7 @@ async def _pump_both_ways(
 
     async def upstream_to_client() -> None:
         async for message in upstream:
-            await _forward(message, client)
+            await within_write_timeout(_forward(message, client), write_timeout)
         await client.close()
 
     tasks = [
@@ -339,11 +347,13 @@ async def _pump_both_ways(
         asyncio.ensure_future(upstream_to_client()),
     ]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if any(not t.cancelled() and isinstance(t.exception(), ClientStalled) for t in done):
+        raise ClientStalled
 
 
 async def _forward(
