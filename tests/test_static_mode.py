@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from conftest import RunningWatchdog
+from test_limits import _read_until_closed
 
 
 @pytest.fixture
@@ -98,3 +100,23 @@ def test_a_missing_root_is_a_configuration_error(start_watchdog, tmp_path: Path)
     wd = start_watchdog(wait=False, mode="static", static_path=str(tmp_path / "nope"))
     assert wd.proc.wait(30) == 2
     assert "is not a directory" in wd.logs()
+
+
+def test_write_timeout_cuts_a_client_that_never_reads_a_file(
+    start_watchdog, tmp_path: Path
+) -> None:
+    size = 64 * 1024 * 1024
+    root = tmp_path / "big"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as f:
+        f.truncate(size)
+    wd = start_watchdog(mode="static", static_path=str(root), write_timeout="1s")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        time.sleep(1.5)  # never read until the watchdog must have given up
+        received, closed_at = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert closed_at - started < 1 + 4  # write_timeout plus slack
