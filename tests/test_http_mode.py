@@ -347,3 +347,22 @@ def test_write_timeout_cuts_a_websocket_client_that_stops_reading(start_watchdog
     assert 0 < received < messages * 65536  # the upgrade went through, then it was cut off
     assert gave_up - started < 1 + 4  # write_timeout plus slack
     _wait_for(lambda: "http_requests_in_flight 0.0" in wd.metrics(), what="slot released")
+
+
+def test_websocket_handshakes_the_upstream_never_answers_count_towards_hung(
+    start_watchdog,
+) -> None:
+    wd = start_http(start_watchdog, exec_timeout="500ms", upstream_hung_after="2")
+    first = upstream_pid(wd)
+
+    async def handshake() -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"{wd.url}/slow?s=30"):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert [asyncio.run(handshake()) for _ in range(2)] == [504, 504]
+    _wait_for(lambda: wd.request("GET", "/_/ready").status == 200, timeout=15, what="back")
+    assert upstream_pid(wd) != first

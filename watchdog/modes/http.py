@@ -281,6 +281,7 @@ class HttpRunner:
         self, request: web.BaseRequest, exchange: _Exchange
     ) -> web.StreamResponse:
         assert self._session is not None
+        exchange.body.complete = True  # an upgrade request has no body: the handshake is all
         headers = forwarded_headers(request)
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.popall(name, None)
