@@ -216,3 +216,11 @@ def test_cgi_head_and_body_written_apart_stream_whole(start_watchdog) -> None:
     reply = wd.request("GET", "/")
     assert reply.status == 202
     assert reply.text == "later body"
+
+
+def test_combine_output_puts_stderr_in_the_500(start_watchdog) -> None:
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}", combine_output="true")
+    reply = wd.request("GET", "/")
+    assert reply.status == 500
+    assert reply.text.startswith("exit status 3\n")
+    assert "partial output\n" in reply.text and "boom: something broke\n" in reply.text

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import aiohttp
 import psutil
 import pytest
 from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port
-from test_limits import _in_background, _wait_for
+from test_limits import _in_background, _read_until_closed, _wait_for
 
 
 def start_http(start_watchdog, upstream: str = "http_upstream.py", **env: str) -> RunningWatchdog:
@@ -90,7 +92,7 @@ def test_buffer_http_turns_a_chunked_upload_into_a_length(start_watchdog) -> Non
 
 
 def test_a_large_body_streams_both_ways_with_flat_memory(start_watchdog) -> None:
-    size = 512 << 20
+    size = 1 << 30  # 1 GiB each way, as the issue asks (about 3 s on loopback)
     wd = start_http(start_watchdog, exec_timeout="120s")
     watchdog = psutil.Process(wd.proc.pid)
     baseline = watchdog.memory_info().rss
@@ -125,7 +127,9 @@ def test_a_large_body_streams_both_ways_with_flat_memory(start_watchdog) -> None
         conn.close()
     assert received == size
     growth = (peak[0] - baseline) / (1 << 20)
-    assert growth < 24, f"watchdog RSS grew by {growth:.1f} MiB"
+    # Measured 3.9-4.8 MiB over ten runs (four at once included); whole-body buffering
+    # anywhere would take hundreds.
+    assert growth < 8, f"watchdog RSS grew by {growth:.1f} MiB"
 
 
 def test_dropped_connection_is_a_quick_502(start_watchdog) -> None:
@@ -244,3 +248,121 @@ def test_upstream_output_is_logged_line_by_line(start_watchdog) -> None:
     wd = start_http(start_watchdog)
     wd.wait_for_log("stdout: listening on")
     assert "Upstream ready at http://127.0.0.1:" in wd.logs()
+
+
+def _send_part_of_a_body(wd: RunningWatchdog, path: str) -> tuple[str, float]:
+    """POST 100 announced bytes but only 9 of them; return the answer and how long it took."""
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+        sock.sendall(b"only part")
+        answer = sock.recv(65536).decode()
+        return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("buffer_http", ["false", "true"])
+def test_read_timeout_answers_408_to_a_body_that_stops(start_watchdog, buffer_http: str) -> None:
+    wd = start_http(start_watchdog, read_timeout="1s", exec_timeout="0", buffer_http=buffer_http)
+    answer, elapsed = _send_part_of_a_body(wd, "/inspect")
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert answer.endswith("Request body not received within read_timeout of 1s\n")
+    assert elapsed < 1 + 4  # read_timeout, not exec_timeout (off) or never
+    assert wd.request("GET", "/pid").status == 200  # the upstream is fine
+
+
+def test_write_timeout_cuts_a_client_that_stops_reading(start_watchdog) -> None:
+    size = 64 * 1024 * 1024
+    wd = start_http(start_watchdog, write_timeout="1s", exec_timeout="0")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(f"GET /bytes?n={size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        started = time.monotonic()
+        wd.wait_for_log("within write_timeout")  # the watchdog gave up on this client
+        gave_up = time.monotonic()
+        received, _ = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert gave_up - started < 1 + 4  # write_timeout plus slack
+    _wait_for(lambda: "http_requests_in_flight 0.0" in wd.metrics(), what="slot released")
+
+
+def test_only_the_upstream_s_own_timeouts_count_towards_hung(start_watchdog) -> None:
+    wd = start_http(start_watchdog, exec_timeout="1s", upstream_hung_after="2")
+    first = upstream_pid(wd)
+    for _ in range(2):  # slow clients: the body never arrives
+        answer, _ = _send_part_of_a_body(wd, "/inspect")
+        assert answer.startswith("HTTP/1.1 504"), answer
+        assert answer.endswith("Request body not received within the request's limit of 1s\n")
+    assert wd.request("GET", "/pid").text == str(first)  # not declared hung
+    for _ in range(2):  # a stream that outlives exec_timeout after the upstream answered
+        with pytest.raises(http.client.IncompleteRead):
+            wd.request("GET", "/drip")
+    assert upstream_pid(wd) == first
+    assert "consecutive requests timed out" not in wd.logs()
+
+
+def test_a_websocket_counts_against_max_inflight_and_in_metrics(start_watchdog) -> None:
+    wd = start_http(start_watchdog, max_inflight="1")
+
+    async def while_a_websocket_is_open() -> tuple[str, int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{wd.url}/ws") as ws:
+                await ws.send_str("one")
+                echoed = (await ws.receive(timeout=5)).data
+                async with session.get(f"{wd.url}/pid") as refused:
+                    return echoed, refused.status, await refused.text()
+
+    echoed, status, text = asyncio.run(while_a_websocket_is_open())
+    assert echoed == "echo:one"
+    assert status == 429 and "Max concurrent requests: 1" in text
+
+    def counted() -> bool:
+        metrics = wd.metrics()
+        return (
+            'http_requests_total{code="101",method="get"} 1.0' in metrics
+            and 'http_requests_total{code="429",method="get"} 1.0' in metrics
+            and "http_requests_in_flight 0.0" in metrics
+        )
+
+    _wait_for(counted, what="the WebSocket and the refusal counted")
+    assert wd.request("GET", "/pid").status == 200  # the slot is free again
+
+
+def test_write_timeout_cuts_a_websocket_client_that_stops_reading(start_watchdog) -> None:
+    messages = 1024  # 64 MiB in all
+    wd = start_http(start_watchdog, write_timeout="1s", exec_timeout="0")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(
+            f"GET /wsflood?n={messages} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        wd.wait_for_log("within write_timeout")  # the watchdog gave up on this client
+        gave_up = time.monotonic()
+        received, _ = _read_until_closed(sock, 10)
+    assert 0 < received < messages * 65536  # the upgrade went through, then it was cut off
+    assert gave_up - started < 1 + 4  # write_timeout plus slack
+    _wait_for(lambda: "http_requests_in_flight 0.0" in wd.metrics(), what="slot released")
+
+
+def test_websocket_handshakes_the_upstream_never_answers_count_towards_hung(
+    start_watchdog,
+) -> None:
+    wd = start_http(start_watchdog, exec_timeout="500ms", upstream_hung_after="2")
+    first = upstream_pid(wd)
+
+    async def handshake() -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"{wd.url}/slow?s=30"):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert [asyncio.run(handshake()) for _ in range(2)] == [504, 504]
+    _wait_for(lambda: wd.request("GET", "/_/ready").status == 200, timeout=15, what="back")
+    assert upstream_pid(wd) != first

@@ -137,3 +137,48 @@ def test_streaming_a_large_body_through_cat_keeps_memory_flat(start_watchdog) ->
     assert received == size
     growth_mib = (peak[0] - baseline) / (1 << 20)
     assert growth_mib < 16, f"watchdog RSS grew by {growth_mib:.1f} MiB"
+
+
+def test_running_handlers_report_their_memory(start_watchdog) -> None:
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'sleepy.py'}")
+    thread, result = _in_background(wd, "/?seconds=2")
+
+    def rss() -> float:
+        for line in wd.metrics().splitlines():
+            if line.startswith("fwatchdog_handlers_rss_bytes "):
+                return float(line.split()[1])
+        return 0.0
+
+    _wait_for(lambda: rss() > 1024 * 1024, what="a running handler's RSS in the metrics")
+    thread.join(15)
+    assert result[0].status == 200
+    _wait_for(lambda: rss() == 0, what="no RSS once no handler runs")
+
+
+def test_after_healthcheck_interval_new_connections_are_refused(start_watchdog) -> None:
+    wd = start_watchdog(
+        fprocess=f"{PYTHON} {FIXTURES / 'sleepy.py'}",
+        healthcheck_interval="1s",
+        write_timeout="30s",
+    )
+    thread, result = _in_background(wd, "/?seconds=4")  # keeps the drain from ending early
+    _wait_for(lambda: "http_requests_in_flight 1.0" in wd.metrics(), what="one in flight")
+    wd.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    _wait_for(lambda: not (wd.tmpdir / ".lock").exists(), what="lock removed")
+    assert wd.request("GET", "/_/health").status == 503  # still accepting, unhealthy
+    wd.wait_for_log("No new connections allowed")
+    assert time.monotonic() - signalled >= 0.9  # not before healthcheck_interval
+
+    def refused() -> bool:
+        try:
+            wd.request("GET", "/_/health", timeout=2)
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    _wait_for(refused, timeout=2, what="new connections refused")
+    assert result == []  # while the request in flight still runs
+    thread.join(15)
+    assert result[0].status == 200  # the request in flight still finished
+    assert wd.proc.wait(15) == 0

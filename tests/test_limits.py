@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import FIXTURES, PYTHON, RunningWatchdog, leftovers
+from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port, leftovers
 
 
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
@@ -146,3 +147,105 @@ def test_a_dead_fork_server_makes_the_watchdog_unhealthy(start_watchdog) -> None
     reply = wd.request("POST", "/", body=b"x")
     assert reply.status == 500 and "fork server" in reply.text
     wd.wait_for_log("the fork server")
+
+
+def _metric(wd: RunningWatchdog, name: str) -> float:
+    for line in wd.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[int, float]:
+    """Drain ``sock`` until the watchdog closes or resets it: (bytes received, when)."""
+    received = 0
+    deadline = time.monotonic() + limit
+    sock.settimeout(limit)
+    try:
+        while time.monotonic() < deadline and (chunk := sock.recv(1 << 20)):
+            received += len(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received, time.monotonic()
+
+
+@pytest.mark.parametrize("exit_status", [0, 3])
+def test_write_timeout_cuts_a_client_that_never_reads_a_buffered_answer(
+    start_watchdog, exit_status: int
+) -> None:
+    # A buffered answer (a serializing 200, or a 500 carrying the output with combine_output)
+    # must be written within write_timeout, holding its in-flight slot until then.
+    size = 64 * 1024 * 1024
+    wd = start_watchdog(
+        fprocess=f"sh -c 'head -c {size} /dev/zero; exit {exit_status}'",
+        mode="serializing",
+        write_timeout="2s",
+        combine_output="true",
+    )
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        _wait_for(
+            lambda: (
+                _metric(wd, "fwatchdog_handlers_started_total") == 1
+                and _metric(wd, "fwatchdog_handlers_running") == 0
+            ),
+            what="the handler done",
+        )
+        # The handler is done and the answer is stuck in the socket: the request still counts.
+        assert _metric(wd, "http_requests_in_flight") == 1
+        wd.wait_for_log("within write_timeout")  # the watchdog gave up on this client
+        gave_up = time.monotonic()
+        received, _ = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert gave_up - started < 2 + 4  # write_timeout plus slack
+    _wait_for(lambda: _metric(wd, "http_requests_in_flight") == 0, what="slot released")
+
+
+def _running_with_args(*args: str) -> list[psutil.Process]:
+    """Live processes anywhere on the machine with exactly this command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["cmdline"] == list(args) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def _double_fork(seconds: str) -> str:
+    # The subshell exits at once, so `sleep` is re-parented (to the fork server, a subreaper)
+    # before any kill: neither the process group nor the handler's children lead to it.
+    return f"(setsid sleep {seconds} </dev/null >/dev/null 2>&1 &)"
+
+
+def test_exec_timeout_kills_a_double_forked_descendant(start_watchdog) -> None:
+    seconds = f"297.{os.getpid()}"
+    wd = start_watchdog(fprocess=f"sh -c '{_double_fork(seconds)}; sleep 299'", exec_timeout="1s")
+    try:
+        assert wd.request("GET", "/").status == 504
+        _wait_for(lambda: not _running_with_args("sleep", seconds), what="the orphan killed")
+        assert not leftovers(wd.proc.pid)
+    finally:
+        for proc in _running_with_args("sleep", seconds):
+            proc.kill()
+
+
+@pytest.mark.parametrize("mode", ["auto", "http"])
+def test_no_orphan_of_a_handler_survives_shutdown(start_watchdog, mode: str) -> None:
+    seconds = f"296.{os.getpid()}"
+    fprocess = f"{PYTHON} {FIXTURES / 'double_fork.py'} {seconds}"
+    env = {}
+    if mode == "http":
+        port = free_port()
+        env = {"upstream_url": f"http://127.0.0.1:{port}"}
+        fprocess += f" {PYTHON} {FIXTURES / 'plain_upstream.py'} {port}"
+    wd = start_watchdog(fprocess=fprocess, mode=mode, **env)
+    try:
+        assert wd.request("GET", "/").status < 300
+        assert _running_with_args("sleep", seconds)  # the handler is done, its orphan is not
+        assert wd.terminate() == 0
+        assert not _running_with_args("sleep", seconds)
+    finally:
+        for proc in _running_with_args("sleep", seconds):
+            proc.kill()

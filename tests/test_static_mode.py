@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from conftest import RunningWatchdog
+from test_limits import _read_until_closed
 
 
 @pytest.fixture
@@ -14,6 +16,7 @@ def site(tmp_path: Path, start_watchdog) -> RunningWatchdog:
     root = tmp_path / "public"
     (root / "docs").mkdir(parents=True)
     (root / "empty").mkdir()
+    (root / "example.com").mkdir()
     (root / "index.html").write_text("<h1>home</h1>")
     (root / "docs" / "index.html").write_text("<h1>docs</h1>")
     (root / "notes.txt").write_text("0123456789")
@@ -49,6 +52,14 @@ def test_files_and_directory_indexes(site: RunningWatchdog) -> None:
     head = site.request("HEAD", "/notes.txt")
     assert head.status == 200 and head.headers["Content-Length"] == "10" and head.body == b""
     assert site.request("POST", "/notes.txt", body=b"x").status == 405
+
+
+@pytest.mark.parametrize("target", ["//example.com", "///example.com", "/example.com"])
+def test_a_directory_redirect_never_leaves_the_server(site: RunningWatchdog, target: str) -> None:
+    # "//example.com/" in a Location header is a scheme-relative URL: another site.
+    answer = raw_get(site, target)
+    assert answer.split(" ", 2)[1] == "301", answer[:200]
+    assert "\r\nLocation: /example.com/\r\n" in answer, answer[:400]
 
 
 def test_etag_last_modified_and_ranges(site: RunningWatchdog) -> None:
@@ -89,3 +100,24 @@ def test_a_missing_root_is_a_configuration_error(start_watchdog, tmp_path: Path)
     wd = start_watchdog(wait=False, mode="static", static_path=str(tmp_path / "nope"))
     assert wd.proc.wait(30) == 2
     assert "is not a directory" in wd.logs()
+
+
+def test_write_timeout_cuts_a_client_that_never_reads_a_file(
+    start_watchdog, tmp_path: Path
+) -> None:
+    size = 64 * 1024 * 1024
+    root = tmp_path / "big"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as f:
+        f.truncate(size)
+    wd = start_watchdog(mode="static", static_path=str(root), write_timeout="1s")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        wd.wait_for_log("within write_timeout")  # the watchdog gave up on this client
+        gave_up = time.monotonic()
+        received, _ = _read_until_closed(sock, 10)
+    assert received < size  # cut off, not delivered late
+    assert gave_up - started < 1 + 4  # write_timeout plus slack

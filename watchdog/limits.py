@@ -72,6 +72,24 @@ async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
         raise ClientStalled from None
 
 
+async def send_whole(
+    request: web.BaseRequest, response: web.StreamResponse, timeout: float | None
+) -> None:
+    """Write a response that is complete in memory (status, headers, body and end) within
+    ``timeout`` in all: aiohttp would otherwise write it after the handler returned, with no
+    deadline, while a client that never reads keeps the connection and the body alive.
+
+    Raises:
+        ClientStalled: the client did not take it all in time.
+    """
+
+    async def prepare_and_finish() -> None:
+        await response.prepare(request)
+        await response.write_eof()
+
+    await within_write_timeout(prepare_and_finish(), timeout)
+
+
 def seconds_or_none(value: float) -> float | None:
     """Configuration says 0 for "no limit"; asyncio says None."""
     return value if value > 0 else None

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import logging
 import os
+import secrets
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -25,6 +27,10 @@ from .forkserver import ForkServer, ForkServerError, spawn_in_own_group
 log = logging.getLogger("watchdog.process")
 
 _PR_SET_CHILD_SUBREAPER = 36
+HANDLER_VARIABLE = "FWATCHDOG_HANDLER"
+"""Every child's environment carries this variable, unique per child: the mark by which its
+descendants are found at kill time even after they left its process group and lost their
+parent (as Jenkins' ProcessTreeKiller does)."""
 _ORPHAN_SWEEP_SECONDS = 1.0
 _EXIT_REPORT_SECONDS = 5.0  # after SIGKILL; only a lost fork server would take longer
 
@@ -55,6 +61,8 @@ class Child:
     stderr: int | None
     exited: asyncio.Future[int]
     cpu_seconds: float = 0.0
+    mark: str = ""
+    """The value of :data:`HANDLER_VARIABLE` in its environment."""
     _fds: list[int] = field(default_factory=list)
 
     @property
@@ -97,6 +105,8 @@ class ProcessTable:
         self._children: dict[int, Child] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._fork_server: ForkServer | None = None
+        self._mark_prefix = secrets.token_hex(4) + "-"
+        self._marks = itertools.count(1)
         self.started_total = 0
         self.cpu_seconds_total = 0.0
 
@@ -116,6 +126,9 @@ class ProcessTable:
         return self._fork_server is not None and self._fork_server.alive
 
     def close(self) -> None:
+        """Kill every process left by any child (orphans included), stop the fork server."""
+        leftovers = _marked_descendants(lambda mark: mark.startswith(self._mark_prefix))
+        _wait_gone(_signal_all(leftovers, signal.SIGKILL))
         if self._fork_server is not None:
             self._fork_server.close()
             self._fork_server = None
@@ -144,8 +157,11 @@ class ProcessTable:
             SpawnError: the program could not be executed.
         """
         pipes = _Pipes(merge_stderr)
+        mark = self._next_mark()
         try:
-            pid = spawn_in_own_group(program, argv, env, pipes.child_fds)
+            pid = spawn_in_own_group(
+                program, argv, {**env, HANDLER_VARIABLE: mark}, pipes.child_fds
+            )
         except OSError as exc:
             for fd in pipes.parent_fds:
                 os.close(fd)
@@ -154,6 +170,7 @@ class ProcessTable:
             pipes.close_child_ends()
         child = Child(pid, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
         child._fds = pipes.parent_fds
+        child.mark = mark
         self._watch_exit(child)
         self._children[pid] = child
         self.started_total += 1
@@ -172,9 +189,12 @@ class ProcessTable:
         pipes = _Pipes(merge_stderr)
         child = Child(0, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
         child._fds = pipes.parent_fds
+        child.mark = self._next_mark()
         try:
             child.pid = await self._fork_server.spawn(
-                extra_env, pipes.child_fds, lambda status, cpu: self._exited(child, status, cpu)
+                {**extra_env, HANDLER_VARIABLE: child.mark},
+                pipes.child_fds,
+                lambda status, cpu: self._exited(child, status, cpu),
             )
         except (ForkServerError, asyncio.CancelledError) as exc:
             child.close_pipes()
@@ -186,6 +206,9 @@ class ProcessTable:
         self._children[child.pid] = child
         self.started_total += 1
         return child
+
+    def _next_mark(self) -> str:
+        return f"{self._mark_prefix}{next(self._marks)}"
 
     def _exited(self, child: Child, status: int, cpu_seconds: float) -> None:
         child.cpu_seconds = cpu_seconds
@@ -208,9 +231,12 @@ class ProcessTable:
         """SIGTERM the child's process group and descendants that left it, SIGKILL after grace.
 
         Descendants are listed before any signal: once their parent dies they are re-parented
-        and can no longer be found through it.
+        and can no longer be found through it. Those already re-parented (a double fork whose
+        middle process exited) are found by the child's mark in their environment, among all
+        of the watchdog's descendants (the fork server's included): a /proc scan, paid only
+        when a tree is killed.
         """
-        strays = _descendants_outside_group(child.pid)
+        strays = _descendants_outside_group(child.pid) + _marked_descendants(child.mark.__eq__)
         _signal_tree(child.pid, strays, signal.SIGTERM)
         if not child.exited.done() and grace > 0:
             try:
@@ -218,12 +244,16 @@ class ProcessTable:
             except TimeoutError:
                 pass
         # Always follow with SIGKILL: members of the group may ignore SIGTERM even when the
-        # child itself obeyed it.
-        _signal_tree(child.pid, strays, signal.SIGKILL)
+        # child itself obeyed it. Look again for marked ones: some may have forked meanwhile.
+        _signal_tree(child.pid, strays + _marked_descendants(child.mark.__eq__), signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(child.exited), _EXIT_REPORT_SECONDS)
         except TimeoutError:
             log.error("no exit reported for pid %d after SIGKILL", child.pid)
+
+    def kill_leftovers(self, child: Child) -> None:
+        """SIGKILL what remains of an exited child's tree: its group and marked descendants."""
+        _signal_tree(child.pid, _marked_descendants(child.mark.__eq__), signal.SIGKILL)
 
     async def kill_all(self, grace: float) -> None:
         await asyncio.gather(*(self.kill_tree(c, grace) for c in self.running))
@@ -283,6 +313,43 @@ def _descendants_outside_group(pid: int) -> list[psutil.Process]:
         except OSError:
             continue
     return strays
+
+
+def _marked_descendants(wanted: Callable[[str], bool]) -> list[psutil.Process]:
+    """The watchdog's descendants whose environment carries a ``wanted`` mark, with their
+    whole subtrees (a subtree may have dropped the variable)."""
+    try:
+        everyone = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    found: dict[int, psutil.Process] = {}
+    for proc in everyone:
+        if proc.pid in found:
+            continue
+        try:
+            mark = proc.environ().get(HANDLER_VARIABLE)
+            if mark is None or not wanted(mark):
+                continue
+            found[proc.pid] = proc
+            found.update((p.pid, p) for p in proc.children(recursive=True))
+        except psutil.Error:  # gone, a zombie, or not ours to read
+            continue
+    return list(found.values())
+
+
+def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> list[psutil.Process]:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            pass
+    return procs
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float = 1.0) -> None:
+    """Give killed processes a moment to die, so their parent reaps them before exiting."""
+    if procs:
+        psutil.wait_procs(procs, timeout=timeout)
 
 
 def _signal_tree(pgid: int, strays: list[psutil.Process], sig: signal.Signals) -> None:

@@ -9,12 +9,15 @@ the socket, so event streams are not held back).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from .limits import BodyTimeout, read_body, within_write_timeout
 
 HOP_BY_HOP = frozenset(
     {
@@ -68,9 +71,33 @@ def forwarded_headers(
     return headers
 
 
-async def _stream_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
-    while chunk := await request.content.readany():
+class RequestBody:
+    """How far the client's request body has got, against its ``deadline`` (loop time)."""
+
+    __slots__ = ("deadline", "complete", "timed_out")
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.complete = False
+        """All of it has been read from the client (and handed on to the upstream)."""
+        self.timed_out = False
+        """The client did not deliver it before the deadline."""
+
+
+async def _stream_body(request: web.BaseRequest, body: RequestBody) -> AsyncIterator[bytes]:
+    while chunk := await _read_some(request, body):
         yield chunk
+    body.complete = True
+
+
+async def _read_some(request: web.BaseRequest, body: RequestBody) -> bytes:
+    # The deadline wraps each read, never a yield: the generator runs in aiohttp's writer task.
+    try:
+        async with asyncio.timeout_at(body.deadline):
+            return await request.content.readany()
+    except TimeoutError:
+        body.timed_out = True
+        raise BodyTimeout from None
 
 
 async def open_upstream(
@@ -80,6 +107,7 @@ async def open_upstream(
     *,
     buffer_body: bool = False,
     extra_headers: Mapping[str, str] | None = None,
+    body: RequestBody | None = None,
 ) -> aiohttp.ClientResponse:
     """Send ``request`` to ``url`` and return the upstream's response once its headers arrive.
 
@@ -87,21 +115,31 @@ async def open_upstream(
     known Content-Length is kept either way, so the upstream sees no chunked upload it did not
     get from the client. A ``str`` ``url`` is taken as already percent-encoded and sent as it
     is (yarl would otherwise re-quote it: ``%7e`` would become ``~``, ``%zz`` ``%25zz``), so a
-    raw path and query from the client reach the upstream unchanged.
+    raw path and query from the client reach the upstream unchanged. ``body`` (optional)
+    holds the deadline for reading the client's body and reports how far it got.
 
     Raises:
-        UpstreamError: the connection failed before the response headers.
+        UpstreamError: the connection failed before the response headers (also when the body
+            stopped arriving while it streamed: ``body.timed_out`` tells).
+        BodyTimeout: ``buffer_body`` and the body did not arrive before its deadline.
     """
+    body = body or RequestBody()
     headers = forwarded_headers(request, extra_headers)
     data: bytes | AsyncIterator[bytes] | None
     if buffer_body:
-        data = await request.read()
+        try:
+            data = await read_body(request, body.deadline)
+        except BodyTimeout:
+            body.timed_out = True
+            raise
+        body.complete = True
     elif not request.body_exists:
         data = None
+        body.complete = True
     else:
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        data = _stream_body(request)
+        data = _stream_body(request, body)
     try:
         return await session.request(
             request.method,
@@ -176,7 +214,10 @@ def whole_response(response: web.StreamResponse, body: bytes) -> web.Response:
 
 
 async def relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    write_timeout: float | None = None,
 ) -> web.StreamResponse:
     """Send ``response`` and stream ``upstream``'s body into it, write by write (a small body
     with a known length goes in one write with the headers instead).
@@ -184,21 +225,24 @@ async def relay(
     If the upstream breaks off during the body, the client's connection is cut (see
     :func:`abort_connection`). A client that goes away raises ``ConnectionError``; on a
     deadline the caller checks ``response.prepared`` to decide between answering and cutting.
+
+    Raises:
+        ClientStalled: one write to the client took longer than ``write_timeout``.
     """
     body = await read_whole_if_small(request, upstream)
     if body is not None:
         return whole_response(response, body)
     if request.method == "HEAD":
         response.content_length = upstream.content_length
-    await response.prepare(request)
+    await within_write_timeout(response.prepare(request), write_timeout)
     try:
         if request.method != "HEAD":
             while chunk := await upstream.content.readany():
-                await response.write(chunk)
+                await within_write_timeout(response.write(chunk), write_timeout)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
         abort_connection(request)
         return response
     finally:
         upstream.release()
-    await response.write_eof()
+    await within_write_timeout(response.write_eof(), write_timeout)
     return response

@@ -11,6 +11,20 @@ INTERNAL_HEADER = "X-OpenFaaS-Internal"
 INTERNAL_VALUE = "fwatchdog"
 
 
+_SENT_STATUS = "fwatchdog.sent_status"
+
+
+def note_sent(request: web.BaseRequest, status: int) -> None:
+    """Record that ``status`` has reached the client, so the request is counted with it even
+    if it ends by cancellation (aiohttp cancels a WebSocket's handler once it has closed)."""
+    request[_SENT_STATUS] = status
+
+
+def sent_status(request: web.BaseRequest) -> int | None:
+    status = request.get(_SENT_STATUS)
+    return status if isinstance(status, int) else None
+
+
 def duration_value(started: float) -> str:
     return f"{time.monotonic() - started:.6f}"
 

@@ -21,12 +21,13 @@ from aiohttp import web
 from . import __version__
 from .config import WatchdogConfig
 from .health import Health
-from .limits import InflightLimiter
+from .limits import ClientStalled, InflightLimiter, seconds_or_none, send_whole
 from .logs import FunctionLog
 from .metrics import WatchdogMetrics
 from .modes import Runner, build_runner
 from .process import ProcessTable
-from .responses import text_response
+from .proxy import abort_connection
+from .responses import sent_status, text_response
 
 log = logging.getLogger("watchdog.server")
 
@@ -153,14 +154,32 @@ class Watchdog:
         try:
             response = await self.runner.handle(request, started)
             status = response.status
+            if not response.prepared:
+                await self._send(request, response)
             return response
         except asyncio.CancelledError:
-            status = 499  # the client went away (nginx's convention)
+            # The client went away (nginx's convention), unless an answer had gone out.
+            status = sent_status(request) or 499
             raise
         finally:
             self.limiter.release()
             self.metrics.in_flight.dec()
             self.metrics.observe(status, request.method, time.monotonic() - started)
+
+    async def _send(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """Write a response the mode returned unsent, within write_timeout, while the request
+        still holds its in-flight slot; a client that does not take it is cut off."""
+        try:
+            await send_whole(request, response, seconds_or_none(self.config.write_timeout))
+        except ClientStalled:
+            log.warning(
+                "Client did not read the response to %s %s within write_timeout; cut off",
+                request.method,
+                request.path,
+            )
+            abort_connection(request)
+        except ConnectionError:
+            pass  # the client went away; aiohttp logs nothing for that either
 
     async def _probe(self, request: web.BaseRequest, *, readiness: bool) -> web.Response:
         if request.method not in ("GET", "HEAD"):

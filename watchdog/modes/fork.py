@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -374,10 +372,7 @@ class _Call:
             self._exit_timer = loop.call_later(self.config.kill_grace, self._kill_leftovers)
 
     def _kill_leftovers(self) -> None:
-        try:
-            os.killpg(self.child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.runner.processes.kill_leftovers(self.child)
 
     def _close_stdout(self) -> None:
         self._stdout_open = False

@@ -17,10 +17,12 @@ import aiohttp
 from aiohttp import web
 
 from ..config import WatchdogConfig, parse_duration
+from ..limits import BodyTimeout, ClientStalled, seconds_or_none, within_write_timeout
 from ..logs import FunctionLog
 from ..process import ProcessTable, resolve_program
 from ..proxy import (
     CLIENT_AUTO_HEADERS,
+    RequestBody,
     UpstreamError,
     abort_connection,
     forwarded_headers,
@@ -29,7 +31,13 @@ from ..proxy import (
     response_for,
     response_headers,
 )
-from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
+from ..responses import (
+    DURATION_HEADER,
+    duration_value,
+    format_seconds,
+    note_sent,
+    text_response,
+)
 from ..supervisor import Supervisor
 
 log = logging.getLogger("watchdog.http")
@@ -164,7 +172,7 @@ class HttpRunner:
         if not self._available:
             return text_response(503, "Upstream is not running; it is being restarted\n", started)
         timeout = self._deadline(request)
-        exchange = _Exchange()
+        exchange = _Exchange(self._read_deadline())
         try:
             async with asyncio.timeout(timeout):
                 if _is_websocket(request):
@@ -172,11 +180,26 @@ class HttpRunner:
                 return await self._proxy(request, started, exchange)
         except TimeoutError:
             return self._timed_out(request, started, timeout, exchange)
+        except BodyTimeout:
+            return self._body_timed_out(request, started, exchange)
+        except ClientStalled:
+            log.warning(
+                "Client did not read %s %s within write_timeout", request.method, request.path
+            )
+            return self._cut(request, exchange) or text_response(
+                504, "Client did not read the response within write_timeout\n", started
+            )
         except UpstreamError as exc:
+            if exchange.body.timed_out:
+                return self._body_timed_out(request, started, exchange)
             log.error("Upstream request failed: %s", exc)
             return text_response(
                 502, f"Upstream refused or dropped the connection: {exc}\n", started
             )
+
+    def _read_deadline(self) -> float | None:
+        read_timeout = self.config.read_timeout
+        return asyncio.get_running_loop().time() + read_timeout if read_timeout else None
 
     def _deadline(self, request: web.BaseRequest) -> float | None:
         """exec_timeout, shortened (never lengthened) by a valid X-Timeout header."""
@@ -201,18 +224,31 @@ class HttpRunner:
             self.base_url + request.raw_path,
             buffer_body=self.config.buffer_http,
             extra_headers={"Host": request.host},
+            body=exchange.body,
         )
         self._consecutive_timeouts = 0
         headers = response_headers(upstream)
         headers[DURATION_HEADER] = duration_value(started)
         exchange.response = response_for(upstream, headers)
-        return await relay(request, upstream, exchange.response)
+        write_timeout = seconds_or_none(self.config.write_timeout)
+        return await relay(request, upstream, exchange.response, write_timeout)
 
     def _timed_out(
         self, request: web.BaseRequest, started: float, timeout: float | None, exchange: _Exchange
     ) -> web.StreamResponse:
         limit = format_seconds(timeout or 0)
-        log.warning("Upstream did not answer %s %s within %s", request.method, request.path, limit)
+        if exchange.body.complete:
+            what = f"Upstream did not answer within {limit}"
+        else:
+            what = f"Request body not received within the request's limit of {limit}"
+        log.warning("%s: %s %s", what, request.method, request.path)
+        if exchange.awaiting_upstream:
+            self._count_upstream_timeout()
+        return self._cut(request, exchange) or text_response(504, what + "\n", started)
+
+    def _count_upstream_timeout(self) -> None:
+        """Only the upstream's own silence counts towards hung: not a slow client's body, nor
+        a stream (SSE, WebSocket) that outlived the deadline after the upstream answered."""
         self._consecutive_timeouts += 1
         hung_after = self.config.upstream_hung_after
         if hung_after and self._consecutive_timeouts >= hung_after and self._supervisor:
@@ -221,15 +257,31 @@ class HttpRunner:
             asyncio.ensure_future(
                 self._supervisor.restart(f"{hung_after} consecutive requests timed out")
             )
+
+    def _body_timed_out(
+        self, request: web.BaseRequest, started: float, exchange: _Exchange
+    ) -> web.StreamResponse:
+        limit = format_seconds(self.config.read_timeout)
+        log.warning(
+            "Request body of %s %s not received within %s", request.method, request.path, limit
+        )
+        return self._cut(request, exchange) or text_response(
+            408, f"Request body not received within read_timeout of {limit}\n", started
+        )
+
+    @staticmethod
+    def _cut(request: web.BaseRequest, exchange: _Exchange) -> web.StreamResponse | None:
+        """Once the status is out only a cut connection can tell the client something failed."""
         if exchange.response is not None and exchange.response.prepared:
-            abort_connection(request)  # the status is out already: only a cut can tell
+            abort_connection(request)
             return exchange.response
-        return text_response(504, f"Upstream did not answer within {limit}\n", started)
+        return None
 
     async def _proxy_websocket(
         self, request: web.BaseRequest, exchange: _Exchange
     ) -> web.StreamResponse:
         assert self._session is not None
+        exchange.body.complete = True  # an upgrade request has no body: the handshake is all
         headers = forwarded_headers(request)
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.popall(name, None)
@@ -245,8 +297,9 @@ class HttpRunner:
         client = web.WebSocketResponse(protocols=protocols)
         exchange.response = client
         await client.prepare(request)
+        note_sent(request, 101)
         async with upstream:
-            await _pump_both_ways(client, upstream)
+            await _pump_both_ways(client, upstream, seconds_or_none(self.config.write_timeout))
         return client
 
 
@@ -255,17 +308,31 @@ def _is_websocket(request: web.BaseRequest) -> bool:
 
 
 class _Exchange:
-    """What one proxied request has sent so far, for the deadline handler to look at."""
+    """How far one proxied request has got, for the deadline handlers to look at."""
 
-    __slots__ = ("response",)
+    __slots__ = ("body", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, read_deadline: float | None) -> None:
+        self.body = RequestBody(read_deadline)
         self.response: web.StreamResponse | None = None
+
+    @property
+    def awaiting_upstream(self) -> bool:
+        """The whole request is with the upstream, which has not answered yet."""
+        return self.body.complete and self.response is None
 
 
 async def _pump_both_ways(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    write_timeout: float | None,
 ) -> None:
+    """Relay messages both ways until either side closes.
+
+    Raises:
+        ClientStalled: the client did not take a message within ``write_timeout``.
+    """
+
     async def client_to_upstream() -> None:
         async for message in client:
             await _forward(message, upstream)
@@ -273,7 +340,7 @@ async def _pump_both_ways(
 
     async def upstream_to_client() -> None:
         async for message in upstream:
-            await _forward(message, client)
+            await within_write_timeout(_forward(message, client), write_timeout)
         await client.close()
 
     tasks = [
@@ -281,11 +348,13 @@ async def _pump_both_ways(
         asyncio.ensure_future(upstream_to_client()),
     ]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if any(not t.cancelled() and isinstance(t.exception(), ClientStalled) for t in done):
+        raise ClientStalled
 
 
 async def _forward(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -46,8 +47,7 @@ class StaticRunner:
         target = self._contained(request.path)
         if target is not None and target.is_dir():
             if not request.path.endswith("/"):
-                # Relative links in the index page resolve against the directory.
-                raise web.HTTPMovedPermanently(request.path + "/")
+                raise web.HTTPMovedPermanently(_directory_location(request.path))
             target = target / "index.html"
         if target is None or not target.is_file():
             return web.Response(status=404, text="404 page not found\n")
@@ -61,3 +61,10 @@ class StaticRunner:
         except (OSError, RuntimeError):  # symlink loops
             return None
         return target if target.is_relative_to(self._root) else None
+
+
+def _directory_location(path: str) -> str:
+    """Where a directory without its trailing slash is redirected (so that relative links in its
+    index page resolve against it). One leading slash only, and percent-encoded: ``//host/`` or
+    ``/\\host/`` would be taken by browsers as another site (an open redirect)."""
+    return quote("/" + path.lstrip("/") + "/")
