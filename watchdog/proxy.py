@@ -71,6 +71,20 @@ def forwarded_headers(
     return headers
 
 
+WHOLE_BODY_LIMIT = 64 * 1024
+"""A request or response body of at most this size with a known length is read whole and
+sent together with its headers: one write (one system call) instead of headers, body and end
+apart, which is most of a small proxied request's cost. Longer or unknown-length bodies
+stream."""
+
+
+def small_body(request: web.BaseRequest) -> bool:
+    """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
+    whole and sent in one write than streamed chunk by chunk."""
+    length = request.content_length
+    return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
+
+
 class RequestBody:
     """How far the client's request body has got, against its ``deadline`` (loop time)."""
 
@@ -126,7 +140,8 @@ async def open_upstream(
     body = body or RequestBody()
     headers = forwarded_headers(request, extra_headers)
     data: bytes | AsyncIterator[bytes] | None
-    if buffer_body:
+    if buffer_body or small_body(request):
+        # A small body goes with the request headers in one write; buffer_body asks for it.
         try:
             data = await read_body(request, body.deadline)
         except BodyTimeout:
@@ -178,12 +193,6 @@ def response_for(
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     return response
-
-
-WHOLE_BODY_LIMIT = 64 * 1024
-"""A response body of at most this size with a known length is read whole and sent together
-with the headers: one write (one system call) instead of headers, body and end apart, which
-is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
 
 
 async def read_whole_if_small(

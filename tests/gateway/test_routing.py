@@ -383,3 +383,16 @@ def test_a_function_defined_twice_in_the_file_stops_the_gateway(
     gateway = launcher.gateway("--config", str(config), wait=False)
     assert gateway.proc.wait(15) == 2
     assert "'echo' is defined twice" in gateway.logs()
+
+
+def test_a_small_body_that_stops_arriving_is_408_after_the_functions_timeout(
+    world: World,
+) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", world.gateway.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /function/slow/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 0.4 < time.monotonic() - started < 5

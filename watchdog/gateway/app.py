@@ -151,7 +151,11 @@ class GatewayApp:
                 wait = self.converter.conversion_wait(request, function)
                 if wait is not None:
                     return await self.converter.call_converting(request, function, target, wait)
-            call = Call.from_request(request, target)
+            try:
+                async with asyncio.timeout(self.invoker.timeout_of(function)):
+                    call = await Call.from_request(request, target)
+            except TimeoutError:
+                return _internal_text(408, "request body not received within the timeout")
             fn_key = function.key
             async with self.invoker.invoke(function, call) as invocation:
                 response = web.StreamResponse(
@@ -274,6 +278,12 @@ class GatewayApp:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _internal_text(status: int, message: str) -> web.Response:
+    response = text(status, message)
+    response.headers[INTERNAL_HEADER] = "gateway"
+    return response
 
 
 def _unauthorized() -> web.Response:

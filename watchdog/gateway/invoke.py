@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..proxy import CLIENT_AUTO_HEADERS, forwarded_headers, response_headers
+from ..proxy import CLIENT_AUTO_HEADERS, forwarded_headers, response_headers, small_body
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
@@ -84,13 +84,15 @@ class Call:
     start_time_ns: int = field(default_factory=time.time_ns)
 
     @classmethod
-    def from_request(cls, request: web.BaseRequest, target: str) -> Call:
+    async def from_request(cls, request: web.BaseRequest, target: str) -> Call:
         """The call a client's request makes: its method, headers (plus ``X-Forwarded-*``) and
-        streamed body; its ``X-Call-Id`` if it sent one."""
+        body (read whole when small, else streamed); its ``X-Call-Id`` if it sent one."""
         headers = forwarded_headers(request)
         call_id = request.headers.get(CALL_ID_HEADER) or new_call_id()
-        body: AsyncIterable[bytes] | None = None
-        if request.body_exists:
+        body: bytes | AsyncIterable[bytes] | None = None
+        if small_body(request):
+            body = await request.read()
+        elif request.body_exists:
             if request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
             body = _stream_body(request)
