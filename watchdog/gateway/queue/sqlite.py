@@ -485,74 +485,72 @@ class SqliteQueue:
                 ).fetchone()
                 if row is not None:
                     return EnqueueResult(row[0], False, row[1])
-            if self.max_depth and self._depth >= self.max_depth:
-                raise QueueFull(self._depth, self.retry_after)
-            conn.execute(
-                "INSERT INTO calls (call_id, function, status, method, path, query, headers,"
-                " body, callback_url, idempotency_key, created_at, delay, due_at,"
-                " callback_status) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.call_id,
-                    request.function,
-                    request.method,
-                    request.path,
-                    request.query,
-                    _headers_json(request.headers),
-                    request.body,
-                    request.callback_url,
-                    request.idempotency_key,
-                    now,
-                    max(0.0, request.delay),
-                    now + max(0.0, request.delay),
-                    "waiting" if request.callback_url else None,
-                ),
-            )
-            self._depth += 1
+            delay = max(0.0, request.delay)
+            self._insert(conn, request, now, status="queued", delay=delay, due_at=now + delay)
             return EnqueueResult(request.call_id, True, "queued")
 
-        try:
-            return cast(EnqueueResult, await self._submit(op, wake_calls=True))
-        except QueueError:
-            raise
-        except sqlite3.IntegrityError as exc:
-            raise QueueError(f"call id {request.call_id} already exists") from exc
+        return cast(EnqueueResult, await self._submit_new(op, request.call_id, wake_calls=True))
 
     async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
         def op(conn: sqlite3.Connection, now: float) -> LeasedCall:
-            if self.max_depth and self._depth >= self.max_depth:
-                raise QueueFull(self._depth, self.retry_after)
-            conn.execute(
-                "INSERT INTO calls (call_id, function, status, method, path, query, headers,"
-                " body, callback_url, idempotency_key, created_at, due_at, lease_owner,"
-                " attempts, started_at, attempt_started_at, callback_status)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                (
-                    request.call_id,
-                    request.function,
-                    request.method,
-                    request.path,
-                    request.query,
-                    _headers_json(request.headers),
-                    request.body,
-                    request.callback_url,
-                    request.idempotency_key,
-                    now,
-                    now + lease_for,
-                    owner,
-                    now,
-                    now,
-                    "waiting" if request.callback_url else None,
-                ),
+            expires = now + lease_for
+            self._insert(
+                conn,
+                request,
+                now,
+                status="running",
+                due_at=expires,
+                lease_owner=owner,
+                attempts=1,
+                started_at=now,
+                attempt_started_at=now,
             )
-            self._depth += 1
-            return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
+            return LeasedCall(replace(request, delay=0.0), 1, now, expires, owner)
 
+        return cast(LeasedCall, await self._submit_new(op, request.call_id))
+
+    def _insert(
+        self, conn: sqlite3.Connection, request: CallRequest, now: float, **state: Any
+    ) -> None:
+        """Insert ``request`` as a new call, its ``state`` columns (status, due time...) given.
+
+        Raises:
+            QueueFull: the configured depth is reached.
+        """
+        if self.max_depth and self._depth >= self.max_depth:
+            raise QueueFull(self._depth, self.retry_after)
+        columns = {
+            "call_id": request.call_id,
+            "function": request.function,
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": _headers_json(request.headers),
+            "body": request.body,
+            "callback_url": request.callback_url,
+            "idempotency_key": request.idempotency_key,
+            "created_at": now,
+            "callback_status": "waiting" if request.callback_url else None,
+            **state,
+        }
+        names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+        conn.execute(f"INSERT INTO calls ({names}) VALUES ({marks})", tuple(columns.values()))
+        self._depth += 1
+
+    async def _submit_new(
+        self,
+        op: Callable[[sqlite3.Connection, float], T],
+        call_id: str,
+        *,
+        wake_calls: bool = False,
+    ) -> T:
+        """Run an operation that inserts the call ``call_id``; a duplicate id is a QueueError."""
         try:
-            return cast(LeasedCall, await self._submit(op))
+            return cast(T, await self._submit(op, wake_calls=wake_calls))
         except QueueError:
             raise
         except sqlite3.IntegrityError as exc:
-            raise QueueError(f"call id {request.call_id} already exists") from exc
+            raise QueueError(f"call id {call_id} already exists") from exc
 
     async def find_idempotent(self, function: str, key: str) -> str | None:
         def read(conn: sqlite3.Connection) -> str | None:
