@@ -26,7 +26,10 @@ from .base import (
     QueueFull,
 )
 
-BACKENDS: dict[str, str] = {"sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue"}
+BACKENDS: dict[str, str] = {
+    "sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue",
+    "nats": "watchdog.gateway.queue.nats:NatsQueue",
+}
 
 
 def backend_class(name: str) -> Any:

@@ -1,0 +1,1252 @@
+"""The shared queue backend: NATS JetStream, for several gateways on several machines.
+
+Where things live (``P`` is the name prefix, ``fwatchdog`` by default):
+
+* ``KV P_records``: one activation record per call, keyed by call id, JSON. The record is the
+  truth: status, lease owner and expiry, attempt counter, response, callback state. Every
+  change is a compare-and-set on the key's revision (``kv.update(last=...)``), so two gateways
+  never both win, and an outcome reported under a lost lease is refused (the fence is the
+  attempt counter and the owner, as in the SQLite backend).
+* ``stream P_calls`` (work-queue retention) holds one *job* per unfinished call, consumed by
+  the durable pull consumer ``workers`` that all gateways share; ``stream P_callbacks`` the
+  same for callback deliveries. A job only says "look at call X": whoever pulls it reads the
+  record and either leases the call (CAS) or puts the job back with ``nak(delay)`` until the
+  record's ``due_at``. A leased call's job is nak'd for the lease length, so it is a durable
+  timer: if the worker dies the job comes back when the lease ends and the next gateway takes
+  the call over (attempt + 1, the lost attempt logged as interrupted). Extending a lease only
+  moves ``due_at`` in the record; the timer, when it fires early, is re-armed from it.
+* ``KV P_idempotency``: ``sha256(function, key) -> call id``, claimed with ``kv.create``.
+
+Why jobs and records are separate: the job stream's message count *is* the queue depth (one
+job per unfinished call), read with one ``STREAM.INFO``, and a job never needs rewriting when
+the record changes. The record names the job it expects (``job``, a stream sequence); the job
+of a state change is published *before* the CAS that names it, so a crash in between leaves
+an extra job, never a call without one. A job older than the record's is stale and dropped;
+a newer one whose record write has not landed yet waits briefly, then counts as an orphan.
+
+Durability: every method that changes state returns after JetStream acknowledged the write
+(publish acks, KV acks). Acks and naks of jobs are fire-and-forget: a lost one only makes the
+job come back after the consumer's ``ack_wait``, and the record decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import hashlib
+import heapq
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar, cast
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from .base import (
+    TERMINAL,
+    ActivationPage,
+    ActivationRecord,
+    AttemptInfo,
+    AttemptResult,
+    CallbackAttempt,
+    CallbackBatch,
+    CallbackJob,
+    CallbackStatus,
+    CallRequest,
+    CancelOutcome,
+    EnqueueResult,
+    ErrorKind,
+    Headers,
+    LeaseBatch,
+    LeasedCall,
+    ListQuery,
+    QueueClosed,
+    QueueError,
+    QueueFull,
+    Status,
+)
+
+log = logging.getLogger("watchdog.gateway.queue")
+
+T = TypeVar("T")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_PREFIX = "fwatchdog"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+_CONSUMER = "workers"
+_ACK_WAIT = 10.0
+"""Seconds a pulled job may stay unanswered before JetStream hands it out again (only matters
+when a gateway dies between pulling a job and acking or re-arming it)."""
+_ORPHAN_GRACE = 5.0
+"""How long a job newer than its record waits for the record write that names it."""
+_RECHECK = 0.05
+_CAS_TRIES = 8
+_PULL_ROUNDS = 8
+_SCAN_LIMIT = 200_000
+_INTERRUPTED = "attempt interrupted: the gateway stopped or the worker's lease expired"
+_CALLBACK_INTERRUPTED = "delivery interrupted: the gateway stopped or the lease expired"
+_DONE_CALLBACKS = frozenset({"delivered", "failed", "skipped"})
+
+
+_NO_JETSTREAM = (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)
+
+
+class QueueUnavailable(QueueError):
+    """NATS could not be reached (at start: the gateway stops with this message)."""
+
+
+@dataclass(slots=True)
+class _Record:
+    """The stored activation record (JSON in the records bucket)."""
+
+    call_id: str
+    function: str
+    status: str
+    method: str
+    path: str
+    query: str
+    headers: list[list[str]]
+    body: str | None  # base64; dropped once the call ended
+    callback_url: str | None
+    idempotency_key: str | None
+    created_at: float
+    delay: float
+    seq: int  # creation order for listing: the stream sequence of the first job
+    job: int = 0  # the call job this record expects (0: none, the call ended)
+    due_at: float | None = None  # queued/retrying: may run from; running: lease expiry
+    owner: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    attempt_started_at: float | None = None
+    ended_at: float | None = None
+    status_code: int | None = None
+    response_headers: list[list[str]] = field(default_factory=list)
+    response_body: str | None = None  # base64
+    response_truncated: bool = False
+    error: str | None = None
+    error_kind: str | None = None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    callback_status: str | None = None
+    callback_attempts: int = 0
+    callback_due: float | None = None  # pending: next try, or the running delivery's expiry
+    callback_owner: str | None = None
+    callback_job: int = 0
+    callback_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Record:
+        return cls(**json.loads(data))
+
+    def request(self) -> CallRequest:
+        return CallRequest(
+            function=self.function,
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            headers=_headers(self.headers),
+            body=_unb64(self.body),
+            callback_url=self.callback_url,
+            idempotency_key=self.idempotency_key,
+            delay=self.delay,
+            call_id=self.call_id,
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _headers(pairs: list[list[str]]) -> Headers:
+    return tuple((str(name), str(value)) for name, value in pairs)
+
+
+def _pairs(headers: Headers) -> list[list[str]]:
+    return [[name, value] for name, value in headers]
+
+
+def record_key(call_id: str) -> str:
+    """The KV key of a call: the id itself when it is made of safe characters (UUIDs are),
+    else ``=`` and its URL-safe base64, which no plain key starts with."""
+    if _PLAIN_KEY_RE.match(call_id):
+        return call_id
+    return "=" + base64.urlsafe_b64encode(call_id.encode()).decode().rstrip("=")
+
+
+def idempotency_key(function: str, key: str) -> str:
+    return hashlib.sha256(f"{function}\0{key}".encode()).hexdigest()
+
+
+def _attempt_dict(info: AttemptInfo) -> dict[str, Any]:
+    return {
+        "attempt": info.attempt,
+        "startedAt": info.started_at,
+        "endedAt": info.ended_at,
+        "statusCode": info.status_code,
+        "error": info.error,
+        "errorKind": info.error_kind,
+        "retryAt": info.retry_at,
+    }
+
+
+def _callback_dict(attempt: CallbackAttempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "startedAt": attempt.started_at,
+        "endedAt": attempt.ended_at,
+        "statusCode": attempt.status_code,
+        "error": attempt.error,
+    }
+
+
+def _activation(rec: _Record, with_body: bool) -> ActivationRecord:
+    return ActivationRecord(
+        call_id=rec.call_id,
+        function=rec.function,
+        status=cast(Status, rec.status),
+        attempts=rec.attempts,
+        created_at=rec.created_at,
+        method=rec.method,
+        path=rec.path,
+        query=rec.query,
+        due_at=rec.due_at,
+        started_at=rec.started_at,
+        ended_at=rec.ended_at,
+        status_code=rec.status_code,
+        response_headers=_headers(rec.response_headers),
+        response_body=_unb64(rec.response_body) if with_body else None,
+        response_truncated=rec.response_truncated,
+        error=rec.error,
+        error_kind=cast("ErrorKind | None", rec.error_kind),
+        idempotency_key=rec.idempotency_key,
+        callback_url=rec.callback_url,
+        callback_status=cast("CallbackStatus | None", rec.callback_status),
+        callback_attempts=rec.callback_attempts,
+        attempt_log=tuple(
+            AttemptInfo(
+                attempt=int(item["attempt"]),
+                started_at=float(item["startedAt"]),
+                ended_at=float(item["endedAt"]),
+                status_code=item.get("statusCode"),
+                error=item.get("error"),
+                error_kind=item.get("errorKind"),
+                retry_at=item.get("retryAt"),
+            )
+            for item in rec.attempt_log
+        ),
+        callback_log=tuple(
+            CallbackAttempt(
+                attempt=int(item["attempt"]),
+                started_at=float(item["startedAt"]),
+                ended_at=float(item["endedAt"]),
+                status_code=item.get("statusCode"),
+                error=item.get("error"),
+            )
+            for item in rec.callback_log
+        ),
+    )
+
+
+def _callback_job(rec: _Record) -> CallbackJob:
+    assert rec.callback_url is not None and rec.callback_due is not None
+    return CallbackJob(
+        call_id=rec.call_id,
+        function=rec.function,
+        url=rec.callback_url,
+        attempt=rec.callback_attempts,
+        expires=rec.callback_due,
+        owner=rec.callback_owner or "",
+        status=cast(Status, rec.status),
+        status_code=rec.status_code,
+        headers=_headers(rec.response_headers),
+        body=_unb64(rec.response_body),
+        truncated=rec.response_truncated,
+        error=rec.error,
+        error_kind=cast("ErrorKind | None", rec.error_kind),
+        started_at=rec.attempt_started_at,
+        ended_at=rec.ended_at,
+        call_attempts=rec.attempts,
+        created_at=rec.created_at,
+    )
+
+
+class _Timers:
+    """The times this process re-armed jobs for: a hint of when something next becomes due
+    (a worker sleeps until then at most). Other gateways' timers are not known here; the
+    worker's poll interval covers them."""
+
+    def __init__(self) -> None:
+        self._heap: list[float] = []
+
+    def add(self, at: float) -> None:
+        heapq.heappush(self._heap, at)
+        if len(self._heap) > 4096:  # a hint only: keep the earliest
+            self._heap = heapq.nsmallest(1024, self._heap)
+
+    def next_due(self, now: float) -> float | None:
+        # A timer that just fired may not be pullable yet: look again shortly, not at once.
+        while self._heap and self._heap[0] < now - 0.05:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return None
+        first = self._heap[0]
+        return first if first > now else now + 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    msg: Msg
+    call_id: str
+    seq: int
+    published_at: float
+
+
+class NatsQueue:
+    """The NATS JetStream implementation of :class:`~.base.QueueBackend`.
+
+    Args:
+        url: the NATS server(s), comma-separated (``nats://host:4222``).
+        prefix: names of the streams, buckets and subjects start with it, so several
+            gateway groups (or tests) can share one NATS.
+        max_depth: unfinished calls allowed before :meth:`enqueue` raises
+            :class:`~.base.QueueFull`; 0 = unbounded.
+        retry_after: the ``Retry-After`` suggested when the queue is full, in seconds.
+        replicas: JetStream replicas of every stream and bucket (1 on a single server).
+        connect_timeout: how long :meth:`open` tries to reach NATS.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_depth: int = 0,
+        retry_after: float = 1.0,
+        replicas: int = 1,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise ValueError(
+                f"NATS name prefix {prefix!r} is invalid: expected 1-32 letters, digits, - or _"
+            )
+        self.url = url
+        self.prefix = prefix
+        self.max_depth = max_depth
+        self.retry_after = retry_after
+        self.replicas = replicas
+        self.connect_timeout = connect_timeout
+        self.calls_stream = f"{prefix}_calls"
+        self.callbacks_stream = f"{prefix}_callbacks"
+        self.records_bucket = f"{prefix}_records"
+        self.idempotency_bucket = f"{prefix}_idempotency"
+        self._calls_subject = f"{prefix}.calls"
+        self._callbacks_subject = f"{prefix}.callbacks"
+        self._wake_calls = f"{prefix}.wake.calls"
+        self._wake_callbacks = f"{prefix}.wake.callbacks"
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._records: KeyValue | None = None
+        self._idempotency: KeyValue | None = None
+        self._subs: list[Subscription] = []
+        self._calls_event = asyncio.Event()
+        self._callbacks_event = asyncio.Event()
+        self._call_timers = _Timers()
+        self._callback_timers = _Timers()
+        # Leases handed out by this process and not ended: on close they are given up, so
+        # another gateway takes them over at once instead of when they expire.
+        self._held_calls: dict[str, tuple[int, str]] = {}
+        self._held_callbacks: dict[str, tuple[int, str]] = {}
+        self._depth_seen: tuple[int, float] | None = None
+        self._closed = True
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not self._closed:
+            raise QueueError("queue already open")
+        self._calls_event = asyncio.Event()
+        self._callbacks_event = asyncio.Event()
+        try:
+            nc = await nats.connect(
+                self.url,
+                connect_timeout=self.connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=self._on_error,
+                name="fwatchdog-gateway",
+            )
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds
+            raise QueueUnavailable(f"cannot reach NATS at {self.url}: {_reason(exc)}") from None
+        self._nc = nc
+        try:
+            self._js = nc.jetstream(timeout=10)
+            await self._ensure_layout(self._js)
+            self._subs = [
+                await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
+                await nc.subscribe(self._wake_callbacks, cb=self._wake(self._callbacks_event)),
+            ]
+        except BaseException as exc:
+            await nc.close()
+            self._nc = None
+            if isinstance(exc, _NO_JETSTREAM):
+                raise QueueUnavailable(
+                    f"NATS at {self.url} has no JetStream (start nats-server with -js)"
+                ) from None
+            raise
+        self._closed = False
+
+    async def _ensure_layout(self, js: JetStreamContext) -> None:
+        for stream, subject in (
+            (self.calls_stream, self._calls_subject),
+            (self.callbacks_stream, self._callbacks_subject),
+        ):
+            await js.add_stream(
+                StreamConfig(
+                    name=stream,
+                    subjects=[subject],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    num_replicas=self.replicas,
+                )
+            )
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=_CONSUMER,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=_ACK_WAIT,
+                    max_ack_pending=-1,
+                    max_deliver=-1,
+                    filter_subject=subject,
+                ),
+            )
+        self._records = await self._bucket(js, self.records_bucket)
+        self._idempotency = await self._bucket(js, self.idempotency_bucket)
+
+    async def _bucket(self, js: JetStreamContext, name: str) -> KeyValue:
+        try:
+            return await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(
+                bucket=name, history=1, storage=StorageType.FILE, replicas=self.replicas
+            )
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS %s: %s", self.url, _reason(exc))
+
+    @staticmethod
+    def _wake(event: asyncio.Event) -> Callable[[Msg], Any]:
+        async def handler(msg: Msg) -> None:
+            event.set()
+
+        return handler
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self._give_up_leases()
+        except Exception as exc:  # noqa: BLE001 - the leases then simply expire
+            log.warning("giving up leases on close failed: %s", _reason(exc))
+        self._closed = True
+        nc = self._nc
+        self._nc = self._js = self._records = self._idempotency = None
+        if nc is not None:
+            try:
+                await nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await nc.close()
+
+    async def _give_up_leases(self) -> None:
+        """Make the calls and deliveries this process still holds due now (their attempts
+        count as interrupted), so another gateway does not wait for the leases to run out."""
+        calls, callbacks = dict(self._held_calls), dict(self._held_callbacks)
+        for call_id, (attempt, owner) in calls.items():
+
+            def expire(
+                rec: _Record, now: float, attempt: int = attempt, owner: str = owner
+            ) -> bool:
+                if (rec.status, rec.attempts, rec.owner) != ("running", attempt, owner):
+                    return False
+                rec.due_at = now
+                return True
+
+            await self._rearm(self.calls_stream, self._calls_subject, call_id, expire, "job")
+        for call_id, (attempt, owner) in callbacks.items():
+
+            def expire_cb(
+                rec: _Record, now: float, attempt: int = attempt, owner: str = owner
+            ) -> bool:
+                if (rec.callback_attempts, rec.callback_owner) != (attempt, owner):
+                    return False
+                rec.callback_due = now
+                return True
+
+            await self._rearm(
+                self.callbacks_stream, self._callbacks_subject, call_id, expire_cb, "callback_job"
+            )
+        if calls:
+            await self._publish_wake(self._wake_calls)
+        if callbacks:
+            await self._publish_wake(self._wake_callbacks)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _parts(self) -> tuple[Client, JetStreamContext, KeyValue, KeyValue]:
+        if (
+            self._closed
+            or self._nc is None
+            or self._js is None
+            or self._records is None
+            or self._idempotency is None
+        ):
+            raise QueueClosed("queue is not open")
+        return self._nc, self._js, self._records, self._idempotency
+
+    async def _load(self, call_id: str) -> tuple[_Record, int] | None:
+        records = self._parts()[2]
+        try:
+            entry = await records.get(record_key(call_id))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return _Record.decode(entry.value), entry.revision
+
+    async def _update(
+        self, call_id: str, change: Callable[[_Record, float], bool]
+    ) -> tuple[_Record, _Record] | None:
+        """Apply ``change`` to the stored record with compare-and-set, re-reading and
+        re-deciding on a conflict. ``change`` edits the record in place and returns False to
+        leave it alone. Returns (before, after) when written, else None."""
+        records = self._parts()[2]
+        for _ in range(_CAS_TRIES):
+            loaded = await self._load(call_id)
+            if loaded is None:
+                return None
+            before, revision = loaded
+            after = replace(before, attempt_log=list(before.attempt_log))
+            after.callback_log = list(before.callback_log)
+            if not change(after, time.time()):
+                return None
+            try:
+                await records.update(record_key(call_id), after.encode(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            return before, after
+        raise QueueError(f"call {call_id}: the record kept changing under {_CAS_TRIES} updates")
+
+    async def _publish_job(self, stream: str, subject: str, call_id: str) -> int:
+        js = self._parts()[1]
+        payload = json.dumps({"id": call_id, "at": time.time()}).encode()
+        ack = await js.publish(subject, payload, stream=stream)
+        return int(ack.seq)
+
+    async def _drop_job(self, stream: str, seq: int) -> None:
+        """Delete a job that is no longer wanted (best effort: a job that survives is seen
+        to be stale when it next comes up, and dropped then)."""
+        if seq <= 0:
+            return
+        js = self._parts()[1]
+        try:
+            await js.delete_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            pass
+        except (nats.js.errors.Error, nats.errors.Error) as exc:
+            log.debug("dropping job %s/%d: %s", stream, seq, _reason(exc))
+
+    async def _rearm(
+        self,
+        stream: str,
+        subject: str,
+        call_id: str,
+        change: Callable[[_Record, float], bool],
+        job_field: str,
+    ) -> tuple[_Record, _Record] | None:
+        """Write ``change`` together with a new job that replaces the record's current one
+        (published first: a crash leaves an extra job, not a record without one)."""
+        seq = await self._publish_job(stream, subject, call_id)
+
+        def with_job(rec: _Record, now: float) -> bool:
+            if not change(rec, now):
+                return False
+            setattr(rec, job_field, seq)
+            return True
+
+        try:
+            written = await self._update(call_id, with_job)
+        except BaseException:
+            await self._drop_job(stream, seq)
+            raise
+        if written is None:
+            await self._drop_job(stream, seq)
+            return None
+        await self._drop_job(stream, int(getattr(written[0], job_field)))
+        return written
+
+    async def _publish_wake(self, subject: str) -> None:
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            await nc.publish(subject, b"")
+
+    async def _pull(self, stream: str, batch: int) -> builtins.list[_Job]:
+        """Take up to ``batch`` jobs that are available now (a ``no_wait`` pull request)."""
+        nc = self._parts()[0]
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        jobs: builtins.list[_Job] = []
+        try:
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_CONSUMER}", request, inbox)
+            while len(jobs) < batch:
+                msg = await sub.next_msg(timeout=5)
+                if msg.headers and msg.headers.get("Status"):
+                    break  # 404 no messages, 408 expired: nothing more now
+                try:
+                    payload = json.loads(msg.data)
+                    call_id, at = str(payload["id"]), float(payload["at"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("dropping a malformed job on %s: %r", stream, msg.data[:100])
+                    await msg.term()
+                    continue
+                jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at))
+        except nats.errors.TimeoutError:
+            pass  # what arrived is used; the rest come back after ack_wait
+        finally:
+            await sub.unsubscribe()
+        return jobs
+
+    @staticmethod
+    async def _settle_unmatched(job: _Job, expected: int | None) -> None:
+        """Settle a job its record does not name: drop it when stale (older than the one the
+        record names) or orphaned; put it back briefly when the record write that will name
+        it may still be in flight."""
+        newer = expected is None or job.seq > expected
+        if newer and time.time() - job.published_at < _ORPHAN_GRACE:
+            await job.msg.nak(delay=_RECHECK)
+        else:
+            await job.msg.ack()
+
+    # -- accepting ------------------------------------------------------------------------
+
+    async def enqueue(self, request: CallRequest) -> EnqueueResult:
+        self._parts()
+        claimed: tuple[str, int] | None = None
+        if request.idempotency_key is not None:
+            existing, claimed = await self._claim_idempotency(request)
+            if existing is not None:
+                loaded = await self._load(existing)
+                status = cast(Status, loaded[0].status) if loaded else "queued"
+                return EnqueueResult(existing, False, status)
+        try:
+            now = time.time()
+            delay = max(0.0, request.delay)
+            await self._check_depth()
+            rec = self._new_record(request, now, delay)
+            rec.due_at = now + delay
+            await self._store_new(rec)
+        except BaseException:
+            if claimed is not None:
+                await self._release_idempotency(*claimed)
+            raise
+        await self._publish_wake(self._wake_calls)
+        return EnqueueResult(request.call_id, True, "queued")
+
+    async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
+        self._parts()
+        await self._check_depth()
+        now = time.time()
+        rec = self._new_record(request, now, 0.0)
+        rec.status = "running"
+        rec.owner = owner
+        rec.attempts = 1
+        rec.started_at = rec.attempt_started_at = now
+        rec.due_at = now + lease_for
+        await self._store_new(rec)
+        self._held_calls[rec.call_id] = (1, owner)
+        return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
+
+    @staticmethod
+    def _new_record(request: CallRequest, now: float, delay: float) -> _Record:
+        return _Record(
+            call_id=request.call_id,
+            function=request.function,
+            status="queued",
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=_pairs(request.headers),
+            body=_b64(request.body),
+            callback_url=request.callback_url,
+            idempotency_key=request.idempotency_key,
+            created_at=now,
+            delay=delay,
+            seq=0,
+            callback_status="waiting" if request.callback_url else None,
+        )
+
+    async def _store_new(self, rec: _Record) -> None:
+        """Publish the call's first job, then create its record naming it."""
+        records = self._parts()[2]
+        seq = await self._publish_job(self.calls_stream, self._calls_subject, rec.call_id)
+        rec.job = rec.seq = seq
+        try:
+            await records.create(record_key(rec.call_id), rec.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            await self._drop_job(self.calls_stream, seq)
+            raise QueueError(f"call id {rec.call_id} already exists") from None
+        except BaseException:
+            await self._drop_job(self.calls_stream, seq)
+            raise
+        if self._depth_seen is not None:
+            self._depth_seen = (self._depth_seen[0] + 1, self._depth_seen[1])
+
+    async def _claim_idempotency(
+        self, request: CallRequest
+    ) -> tuple[str | None, tuple[str, int] | None]:
+        """Claim the request's idempotency key for its call id. Returns the id of the call
+        that holds it already (and None), or None and (key, revision) of the claim."""
+        assert request.idempotency_key is not None
+        bucket = self._parts()[3]
+        key = idempotency_key(request.function, request.idempotency_key)
+        for _ in range(_CAS_TRIES):
+            try:
+                revision = await bucket.create(key, request.call_id.encode())
+                return None, (key, revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await bucket.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue
+            holder = (entry.value or b"").decode()
+            if holder and await self._load(holder) is not None:
+                return holder, None
+            # The holder's record was purged (or never written): the key is free again.
+            try:
+                revision = await bucket.update(key, request.call_id.encode(), last=entry.revision)
+                return None, (key, revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        raise QueueError("idempotency key kept changing; try again")
+
+    async def _release_idempotency(self, key: str, revision: int) -> None:
+        bucket = self._parts()[3]
+        try:
+            await bucket.delete(key, last=revision)
+        except (nats.js.errors.Error, nats.errors.Error) as exc:
+            log.debug("releasing idempotency key %s: %s", key, _reason(exc))
+
+    async def find_idempotent(self, function: str, key: str) -> str | None:
+        bucket = self._parts()[3]
+        try:
+            entry = await bucket.get(idempotency_key(function, key))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        holder = (entry.value or b"").decode()
+        if holder and await self._load(holder) is not None:
+            return holder
+        return None
+
+    async def _check_depth(self) -> None:
+        if not self.max_depth:
+            return
+        # Far below the limit a depth read in the last second is good enough; near it, ask.
+        seen = self._depth_seen
+        fresh = seen is not None and time.monotonic() - seen[1] < 1.0
+        if fresh and seen is not None and seen[0] < self.max_depth * 0.9:
+            return
+        depth = await self.depth()
+        self._depth_seen = (depth, time.monotonic())
+        if depth >= self.max_depth:
+            raise QueueFull(depth, self.retry_after)
+
+    async def depth(self) -> int:
+        js = self._parts()[1]
+        info = await js.stream_info(self.calls_stream)
+        return int(info.state.messages)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def lease(
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease_for: float,
+        skip_functions: Collection[str] = (),
+    ) -> LeaseBatch:
+        self._parts()
+        # Cleared before asking, so a wake racing with this lease wakes the next wait.
+        self._calls_event.clear()
+        if limit <= 0:
+            return LeaseBatch([], None)
+        skip = frozenset(skip_functions)
+        leased: builtins.list[LeasedCall] = []
+        skipped: builtins.list[_Job] = []
+        for _ in range(_PULL_ROUNDS):
+            jobs = await self._pull(self.calls_stream, limit - len(leased))
+            if not jobs:
+                break
+            outcomes = await asyncio.gather(
+                *(self._lease_job(job, owner, lease_for, skip) for job in jobs)
+            )
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, LeasedCall):
+                    leased.append(outcome)
+                elif outcome == "skip":
+                    skipped.append(job)
+            if len(leased) >= limit:
+                break
+        # Put back only now, so this lease does not pull the same skipped jobs again; and
+        # confirmed, so the next lease (of any worker) can have them.
+        nc = self._parts()[0]
+        for job in skipped:
+            try:
+                await nc.request(job.msg.reply, b"-NAK", timeout=5)
+            except nats.errors.TimeoutError:
+                pass  # they come back after ack_wait
+        return LeaseBatch(leased, self._call_timers.next_due(time.time()))
+
+    async def _lease_job(
+        self, job: _Job, owner: str, lease_for: float, skip: frozenset[str]
+    ) -> LeasedCall | str | None:
+        verdict = "missing"
+        expected = 0
+        later = 0.0
+        leased: LeasedCall | None = None
+
+        def take(rec: _Record, now: float) -> bool:
+            nonlocal verdict, expected, later, leased
+            expected = rec.job
+            if rec.job != job.seq:
+                verdict = "unmatched"
+                return False
+            if rec.status in TERMINAL or rec.due_at is None:
+                verdict = "ended"
+                return False
+            if rec.due_at > now:
+                verdict, later = "later", rec.due_at
+                return False
+            if rec.function in skip:
+                verdict = "skip"
+                return False
+            interrupted = rec.status == "running"
+            if interrupted:
+                lost = AttemptInfo(
+                    attempt=rec.attempts,
+                    started_at=rec.attempt_started_at or rec.created_at,
+                    ended_at=now,
+                    status_code=None,
+                    error=_INTERRUPTED,
+                    error_kind="platform",
+                )
+                rec.attempt_log.append(_attempt_dict(lost))
+            rec.status = "running"
+            rec.attempts += 1
+            rec.owner = owner
+            rec.due_at = now + lease_for
+            rec.started_at = rec.started_at if rec.started_at is not None else now
+            rec.attempt_started_at = now
+            verdict = "leased"
+            leased = LeasedCall(
+                rec.request(), rec.attempts, rec.created_at, rec.due_at, owner, interrupted
+            )
+            return True
+
+        await self._update(job.call_id, take)
+        if verdict == "leased":
+            assert leased is not None
+            self._held_calls[job.call_id] = (leased.attempt, owner)
+            await self._rearm_job(job, leased.expires, self._call_timers)
+            return leased
+        if verdict == "later":
+            await self._rearm_job(job, later, self._call_timers)
+        elif verdict == "skip":
+            return "skip"
+        elif verdict == "ended":
+            await job.msg.ack()
+        else:
+            await self._settle_unmatched(job, expected if verdict == "unmatched" else None)
+        return None
+
+    @staticmethod
+    async def _rearm_job(job: _Job, at: float, timers: _Timers) -> None:
+        """Hand the job back to come up again at ``at``: the durable timer of a lease, a
+        delay or a retry."""
+        timers.add(at)
+        await job.msg.nak(delay=max(0.001, at - time.time()))
+
+    async def wait_for_calls(self, timeout: float) -> None:
+        await _wait(self._calls_event, timeout)
+
+    def _holds(self, lease: LeasedCall) -> Callable[[_Record], bool]:
+        return lambda rec: (
+            (rec.status, rec.attempts, rec.owner)
+            == (
+                "running",
+                lease.attempt,
+                lease.owner,
+            )
+        )
+
+    async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
+        holds = self._holds(lease)
+
+        def push(rec: _Record, now: float) -> bool:
+            if not holds(rec):
+                return False
+            rec.due_at = now + lease_for
+            return True
+
+        written = await self._update(lease.call_id, push)
+        if written is None:
+            self._held_calls.pop(lease.call_id, None)
+        return written is not None
+
+    async def release(self, lease: LeasedCall) -> bool:
+        holds = self._holds(lease)
+
+        def hand_back(rec: _Record, now: float) -> bool:
+            if not holds(rec):
+                return False
+            # Back to how it was before the lease: never started, or waiting for a retry.
+            rec.attempts -= 1
+            rec.owner = None
+            if rec.attempts == 0:
+                rec.status = "queued"
+                rec.started_at = None
+                rec.due_at = rec.created_at + rec.delay
+            else:
+                rec.status = "retrying"
+                rec.due_at = now
+            return True
+
+        written = await self._rearm(
+            self.calls_stream, self._calls_subject, lease.call_id, hand_back, "job"
+        )
+        self._held_calls.pop(lease.call_id, None)
+        if written is not None:
+            await self._publish_wake(self._wake_calls)
+        return written is not None
+
+    async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
+        return await self._finish(lease, result, "succeeded", None)
+
+    async def retry(self, lease: LeasedCall, result: AttemptResult, at: float) -> bool:
+        return await self._finish(lease, result, "retrying", at)
+
+    async def fail(self, lease: LeasedCall, result: AttemptResult) -> bool:
+        return await self._finish(lease, result, "failed", None)
+
+    async def _finish(
+        self, lease: LeasedCall, result: AttemptResult, status: Status, retry_at: float | None
+    ) -> bool:
+        terminal = status in TERMINAL
+        holds = self._holds(lease)
+        info = AttemptInfo(
+            attempt=lease.attempt,
+            started_at=result.started_at,
+            ended_at=result.ended_at,
+            status_code=result.status_code,
+            error=result.error,
+            error_kind=result.error_kind,
+            retry_at=retry_at,
+        )
+        callback_seq = 0
+        if terminal and lease.request.callback_url:
+            callback_seq = await self._publish_job(
+                self.callbacks_stream, self._callbacks_subject, lease.call_id
+            )
+
+        def record(rec: _Record, now: float) -> bool:
+            if not holds(rec):
+                return False
+            rec.status = status
+            rec.owner = None
+            rec.due_at = retry_at
+            rec.ended_at = result.ended_at if terminal else None
+            rec.status_code = result.status_code
+            rec.response_headers = _pairs(result.headers)
+            rec.response_body = _b64(result.body)
+            rec.response_truncated = result.truncated
+            rec.error = result.error
+            rec.error_kind = result.error_kind
+            rec.attempt_started_at = result.started_at
+            rec.attempt_log.append(_attempt_dict(info))
+            if terminal:
+                rec.body = None
+                rec.job = 0
+                if rec.callback_url is not None:
+                    rec.callback_status = "pending"
+                    rec.callback_due = now
+                    rec.callback_job = callback_seq
+            return True
+
+        try:
+            if terminal:
+                written = await self._update(lease.call_id, record)
+                if written is not None:
+                    await self._drop_job(self.calls_stream, written[0].job)
+            else:
+                written = await self._rearm(
+                    self.calls_stream, self._calls_subject, lease.call_id, record, "job"
+                )
+        except BaseException:
+            await self._drop_job(self.callbacks_stream, callback_seq)
+            raise
+        self._held_calls.pop(lease.call_id, None)
+        if written is None:
+            await self._drop_job(self.callbacks_stream, callback_seq)
+            return False
+        self._depth_seen = None
+        await self._publish_wake(self._wake_callbacks if terminal else self._wake_calls)
+        return True
+
+    async def cancel(self, call_id: str) -> CancelOutcome:
+        outcome: CancelOutcome = "not_found"
+
+        def cancel(rec: _Record, now: float) -> bool:
+            nonlocal outcome
+            if rec.status == "running":
+                outcome = "running"
+                return False
+            if rec.status in TERMINAL:
+                outcome = "finished"
+                return False
+            outcome = "cancelled"
+            rec.status = "cancelled"
+            rec.due_at = None
+            rec.ended_at = now
+            rec.body = None
+            rec.job = 0
+            rec.callback_status = "skipped" if rec.callback_url is not None else None
+            return True
+
+        written = await self._update(call_id, cancel)
+        if written is not None:
+            await self._drop_job(self.calls_stream, written[0].job)
+            self._depth_seen = None
+        return outcome
+
+    # -- callbacks ------------------------------------------------------------------------
+
+    async def lease_callbacks(self, *, owner: str, limit: int, lease_for: float) -> CallbackBatch:
+        self._parts()
+        self._callbacks_event.clear()
+        if limit <= 0:
+            return CallbackBatch([], None)
+        jobs: builtins.list[CallbackJob] = []
+        for _ in range(_PULL_ROUNDS):
+            pulled = await self._pull(self.callbacks_stream, limit - len(jobs))
+            if not pulled:
+                break
+            outcomes = await asyncio.gather(
+                *(self._lease_callback(job, owner, lease_for) for job in pulled)
+            )
+            jobs += [outcome for outcome in outcomes if outcome is not None]
+            if len(jobs) >= limit:
+                break
+        return CallbackBatch(jobs, self._callback_timers.next_due(time.time()))
+
+    async def _lease_callback(self, job: _Job, owner: str, lease_for: float) -> CallbackJob | None:
+        verdict = "missing"
+        expected = 0
+        later = 0.0
+        leased: CallbackJob | None = None
+
+        def take(rec: _Record, now: float) -> bool:
+            nonlocal verdict, expected, later, leased
+            expected = rec.callback_job
+            if rec.callback_job != job.seq:
+                verdict = "unmatched"
+                return False
+            if rec.callback_status != "pending" or rec.callback_due is None:
+                verdict = "ended"
+                return False
+            if rec.callback_due > now:
+                verdict, later = "later", rec.callback_due
+                return False
+            if rec.callback_owner is not None:
+                lost = CallbackAttempt(rec.callback_attempts, now, now, None, _CALLBACK_INTERRUPTED)
+                rec.callback_log.append(_callback_dict(lost))
+            rec.callback_attempts += 1
+            rec.callback_owner = owner
+            rec.callback_due = now + lease_for
+            verdict = "leased"
+            leased = _callback_job(rec)
+            return True
+
+        await self._update(job.call_id, take)
+        if verdict == "leased":
+            assert leased is not None
+            self._held_callbacks[job.call_id] = (leased.attempt, owner)
+            await self._rearm_job(job, leased.expires, self._callback_timers)
+            return leased
+        if verdict == "later":
+            await self._rearm_job(job, later, self._callback_timers)
+        elif verdict == "ended":
+            await job.msg.ack()  # delivered, failed or skipped: nothing left to do
+        else:
+            await self._settle_unmatched(job, expected if verdict == "unmatched" else None)
+        return None
+
+    async def wait_for_callbacks(self, timeout: float) -> None:
+        await _wait(self._callbacks_event, timeout)
+
+    async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
+        return await self._callback_end(job, attempt, "delivered", None)
+
+    async def callback_retry(self, job: CallbackJob, attempt: CallbackAttempt, at: float) -> bool:
+        return await self._callback_end(job, attempt, "pending", at)
+
+    async def callback_failed(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
+        return await self._callback_end(job, attempt, "failed", None)
+
+    async def _callback_end(
+        self, job: CallbackJob, attempt: CallbackAttempt, status: CallbackStatus, at: float | None
+    ) -> bool:
+        def record(rec: _Record, now: float) -> bool:
+            if (rec.callback_attempts, rec.callback_owner) != (job.attempt, job.owner):
+                return False
+            rec.callback_status = status
+            rec.callback_due = at
+            rec.callback_owner = None
+            rec.callback_log.append(_callback_dict(attempt))
+            if at is None:
+                rec.callback_job = 0
+            return True
+
+        if at is None:
+            written = await self._update(job.call_id, record)
+            if written is not None:
+                await self._drop_job(self.callbacks_stream, written[0].callback_job)
+        else:
+            written = await self._rearm(
+                self.callbacks_stream, self._callbacks_subject, job.call_id, record, "callback_job"
+            )
+            if written is not None:
+                await self._publish_wake(self._wake_callbacks)
+        self._held_callbacks.pop(job.call_id, None)
+        return written is not None
+
+    # -- records --------------------------------------------------------------------------
+
+    async def get(self, call_id: str) -> ActivationRecord | None:
+        loaded = await self._load(call_id)
+        return None if loaded is None else _activation(loaded[0], with_body=True)
+
+    async def _scan(self) -> builtins.list[_Record]:
+        """Every record, read through one ordered consumer (the latest value of each key).
+        Costs a pass over the whole bucket: records and their bodies, up to _SCAN_LIMIT."""
+        records = self._parts()[2]
+        # nats-py leaves the watcher's methods untyped.
+        watcher: Any = await records.watchall(ignore_deletes=True)
+        found: builtins.list[_Record] = []
+        try:
+            while len(found) < _SCAN_LIMIT:
+                entry = await watcher.updates(timeout=10)
+                if entry is None:
+                    break
+                if entry.value:
+                    found.append(_Record.decode(entry.value))
+                if entry.delta == 0:
+                    break
+        finally:
+            await watcher.stop()
+        return found
+
+    async def purge(self, ended_before: float) -> int:
+        _, js, records, bucket = self._parts()
+        doomed = [
+            rec
+            for rec in await self._scan()
+            if rec.ended_at is not None
+            and rec.ended_at < ended_before
+            and (rec.callback_status is None or rec.callback_status in _DONE_CALLBACKS)
+        ]
+        stream = f"KV_{self.records_bucket}"
+
+        async def remove(rec: _Record) -> None:
+            if rec.idempotency_key is not None:
+                key = idempotency_key(rec.function, rec.idempotency_key)
+                try:
+                    entry = await bucket.get(key)
+                    if entry.value == rec.call_id.encode() and entry.revision is not None:
+                        await bucket.delete(key, last=entry.revision)
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                    pass
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass  # claimed again meanwhile
+            # Purging the subject leaves no delete marker behind, unlike kv.delete.
+            subject = f"$KV.{self.records_bucket}.{record_key(rec.call_id)}"
+            await js.purge_stream(stream, subject=subject)
+
+        for start in range(0, len(doomed), 64):
+            await asyncio.gather(*(remove(rec) for rec in doomed[start : start + 64]))
+        return len(doomed)
+
+    # Defined last: inside the class body the name ``list`` is this method from here on.
+    async def list(self, query: ListQuery) -> ActivationPage:
+        before: int | None = None
+        if query.cursor is not None:
+            try:
+                before = int(query.cursor)
+            except ValueError:
+                raise ValueError(f"invalid cursor {query.cursor!r}") from None
+        limit = max(1, query.limit)
+        matching = sorted(
+            (
+                rec
+                for rec in await self._scan()
+                if (query.function is None or rec.function == query.function)
+                and (query.status is None or rec.status == query.status)
+                and (query.since is None or rec.created_at >= query.since)
+                and (before is None or rec.seq < before)
+            ),
+            key=lambda rec: rec.seq,
+            reverse=True,
+        )
+        items = [_activation(rec, with_body=False) for rec in matching[:limit]]
+        cursor = str(matching[limit - 1].seq) if len(matching) > limit else None
+        return ActivationPage(items, cursor)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    if timeout <= 0:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
