@@ -382,6 +382,7 @@ class NatsQueue:
         self._held_calls: dict[str, tuple[int, str]] = {}
         self._held_callbacks: dict[str, tuple[int, str]] = {}
         self._depth_seen: tuple[int, float] | None = None
+        self._connect_error: Exception | None = None
         self._closed = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -391,17 +392,22 @@ class NatsQueue:
             raise QueueError("queue already open")
         self._calls_event = asyncio.Event()
         self._callbacks_event = asyncio.Event()
+        self._connect_error = None
         try:
-            nc = await nats.connect(
-                self.url,
-                connect_timeout=self.connect_timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=self._on_error,
-                name="fwatchdog-gateway",
-            )
+            # nats-py retries the first connection forever when reconnects are unlimited.
+            async with asyncio.timeout(self.connect_timeout):
+                nc = await nats.connect(
+                    self.url,
+                    connect_timeout=self.connect_timeout,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=self._on_error,
+                    name="fwatchdog-gateway",
+                )
         except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds
-            raise QueueUnavailable(f"cannot reach NATS at {self.url}: {_reason(exc)}") from None
+            cause = self._connect_error if isinstance(exc, TimeoutError) else exc
+            reason = _reason(cause) if cause is not None else "timed out"
+            raise QueueUnavailable(f"cannot reach NATS at {self.url}: {reason}") from None
         self._nc = nc
         try:
             self._js = nc.jetstream(timeout=10)
@@ -457,6 +463,9 @@ class NatsQueue:
             )
 
     async def _on_error(self, exc: Exception) -> None:
+        if self._closed and self._nc is None:
+            self._connect_error = exc  # reported once, if connecting fails
+            return
         log.warning("NATS %s: %s", self.url, _reason(exc))
 
     @staticmethod
