@@ -24,6 +24,7 @@ from .base import (
     QueueClosed,
     QueueError,
     QueueFull,
+    QueueUnavailable,
 )
 
 BACKENDS: dict[str, str] = {
@@ -58,5 +59,6 @@ __all__ = [
     "QueueClosed",
     "QueueError",
     "QueueFull",
+    "QueueUnavailable",
     "backend_class",
 ]

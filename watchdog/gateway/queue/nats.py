@@ -34,15 +34,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import functools
 import hashlib
 import heapq
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import nats
 import nats.errors
@@ -81,6 +82,7 @@ from .base import (
     QueueClosed,
     QueueError,
     QueueFull,
+    QueueUnavailable,
     Status,
 )
 
@@ -110,8 +112,22 @@ _DONE_CALLBACKS = frozenset({"delivered", "failed", "skipped"})
 _NO_JETSTREAM = (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)
 
 
-class QueueUnavailable(QueueError):
-    """NATS could not be reached (at start: the gateway stops with this message)."""
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _as_queue_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Report NATS failures (disconnected, timed out, refused) as :class:`QueueError`, the
+    error every caller of a backend handles."""
+
+    @functools.wraps(method)
+    async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise QueueError(f"NATS: {_reason(exc)}") from exc
+
+    return translated
 
 
 @dataclass(slots=True)
@@ -663,6 +679,7 @@ class NatsQueue:
 
     # -- accepting ------------------------------------------------------------------------
 
+    @_as_queue_errors
     async def enqueue(self, request: CallRequest) -> EnqueueResult:
         self._parts()
         claimed: tuple[str, int] | None = None
@@ -686,6 +703,7 @@ class NatsQueue:
         await self._publish_wake(self._wake_calls)
         return EnqueueResult(request.call_id, True, "queued")
 
+    @_as_queue_errors
     async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
         self._parts()
         await self._check_depth()
@@ -719,9 +737,30 @@ class NatsQueue:
             callback_status="waiting" if request.callback_url else None,
         )
 
+    def _room(self) -> int:
+        """The largest record the server takes (its ``max_payload``), less header room."""
+        nc = self._parts()[0]
+        return int(nc.max_payload) - 512
+
+    def _fit_response(self, rec: _Record, body: bytes) -> None:
+        """Cut the stored response so the record fits in one NATS message (flagged as
+        truncated, like a response over the gateway's result limit)."""
+        over = len(rec.encode()) - self._room()
+        if over > 0:
+            keep = max(0, len(body) - over * 3 // 4 - 64)  # base64: 4 bytes per 3
+            rec.response_body = _b64(body[:keep])
+            rec.response_truncated = True
+
     async def _store_new(self, rec: _Record) -> None:
         """Publish the call's first job, then create its record naming it."""
         records = self._parts()[2]
+        size = len(rec.encode())
+        if size > self._room():
+            raise QueueError(
+                f"call {rec.call_id} is too large for NATS: its record takes {size} bytes, the"
+                f" server's max_payload allows {self._room() + 512} (raise max_payload in the"
+                " nats-server configuration, or lower --max-async-body)"
+            )
         seq = await self._publish_job(self.calls_stream, self._calls_subject, rec.call_id)
         rec.job = rec.seq = seq
         try:
@@ -771,6 +810,7 @@ class NatsQueue:
         except (nats.js.errors.Error, nats.errors.Error) as exc:
             log.debug("releasing idempotency key %s: %s", key, _reason(exc))
 
+    @_as_queue_errors
     async def find_idempotent(self, function: str, key: str) -> str | None:
         bucket = self._parts()[3]
         try:
@@ -795,6 +835,7 @@ class NatsQueue:
         if depth >= self.max_depth:
             raise QueueFull(depth, self.retry_after)
 
+    @_as_queue_errors
     async def depth(self) -> int:
         js = self._parts()[1]
         info = await js.stream_info(self.calls_stream)
@@ -802,6 +843,7 @@ class NatsQueue:
 
     # -- running --------------------------------------------------------------------------
 
+    @_as_queue_errors
     async def lease(
         self,
         *,
@@ -924,6 +966,7 @@ class NatsQueue:
             )
         )
 
+    @_as_queue_errors
     async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
         holds = self._holds(lease)
 
@@ -938,6 +981,7 @@ class NatsQueue:
             self._held_calls.pop(lease.call_id, None)
         return written is not None
 
+    @_as_queue_errors
     async def release(self, lease: LeasedCall) -> bool:
         holds = self._holds(lease)
 
@@ -964,12 +1008,15 @@ class NatsQueue:
             await self._publish_wake(self._wake_calls)
         return written is not None
 
+    @_as_queue_errors
     async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
         return await self._finish(lease, result, "succeeded", None)
 
+    @_as_queue_errors
     async def retry(self, lease: LeasedCall, result: AttemptResult, at: float) -> bool:
         return await self._finish(lease, result, "retrying", at)
 
+    @_as_queue_errors
     async def fail(self, lease: LeasedCall, result: AttemptResult) -> bool:
         return await self._finish(lease, result, "failed", None)
 
@@ -1008,6 +1055,7 @@ class NatsQueue:
             rec.error_kind = result.error_kind
             rec.attempt_started_at = result.started_at
             rec.attempt_log.append(_attempt_dict(info))
+            self._fit_response(rec, result.body)
             if terminal:
                 rec.body = None
                 rec.job = 0
@@ -1037,6 +1085,7 @@ class NatsQueue:
         await self._publish_wake(self._wake_callbacks if terminal else self._wake_calls)
         return True
 
+    @_as_queue_errors
     async def cancel(self, call_id: str) -> CancelOutcome:
         outcome: CancelOutcome = "not_found"
 
@@ -1065,6 +1114,7 @@ class NatsQueue:
 
     # -- callbacks ------------------------------------------------------------------------
 
+    @_as_queue_errors
     async def lease_callbacks(self, *, owner: str, limit: int, lease_for: float) -> CallbackBatch:
         self._parts()
         self._callbacks_event.clear()
@@ -1128,12 +1178,15 @@ class NatsQueue:
     async def wait_for_callbacks(self, timeout: float) -> None:
         await _wait(self._callbacks_event, timeout)
 
+    @_as_queue_errors
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         return await self._callback_end(job, attempt, "delivered", None)
 
+    @_as_queue_errors
     async def callback_retry(self, job: CallbackJob, attempt: CallbackAttempt, at: float) -> bool:
         return await self._callback_end(job, attempt, "pending", at)
 
+    @_as_queue_errors
     async def callback_failed(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         return await self._callback_end(job, attempt, "failed", None)
 
@@ -1166,6 +1219,7 @@ class NatsQueue:
 
     # -- records --------------------------------------------------------------------------
 
+    @_as_queue_errors
     async def get(self, call_id: str) -> ActivationRecord | None:
         loaded = await self._load(call_id)
         return None if loaded is None else _activation(loaded[0], with_body=True)
@@ -1190,6 +1244,7 @@ class NatsQueue:
             await watcher.stop()
         return found
 
+    @_as_queue_errors
     async def purge(self, ended_before: float) -> int:
         _, js, records, bucket = self._parts()
         doomed = [
@@ -1221,6 +1276,7 @@ class NatsQueue:
         return len(doomed)
 
     # Defined last: inside the class body the name ``list`` is this method from here on.
+    @_as_queue_errors
     async def list(self, query: ListQuery) -> ActivationPage:
         before: int | None = None
         if query.cursor is not None:
