@@ -227,6 +227,10 @@ FIELDS: tuple[_Field, ...] = (
         "names of the nats queue's streams and buckets start with this",
     ),
     _Field(
+        "nats_replicas", "--nats-replicas", "nats_replicas", _positive_int, 1,
+        "copies JetStream keeps of the nats queue (3 on a 3-node cluster)",
+    ),
+    _Field(
         "max_queue_depth", "--max-queue-depth", "max_queue_depth", _non_negative_int, 1_000_000,
         "unfinished asynchronous calls before 429 (0 = no limit)",
     ),
@@ -326,6 +330,7 @@ class GatewayConfig:
     queue_path: str = ""
     nats_url: str = ""
     nats_prefix: str = "fwatchdog"
+    nats_replicas: int = 1
     max_queue_depth: int = 1_000_000
     max_async_body: int = 1 << 20
     max_result_body: int = 1 << 20

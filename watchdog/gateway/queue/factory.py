@@ -26,7 +26,10 @@ def _sqlite(config: GatewayConfig) -> Built:
 
 def _nats(config: GatewayConfig) -> Built:
     queue = backend_class("nats")(
-        config.nats_url, prefix=config.nats_prefix, max_depth=config.max_queue_depth
+        config.nats_url,
+        prefix=config.nats_prefix,
+        replicas=config.nats_replicas,
+        max_depth=config.max_queue_depth,
     )
     return queue, f"{config.nats_url} (streams and buckets {config.nats_prefix}_*)"
 
