@@ -39,10 +39,18 @@ class NatsServer:
     port: int
     store: Path
     log_path: Path
+    config: Path
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        """Stop and start again: same port, same store."""
+        self.stop()
+        ready = _ready_count(self.log_path)
+        self.proc = _launch(self.config, self.log_path)
+        _wait_ready(self, ready)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -67,22 +75,36 @@ def start_nats_server(workdir: Path, sync_interval: str | None = None) -> NatsSe
         f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
     )
     log_path = workdir / "nats.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
+    log_path.write_bytes(b"")
+    server = NatsServer(_launch(config, log_path), port, store, log_path, config)
+    _wait_ready(server, 0)
+    return server
+
+
+def _launch(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
             [nats_server_binary(), "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
-    server = NatsServer(proc, port, store, log_path)
+
+
+def _ready_count(log_path: Path) -> int:
+    return log_path.read_bytes().count(b"Server is ready")
+
+
+def _wait_ready(server: NatsServer, ready_before: int) -> None:
+    """Return once the server accepts connections (its log says ready once more)."""
     deadline = time.monotonic() + 15
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited: {log_path.read_text(errors='replace')}")
-        if b"Server is ready" in log_path.read_bytes():
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited: {server.log_path.read_text(errors='replace')}")
+        if _ready_count(server.log_path) > ready_before:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return server
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                return
             except OSError:
                 pass
         if time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"nats-server did not start: {log_path.read_text()}")
+            raise RuntimeError(f"nats-server did not start: {server.log_path.read_text()}")
         time.sleep(0.02)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from async_helpers import Receiver
 from conftest import FIXTURES, PYTHON, RunningWatchdog, free_port
-from nats_server import NatsServer
+from nats_server import NatsServer, start_nats_server
 
 from watchdog.config import ConfigError
 from watchdog.gateway.config import GatewayConfig
@@ -149,3 +149,37 @@ def test_nats_settings_and_the_openfaas_variables() -> None:
         assert bad in str(refused.value)
     with pytest.raises(ConfigError, match="faas_nats_port='99999' is invalid"):
         GatewayConfig.from_args([], {"faas_nats_address": "nats", "faas_nats_port": "99999"})
+
+
+def test_the_gateway_rides_out_a_nats_restart(
+    launcher: Launcher, tmp_path: Path, receiver: Callable[..., Receiver]
+) -> None:
+    rec = receiver()
+    server = start_nats_server(tmp_path / "own-nats")
+    try:
+        functions = _functions(tmp_path, launcher)
+        gateway = launcher.gateway(*_nats_args(server, "r", "--config", str(functions)))
+        before = _post(gateway, f"state={tmp_path / 'before'}", rec.url)
+        _wait_delivered(gateway, before)
+        server.stop()
+        down = gateway.request(
+            "POST", f"/async-function/flaky?state={tmp_path / 'down'}", timeout=30
+        )
+        assert down.status == 503 and down.headers["Retry-After"], down.text
+        server.restart()
+        deadline = time.monotonic() + 20
+        while True:  # the client reconnects on its own
+            reply = gateway.request("POST", f"/async-function/flaky?state={tmp_path / 'after'}")
+            if reply.status == 202:
+                break
+            assert reply.status == 503 and time.monotonic() < deadline, reply.text
+            time.sleep(0.2)
+        after = reply.headers["X-Call-Id"]
+        record = _wait_delivered(gateway, before)  # kept across the restart
+        assert record["status"] == "succeeded"
+        deadline = time.monotonic() + 20
+        while _record(gateway, after)["status"] != "succeeded":
+            assert time.monotonic() < deadline, _record(gateway, after)
+            time.sleep(0.05)
+    finally:
+        server.stop()

@@ -117,15 +117,17 @@ R = TypeVar("R")
 
 
 def _as_queue_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Report NATS failures (disconnected, timed out, refused) as :class:`QueueError`, the
-    error every caller of a backend handles."""
+    """Report NATS failures as :class:`QueueError`, the error every caller of a backend
+    handles: :class:`QueueUnavailable` when NATS is away or slow (try again later)."""
 
     @functools.wraps(method)
     async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
+        except (nats.errors.MaxPayloadError, nats.js.errors.BadRequestError) as exc:
+            raise QueueError(f"NATS refused the write: {_reason(exc)}") from exc
         except (TimeoutError, nats.errors.Error) as exc:
-            raise QueueError(f"NATS: {_reason(exc)}") from exc
+            raise QueueUnavailable(f"NATS: {_reason(exc)}") from exc
 
     return translated
 
@@ -216,6 +218,19 @@ def record_key(call_id: str) -> str:
 
 def idempotency_key(function: str, key: str) -> str:
     return hashlib.sha256(f"{function}\0{key}".encode()).hexdigest()
+
+
+def _claim(call_id: str) -> bytes:
+    """An idempotency key's value: the call holding it and when it was claimed."""
+    return f"{call_id} {time.time()}".encode()
+
+
+def _holder(value: bytes | None) -> tuple[str, float]:
+    call_id, _, at = (value or b"").decode().partition(" ")
+    try:
+        return call_id, float(at)
+    except ValueError:
+        return call_id, 0.0
 
 
 def _attempt_dict(info: AttemptInfo) -> dict[str, Any]:
@@ -399,6 +414,7 @@ class NatsQueue:
         self._held_callbacks: dict[str, tuple[int, str]] = {}
         self._depth_seen: tuple[int, float] | None = None
         self._connect_error: Exception | None = None
+        self._errors_seen: set[str] = set()
         self._closed = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -418,6 +434,8 @@ class NatsQueue:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
                     name="fwatchdog-gateway",
                 )
         except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds
@@ -426,7 +444,7 @@ class NatsQueue:
             raise QueueUnavailable(f"cannot reach NATS at {self.url}: {reason}") from None
         self._nc = nc
         try:
-            self._js = nc.jetstream(timeout=10)
+            self._js = nc.jetstream(timeout=5)
             await self._ensure_layout(self._js)
             self._subs = [
                 await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
@@ -482,7 +500,19 @@ class NatsQueue:
         if self._closed and self._nc is None:
             self._connect_error = exc  # reported once, if connecting fails
             return
-        log.warning("NATS %s: %s", self.url, _reason(exc))
+        reason = _reason(exc)
+        if reason not in self._errors_seen:  # not once per reconnect attempt
+            self._errors_seen.add(reason)
+            log.warning("NATS %s: %s", self.url, reason)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closed:
+            log.warning("NATS %s: disconnected, reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        self._errors_seen.clear()
+        url = self._nc.connected_url if self._nc is not None else None
+        log.warning("NATS: reconnected to %s", url.geturl() if url is not None else self.url)
 
     @staticmethod
     def _wake(event: asyncio.Event) -> Callable[[Msg], Any]:
@@ -784,7 +814,7 @@ class NatsQueue:
         key = idempotency_key(request.function, request.idempotency_key)
         for _ in range(_CAS_TRIES):
             try:
-                revision = await bucket.create(key, request.call_id.encode())
+                revision = await bucket.create(key, _claim(request.call_id))
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
@@ -792,12 +822,14 @@ class NatsQueue:
                 entry = await bucket.get(key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 continue
-            holder = (entry.value or b"").decode()
+            holder, claimed_at = _holder(entry.value)
             if holder and await self._load(holder) is not None:
                 return holder, None
+            if holder and time.time() - claimed_at < _ORPHAN_GRACE:
+                return holder, None  # its record is being written right now
             # The holder's record was purged (or never written): the key is free again.
             try:
-                revision = await bucket.update(key, request.call_id.encode(), last=entry.revision)
+                revision = await bucket.update(key, _claim(request.call_id), last=entry.revision)
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
@@ -817,7 +849,7 @@ class NatsQueue:
             entry = await bucket.get(idempotency_key(function, key))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        holder = (entry.value or b"").decode()
+        holder = _holder(entry.value)[0]
         if holder and await self._load(holder) is not None:
             return holder
         return None
@@ -1261,7 +1293,8 @@ class NatsQueue:
                 key = idempotency_key(rec.function, rec.idempotency_key)
                 try:
                     entry = await bucket.get(key)
-                    if entry.value == rec.call_id.encode() and entry.revision is not None:
+                    holder = _holder(entry.value)[0]
+                    if holder == rec.call_id and entry.revision is not None:
                         await bucket.delete(key, last=entry.revision)
                 except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                     pass
