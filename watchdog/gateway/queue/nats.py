@@ -55,6 +55,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -674,31 +675,38 @@ class NatsQueue:
         if nc is not None and not nc.is_closed:
             await nc.publish(subject, b"")
 
-    async def _pull(self, stream: str, batch: int) -> builtins.list[_Job]:
-        """Take up to ``batch`` jobs that are available now (a ``no_wait`` pull request)."""
+    async def _pull_now(self, stream: str, consumer: str, batch: int) -> builtins.list[Msg]:
+        """Up to ``batch`` messages available now from a pull consumer (``no_wait``)."""
         nc = self._parts()[0]
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         request = json.dumps({"batch": batch, "no_wait": True}).encode()
-        jobs: builtins.list[_Job] = []
+        msgs: builtins.list[Msg] = []
         try:
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_CONSUMER}", request, inbox)
-            while len(jobs) < batch:
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, inbox)
+            while len(msgs) < batch:
                 msg = await sub.next_msg(timeout=5)
                 if msg.headers and msg.headers.get("Status"):
                     break  # 404 no messages, 408 expired: nothing more now
-                try:
-                    payload = json.loads(msg.data)
-                    call_id, at = str(payload["id"]), float(payload["at"])
-                except (ValueError, KeyError, TypeError):
-                    log.warning("dropping a malformed job on %s: %r", stream, msg.data[:100])
-                    await msg.term()
-                    continue
-                jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at))
+                msgs.append(msg)
         except nats.errors.TimeoutError:
             pass  # what arrived is used; the rest come back after ack_wait
         finally:
             await sub.unsubscribe()
+        return msgs
+
+    async def _pull(self, stream: str, batch: int) -> builtins.list[_Job]:
+        """Take up to ``batch`` jobs that are available now."""
+        jobs: builtins.list[_Job] = []
+        for msg in await self._pull_now(stream, _CONSUMER, batch):
+            try:
+                payload = json.loads(msg.data)
+                call_id, at = str(payload["id"]), float(payload["at"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("dropping a malformed job on %s: %r", stream, msg.data[:100])
+                await msg.term()
+                continue
+            jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at))
         return jobs
 
     @staticmethod
@@ -1262,23 +1270,38 @@ class NatsQueue:
         return None if loaded is None else _activation(loaded[0], with_body=True)
 
     async def _scan(self) -> builtins.list[_Record]:
-        """Every record, read through one ordered consumer (the latest value of each key).
-        Costs a pass over the whole bucket: records and their bodies, up to _SCAN_LIMIT."""
-        records = self._parts()[2]
-        # nats-py leaves the watcher's methods untyped.
-        watcher: Any = await records.watchall(ignore_deletes=True)
+        """Every record: the latest value of each key, read through an ephemeral pull
+        consumer. Costs a pass over the whole bucket, bodies included, up to _SCAN_LIMIT.
+        (Not nats-py's KV watcher: it can signal the end before the first value arrives.)"""
+        js = self._parts()[1]
+        stream = f"KV_{self.records_bucket}"
+        info = await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                filter_subject=f"$KV.{self.records_bucket}.>",
+                inactive_threshold=60.0,
+                mem_storage=True,
+            ),
+        )
+        assert info.name is not None
+        left = min(int(info.num_pending or 0), _SCAN_LIMIT)
         found: builtins.list[_Record] = []
         try:
-            while len(found) < _SCAN_LIMIT:
-                entry = await watcher.updates(timeout=10)
-                if entry is None:
+            while left > 0:
+                msgs = await self._pull_now(stream, info.name, min(left, 512))
+                if not msgs:
                     break
-                if entry.value:
-                    found.append(_Record.decode(entry.value))
-                if entry.delta == 0:
-                    break
+                left -= len(msgs)
+                for msg in msgs:
+                    if msg.data and not (msg.headers and msg.headers.get("KV-Operation")):
+                        found.append(_Record.decode(msg.data))
         finally:
-            await watcher.stop()
+            try:
+                await js.delete_consumer(stream, info.name)
+            except nats.js.errors.NotFoundError:
+                pass
         return found
 
     @_as_queue_errors
