@@ -62,18 +62,18 @@ class NatsServer:
                 self.proc.wait(10)
 
 
-def start_nats_server(workdir: Path, sync_interval: str | None = None) -> NatsServer:
-    """Start ``nats-server`` with JetStream under ``workdir``; return once it accepts
-    connections. ``sync_interval="always"`` fsyncs every write."""
+def start_nats_server(
+    workdir: Path, sync_interval: str | None = None, jetstream: bool = True
+) -> NatsServer:
+    """Start ``nats-server`` with JetStream under ``workdir`` (or without, if told); return
+    once it accepts connections. ``sync_interval="always"`` fsyncs every write."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     store = workdir / "jetstream"
     sync = f"\n  sync_interval: {sync_interval}" if sync_interval else ""
     config = workdir / "nats.conf"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\n"
-        f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
-    )
+    js = f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n' if jetstream else ""
+    config.write_text(f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\n{js}")
     log_path = workdir / "nats.log"
     log_path.write_bytes(b"")
     server = NatsServer(_launch(config, log_path), port, store, log_path, config)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from async_helpers import run
 from conftest import free_port
-from nats_server import MAX_PAYLOAD, NatsServer
+from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
 from watchdog.gateway.queue.base import AttemptResult, CallRequest, QueueError, QueueUnavailable
 from watchdog.gateway.queue.nats import NatsQueue
@@ -132,3 +133,35 @@ def test_an_unreachable_server_is_reported_at_open() -> None:
             await q.open()
 
     run(body())
+
+
+def test_calls_of_a_function_at_its_limit_do_not_hold_up_the_others(
+    nats_server: NatsServer,
+) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        try:
+            for _ in range(300):  # all ahead of the one call that may run
+                await q.enqueue(CallRequest("busy"))
+            idle = await q.enqueue(CallRequest("idle"))
+            batch = await q.lease(owner="w", limit=4, lease_for=30, skip_functions=["busy"])
+            assert [c.call_id for c in batch.calls] == [idle.call_id]
+            assert len((await q.lease(owner="w", limit=500, lease_for=30)).calls) == 300
+        finally:
+            await q.close()
+
+    run(body(), timeout=60)
+
+
+def test_a_server_without_jetstream_is_reported_at_open(tmp_path: Path) -> None:
+    server = start_nats_server(tmp_path, jetstream=False)
+    try:
+
+        async def body() -> None:
+            with pytest.raises(QueueUnavailable, match="has no JetStream"):
+                await NatsQueue(server.url).open()
+
+        run(body())
+    finally:
+        server.stop()

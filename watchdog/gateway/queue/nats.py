@@ -104,6 +104,7 @@ _ORPHAN_GRACE = 5.0
 _RECHECK = 0.05
 _CAS_TRIES = 8
 _PULL_ROUNDS = 8
+_SKIP_DEPTH = 1024
 _SCAN_LIMIT = 200_000
 _INTERRUPTED = "attempt interrupted: the gateway stopped or the worker's lease expired"
 _CALLBACK_INTERRUPTED = "delivery interrupted: the gateway stopped or the lease expired"
@@ -361,6 +362,7 @@ class _Job:
     call_id: str
     seq: int
     published_at: float
+    function: str
 
 
 class NatsQueue:
@@ -416,7 +418,7 @@ class NatsQueue:
         self._callback_timers = _Timers()
         # Leases handed out by this process and not ended: on close they are given up, so
         # another gateway takes them over at once instead of when they expire.
-        self._held_calls: dict[str, tuple[int, str]] = {}
+        self._held_calls: dict[str, tuple[int, str, str]] = {}  # attempt, owner, function
         self._held_callbacks: dict[str, tuple[int, str]] = {}
         self._depth_seen: tuple[int, float] | None = None
         self._connect_error: Exception | None = None
@@ -462,6 +464,11 @@ class NatsQueue:
             if isinstance(exc, _NO_JETSTREAM):
                 raise QueueUnavailable(
                     f"NATS at {self.url} has no JetStream (start nats-server with -js)"
+                ) from None
+            if isinstance(exc, nats.errors.Error | TimeoutError):
+                raise QueueUnavailable(
+                    f"NATS at {self.url}: cannot set up the streams and buckets {self.prefix}_*:"
+                    f" {_reason(exc)}"
                 ) from None
             raise
         self._closed = False
@@ -547,7 +554,7 @@ class NatsQueue:
         """Make the calls and deliveries this process still holds due now (their attempts
         count as interrupted), so another gateway does not wait for the leases to run out."""
         calls, callbacks = dict(self._held_calls), dict(self._held_callbacks)
-        for call_id, (attempt, owner) in calls.items():
+        for call_id, (attempt, owner, function) in calls.items():
 
             def expire(
                 rec: _Record, now: float, attempt: int = attempt, owner: str = owner
@@ -557,7 +564,9 @@ class NatsQueue:
                 rec.due_at = now
                 return True
 
-            await self._rearm(self.calls_stream, self._calls_subject, call_id, expire, "job")
+            await self._rearm(
+                self.calls_stream, self._calls_subject, call_id, expire, "job", function
+            )
         for call_id, (attempt, owner) in callbacks.items():
 
             def expire_cb(
@@ -622,9 +631,13 @@ class NatsQueue:
             return before, after
         raise QueueError(f"call {call_id}: the record kept changing under {_CAS_TRIES} updates")
 
-    async def _publish_job(self, stream: str, subject: str, call_id: str) -> int:
+    async def _publish_job(
+        self, stream: str, subject: str, call_id: str, function: str = ""
+    ) -> int:
+        """Publish a job for ``call_id``; it names the function (when known) so a lease can
+        pass over calls of functions at their limit without reading their records."""
         js = self._parts()[1]
-        payload = json.dumps({"id": call_id, "at": time.time()}).encode()
+        payload = json.dumps({"id": call_id, "at": time.time(), "fn": function}).encode()
         ack = await js.publish(subject, payload, stream=stream)
         return int(ack.seq)
 
@@ -648,10 +661,11 @@ class NatsQueue:
         call_id: str,
         change: Callable[[_Record, float], bool],
         job_field: str,
+        function: str = "",
     ) -> tuple[_Record, _Record] | None:
         """Write ``change`` together with a new job that replaces the record's current one
         (published first: a crash leaves an extra job, not a record without one)."""
-        seq = await self._publish_job(stream, subject, call_id)
+        seq = await self._publish_job(stream, subject, call_id, function)
 
         def with_job(rec: _Record, now: float) -> bool:
             if not change(rec, now):
@@ -706,7 +720,8 @@ class NatsQueue:
                 log.warning("dropping a malformed job on %s: %r", stream, msg.data[:100])
                 await msg.term()
                 continue
-            jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at))
+            function = str(payload.get("fn") or "")
+            jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at, function))
         return jobs
 
     @staticmethod
@@ -758,7 +773,7 @@ class NatsQueue:
         rec.started_at = rec.attempt_started_at = now
         rec.due_at = now + lease_for
         await self._store_new(rec)
-        self._held_calls[rec.call_id] = (1, owner)
+        self._held_calls[rec.call_id] = (1, owner, rec.function)
         return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
 
     @staticmethod
@@ -804,7 +819,9 @@ class NatsQueue:
                 f" server's max_payload allows {self._room() + 512} (raise max_payload in the"
                 " nats-server configuration, or lower --max-async-body)"
             )
-        seq = await self._publish_job(self.calls_stream, self._calls_subject, rec.call_id)
+        seq = await self._publish_job(
+            self.calls_stream, self._calls_subject, rec.call_id, rec.function
+        )
         rec.job = rec.seq = seq
         try:
             await records.create(record_key(rec.call_id), rec.encode())
@@ -905,28 +922,36 @@ class NatsQueue:
         skip = frozenset(skip_functions)
         leased: builtins.list[LeasedCall] = []
         skipped: builtins.list[_Job] = []
-        for _ in range(_PULL_ROUNDS):
+        # Jobs of functions at their limit are held until the end of this lease (so the next
+        # pulls reach past them, to other functions' calls), up to _SKIP_DEPTH of them.
+        rounds = 0
+        while rounds < _PULL_ROUNDS:
             jobs = await self._pull(self.calls_stream, limit - len(leased))
             if not jobs:
                 break
+            runnable = [job for job in jobs if job.function not in skip]
+            skipped += [job for job in jobs if job.function in skip]
+            rounds += 1 if runnable else 0
             outcomes = await asyncio.gather(
-                *(self._lease_job(job, owner, lease_for, skip) for job in jobs)
+                *(self._lease_job(job, owner, lease_for, skip) for job in runnable)
             )
-            for job, outcome in zip(jobs, outcomes, strict=True):
+            for job, outcome in zip(runnable, outcomes, strict=True):
                 if isinstance(outcome, LeasedCall):
                     leased.append(outcome)
                 elif outcome == "skip":
                     skipped.append(job)
-            if len(leased) >= limit:
+            if len(leased) >= limit or len(skipped) >= _SKIP_DEPTH:
                 break
-        # Put back only now, so this lease does not pull the same skipped jobs again; and
-        # confirmed, so the next lease (of any worker) can have them.
+        # Put back confirmed, so the next lease (of any worker) can have them at once.
         nc = self._parts()[0]
-        for job in skipped:
+
+        async def put_back(job: _Job) -> None:
             try:
                 await nc.request(job.msg.reply, b"-NAK", timeout=5)
             except nats.errors.TimeoutError:
-                pass  # they come back after ack_wait
+                pass  # it comes back after ack_wait
+
+        await asyncio.gather(*(put_back(job) for job in skipped))
         return LeaseBatch(leased, self._call_timers.next_due(time.time()))
 
     async def _lease_job(
@@ -978,7 +1003,7 @@ class NatsQueue:
         await self._update(job.call_id, take)
         if verdict == "leased":
             assert leased is not None
-            self._held_calls[job.call_id] = (leased.attempt, owner)
+            self._held_calls[job.call_id] = (leased.attempt, owner, leased.request.function)
             await self._rearm_job(job, leased.expires, self._call_timers)
             return leased
         if verdict == "later":
@@ -1046,7 +1071,12 @@ class NatsQueue:
             return True
 
         written = await self._rearm(
-            self.calls_stream, self._calls_subject, lease.call_id, hand_back, "job"
+            self.calls_stream,
+            self._calls_subject,
+            lease.call_id,
+            hand_back,
+            "job",
+            lease.request.function,
         )
         self._held_calls.pop(lease.call_id, None)
         if written is not None:
@@ -1117,7 +1147,12 @@ class NatsQueue:
                     await self._drop_job(self.calls_stream, written[0].job)
             else:
                 written = await self._rearm(
-                    self.calls_stream, self._calls_subject, lease.call_id, record, "job"
+                    self.calls_stream,
+                    self._calls_subject,
+                    lease.call_id,
+                    record,
+                    "job",
+                    lease.request.function,
                 )
         except BaseException:
             await self._drop_job(self.callbacks_stream, callback_seq)
