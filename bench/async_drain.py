@@ -1,9 +1,10 @@
 """Completed asynchronous calls per second: enqueue N calls to a ``cat`` watchdog, then let
 the queue worker run them through the gateway's sync invoke path until all succeeded.
 
-    python -m bench.async_drain --calls 2000 --concurrency 32
+    python -m bench.async_drain --calls 2000 --concurrency 32 [--backend nats]
 
-Starts its own watchdog (``fprocess=cat``) on a free port; the queue is a fresh SQLite file.
+Starts its own watchdog (``fprocess=cat``) on a free port; the queue is a fresh SQLite file,
+or with ``--backend nats`` a ``nats-server -js`` the benchmark starts itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import uvloop
 
 from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
-from watchdog.gateway.queue.base import CallRequest
+from watchdog.gateway.queue.base import CallRequest, QueueBackend
+from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.retry import RetryPolicy
@@ -36,8 +38,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def drain(args: argparse.Namespace, directory: Path, url: str) -> None:
-    queue = SqliteQueue(directory / "queue.db")
+async def drain(args: argparse.Namespace, queue: QueueBackend, url: str) -> None:
     await queue.open()
     for _ in range(args.calls):
         await queue.enqueue(CallRequest("cat", body=b"x" * args.body))
@@ -63,7 +64,7 @@ async def drain(args: argparse.Namespace, directory: Path, url: str) -> None:
     await queue.close()
     print(
         f"{worker.completed} calls completed ({worker.failed} failed, {worker.retried} retried)"
-        f" in {elapsed:.2f}s at worker concurrency {args.concurrency}:"
+        f" in {elapsed:.2f}s at worker concurrency {args.concurrency} ({args.backend}):"
         f" {worker.completed / elapsed:,.0f}/s"
     )
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--body", type=int, default=64)
+    parser.add_argument("--backend", choices=("sqlite", "nats"), default="sqlite")
     args = parser.parse_args()
     port, metrics_port = _free_port(), _free_port()
     env = {
@@ -99,7 +101,18 @@ def main() -> None:
             except OSError:
                 time.sleep(0.05)
         with tempfile.TemporaryDirectory() as directory:
-            uvloop.run(drain(args, Path(directory), f"http://127.0.0.1:{port}"))
+            url = f"http://127.0.0.1:{port}"
+            if args.backend == "sqlite":
+                uvloop.run(drain(args, SqliteQueue(Path(directory) / "queue.db"), url))
+            else:
+                # Imported here: the launcher lives with the tests, and only NATS runs need it.
+                from tests.nats_server import start_nats_server
+
+                server = start_nats_server(Path(directory))
+                try:
+                    uvloop.run(drain(args, NatsQueue(server.url, prefix="bench"), url))
+                finally:
+                    server.stop()
     finally:
         proc.terminate()
         proc.wait(30)
