@@ -421,6 +421,7 @@ class NatsQueue:
         self._held_calls: dict[str, tuple[int, str, str]] = {}  # attempt, owner, function
         self._held_callbacks: dict[str, tuple[int, str]] = {}
         self._depth_seen: tuple[int, float] | None = None
+        self._known: dict[str, tuple[_Record, int]] = {}  # see _update(keep=True)
         self._connect_error: Exception | None = None
         self._errors_seen: set[str] = set()
         self._closed = True
@@ -609,14 +610,18 @@ class NatsQueue:
         return _Record.decode(entry.value), entry.revision
 
     async def _update(
-        self, call_id: str, change: Callable[[_Record, float], bool]
+        self, call_id: str, change: Callable[[_Record, float], bool], *, keep: bool = False
     ) -> tuple[_Record, _Record] | None:
         """Apply ``change`` to the stored record with compare-and-set, re-reading and
         re-deciding on a conflict. ``change`` edits the record in place and returns False to
-        leave it alone. Returns (before, after) when written, else None."""
+        leave it alone. Returns (before, after) when written, else None.
+
+        ``keep``: remember the written record and revision, so the next update of a call this
+        process holds (extend, complete) can skip the read; a stale copy only costs a retry.
+        """
         records = self._parts()[2]
         for _ in range(_CAS_TRIES):
-            loaded = await self._load(call_id)
+            loaded = self._known.pop(call_id, None) or await self._load(call_id)
             if loaded is None:
                 return None
             before, revision = loaded
@@ -625,9 +630,11 @@ class NatsQueue:
             if not change(after, time.time()):
                 return None
             try:
-                await records.update(record_key(call_id), after.encode(), last=revision)
+                written = await records.update(record_key(call_id), after.encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
+            if keep:
+                self._known[call_id] = (after, written)
             return before, after
         raise QueueError(f"call {call_id}: the record kept changing under {_CAS_TRIES} updates")
 
@@ -646,12 +653,12 @@ class NatsQueue:
         to be stale when it next comes up, and dropped then)."""
         if seq <= 0:
             return
-        js = self._parts()[1]
+        nc = self._parts()[0]
+        # Not js.delete_msg: it asks the server to overwrite the message's bytes, too.
+        request = json.dumps({"seq": seq, "no_erase": True}).encode()
         try:
-            await js.delete_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            pass
-        except (nats.js.errors.Error, nats.errors.Error) as exc:
+            await nc.request(f"$JS.API.STREAM.MSG.DELETE.{stream}", request, timeout=5)
+        except nats.errors.Error as exc:
             log.debug("dropping job %s/%d: %s", stream, seq, _reason(exc))
 
     async def _rearm(
@@ -772,7 +779,7 @@ class NatsQueue:
         rec.attempts = 1
         rec.started_at = rec.attempt_started_at = now
         rec.due_at = now + lease_for
-        await self._store_new(rec)
+        self._known[rec.call_id] = (rec, await self._store_new(rec))
         self._held_calls[rec.call_id] = (1, owner, rec.function)
         return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
 
@@ -809,7 +816,7 @@ class NatsQueue:
             rec.response_body = _b64(body[:keep])
             rec.response_truncated = True
 
-    async def _store_new(self, rec: _Record) -> None:
+    async def _store_new(self, rec: _Record) -> int:
         """Publish the call's first job, then create its record naming it."""
         records = self._parts()[2]
         size = len(rec.encode()) + 20  # the job's sequence is filled in below
@@ -824,7 +831,7 @@ class NatsQueue:
         )
         rec.job = rec.seq = seq
         try:
-            await records.create(record_key(rec.call_id), rec.encode())
+            revision = await records.create(record_key(rec.call_id), rec.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             await self._drop_job(self.calls_stream, seq)
             raise QueueError(f"call id {rec.call_id} already exists") from None
@@ -833,6 +840,7 @@ class NatsQueue:
             raise
         if self._depth_seen is not None:
             self._depth_seen = (self._depth_seen[0] + 1, self._depth_seen[1])
+        return int(revision)
 
     async def _claim_idempotency(
         self, request: CallRequest
@@ -1000,7 +1008,7 @@ class NatsQueue:
             )
             return True
 
-        await self._update(job.call_id, take)
+        await self._update(job.call_id, take, keep=True)
         if verdict == "leased":
             assert leased is not None
             self._held_calls[job.call_id] = (leased.attempt, owner, leased.request.function)
@@ -1046,7 +1054,7 @@ class NatsQueue:
             rec.due_at = now + lease_for
             return True
 
-        written = await self._update(lease.call_id, push)
+        written = await self._update(lease.call_id, push, keep=True)
         if written is None:
             self._held_calls.pop(lease.call_id, None)
         return written is not None
@@ -1241,7 +1249,7 @@ class NatsQueue:
             leased = _callback_job(rec)
             return True
 
-        await self._update(job.call_id, take)
+        await self._update(job.call_id, take, keep=True)
         if verdict == "leased":
             assert leased is not None
             self._held_callbacks[job.call_id] = (leased.attempt, owner)
