@@ -32,17 +32,15 @@ job come back after the consumer's ``ack_wait``, and the record decides again.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import functools
-import hashlib
 import heapq
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar, cast
 
 import nats
@@ -75,8 +73,6 @@ from .base import (
     CallRequest,
     CancelOutcome,
     EnqueueResult,
-    ErrorKind,
-    Headers,
     LeaseBatch,
     LeasedCall,
     ListQuery,
@@ -86,6 +82,19 @@ from .base import (
     QueueUnavailable,
     Status,
 )
+from .nats_record import (
+    Record,
+    activation,
+    attempt_entry,
+    b64,
+    callback_entry,
+    callback_job,
+    claim_holder,
+    claim_value,
+    header_pairs,
+    idempotency_key,
+    record_key,
+)
 
 log = logging.getLogger("watchdog.gateway.queue")
 
@@ -94,7 +103,6 @@ T = TypeVar("T")
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_PREFIX = "fwatchdog"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _CONSUMER = "workers"
 _ACK_WAIT = 10.0
 """Seconds a pulled job may stay unanswered before JetStream hands it out again (only matters
@@ -132,205 +140,6 @@ def _as_queue_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
             raise QueueUnavailable(f"NATS: {_reason(exc)}") from exc
 
     return translated
-
-
-@dataclass(slots=True)
-class _Record:
-    """The stored activation record (JSON in the records bucket)."""
-
-    call_id: str
-    function: str
-    status: str
-    method: str
-    path: str
-    query: str
-    headers: list[list[str]]
-    body: str | None  # base64; dropped once the call ended
-    callback_url: str | None
-    idempotency_key: str | None
-    created_at: float
-    delay: float
-    seq: int  # creation order for listing: the stream sequence of the first job
-    job: int = 0  # the call job this record expects (0: none, the call ended)
-    due_at: float | None = None  # queued/retrying: may run from; running: lease expiry
-    owner: str | None = None
-    attempts: int = 0
-    started_at: float | None = None
-    attempt_started_at: float | None = None
-    ended_at: float | None = None
-    status_code: int | None = None
-    response_headers: list[list[str]] = field(default_factory=list)
-    response_body: str | None = None  # base64
-    response_truncated: bool = False
-    error: str | None = None
-    error_kind: str | None = None
-    attempt_log: list[dict[str, Any]] = field(default_factory=list)
-    callback_status: str | None = None
-    callback_attempts: int = 0
-    callback_due: float | None = None  # pending: next try, or the running delivery's expiry
-    callback_owner: str | None = None
-    callback_job: int = 0
-    callback_log: list[dict[str, Any]] = field(default_factory=list)
-
-    def encode(self) -> bytes:
-        # Not dataclasses.asdict: its deep copy was most of an enqueue's CPU time.
-        fields = {name: getattr(self, name) for name in _RECORD_FIELDS}
-        return json.dumps(fields, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> _Record:
-        return cls(**json.loads(data))
-
-    def request(self) -> CallRequest:
-        return CallRequest(
-            function=self.function,
-            method=self.method,
-            path=self.path,
-            query=self.query,
-            headers=_headers(self.headers),
-            body=_unb64(self.body),
-            callback_url=self.callback_url,
-            idempotency_key=self.idempotency_key,
-            delay=self.delay,
-            call_id=self.call_id,
-        )
-
-
-_RECORD_FIELDS = tuple(item.name for item in fields(_Record))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def _headers(pairs: list[list[str]]) -> Headers:
-    return tuple((str(name), str(value)) for name, value in pairs)
-
-
-def _pairs(headers: Headers) -> list[list[str]]:
-    return [[name, value] for name, value in headers]
-
-
-def record_key(call_id: str) -> str:
-    """The KV key of a call: the id itself when it is made of safe characters (UUIDs are),
-    else ``=`` and its URL-safe base64, which no plain key starts with."""
-    if _PLAIN_KEY_RE.match(call_id):
-        return call_id
-    return "=" + base64.urlsafe_b64encode(call_id.encode()).decode().rstrip("=")
-
-
-def idempotency_key(function: str, key: str) -> str:
-    return hashlib.sha256(f"{function}\0{key}".encode()).hexdigest()
-
-
-def _claim(call_id: str) -> bytes:
-    """An idempotency key's value: the call holding it and when it was claimed."""
-    return f"{call_id} {time.time()}".encode()
-
-
-def _holder(value: bytes | None) -> tuple[str, float]:
-    call_id, _, at = (value or b"").decode().partition(" ")
-    try:
-        return call_id, float(at)
-    except ValueError:
-        return call_id, 0.0
-
-
-def _attempt_dict(info: AttemptInfo) -> dict[str, Any]:
-    return {
-        "attempt": info.attempt,
-        "startedAt": info.started_at,
-        "endedAt": info.ended_at,
-        "statusCode": info.status_code,
-        "error": info.error,
-        "errorKind": info.error_kind,
-        "retryAt": info.retry_at,
-    }
-
-
-def _callback_dict(attempt: CallbackAttempt) -> dict[str, Any]:
-    return {
-        "attempt": attempt.attempt,
-        "startedAt": attempt.started_at,
-        "endedAt": attempt.ended_at,
-        "statusCode": attempt.status_code,
-        "error": attempt.error,
-    }
-
-
-def _activation(rec: _Record, with_body: bool) -> ActivationRecord:
-    return ActivationRecord(
-        call_id=rec.call_id,
-        function=rec.function,
-        status=cast(Status, rec.status),
-        attempts=rec.attempts,
-        created_at=rec.created_at,
-        method=rec.method,
-        path=rec.path,
-        query=rec.query,
-        due_at=rec.due_at,
-        started_at=rec.started_at,
-        ended_at=rec.ended_at,
-        status_code=rec.status_code,
-        response_headers=_headers(rec.response_headers),
-        response_body=_unb64(rec.response_body) if with_body else None,
-        response_truncated=rec.response_truncated,
-        error=rec.error,
-        error_kind=cast("ErrorKind | None", rec.error_kind),
-        idempotency_key=rec.idempotency_key,
-        callback_url=rec.callback_url,
-        callback_status=cast("CallbackStatus | None", rec.callback_status),
-        callback_attempts=rec.callback_attempts,
-        attempt_log=tuple(
-            AttemptInfo(
-                attempt=int(item["attempt"]),
-                started_at=float(item["startedAt"]),
-                ended_at=float(item["endedAt"]),
-                status_code=item.get("statusCode"),
-                error=item.get("error"),
-                error_kind=item.get("errorKind"),
-                retry_at=item.get("retryAt"),
-            )
-            for item in rec.attempt_log
-        ),
-        callback_log=tuple(
-            CallbackAttempt(
-                attempt=int(item["attempt"]),
-                started_at=float(item["startedAt"]),
-                ended_at=float(item["endedAt"]),
-                status_code=item.get("statusCode"),
-                error=item.get("error"),
-            )
-            for item in rec.callback_log
-        ),
-    )
-
-
-def _callback_job(rec: _Record) -> CallbackJob:
-    assert rec.callback_url is not None and rec.callback_due is not None
-    return CallbackJob(
-        call_id=rec.call_id,
-        function=rec.function,
-        url=rec.callback_url,
-        attempt=rec.callback_attempts,
-        expires=rec.callback_due,
-        owner=rec.callback_owner or "",
-        status=cast(Status, rec.status),
-        status_code=rec.status_code,
-        headers=_headers(rec.response_headers),
-        body=_unb64(rec.response_body),
-        truncated=rec.response_truncated,
-        error=rec.error,
-        error_kind=cast("ErrorKind | None", rec.error_kind),
-        started_at=rec.attempt_started_at,
-        ended_at=rec.ended_at,
-        call_attempts=rec.attempts,
-        created_at=rec.created_at,
-    )
 
 
 class _Timers:
@@ -421,7 +230,7 @@ class NatsQueue:
         self._held_calls: dict[str, tuple[int, str, str]] = {}  # attempt, owner, function
         self._held_callbacks: dict[str, tuple[int, str]] = {}
         self._depth_seen: tuple[int, float] | None = None
-        self._known: dict[str, tuple[_Record, int]] = {}  # see _update(keep=True)
+        self._known: dict[str, tuple[Record, int]] = {}  # see _update(keep=True)
         self._connect_error: Exception | None = None
         self._errors_seen: set[str] = set()
         self._closed = True
@@ -557,9 +366,7 @@ class NatsQueue:
         calls, callbacks = dict(self._held_calls), dict(self._held_callbacks)
         for call_id, (attempt, owner, function) in calls.items():
 
-            def expire(
-                rec: _Record, now: float, attempt: int = attempt, owner: str = owner
-            ) -> bool:
+            def expire(rec: Record, now: float, attempt: int = attempt, owner: str = owner) -> bool:
                 if (rec.status, rec.attempts, rec.owner) != ("running", attempt, owner):
                     return False
                 rec.due_at = now
@@ -571,7 +378,7 @@ class NatsQueue:
         for call_id, (attempt, owner) in callbacks.items():
 
             def expire_cb(
-                rec: _Record, now: float, attempt: int = attempt, owner: str = owner
+                rec: Record, now: float, attempt: int = attempt, owner: str = owner
             ) -> bool:
                 if (rec.callback_attempts, rec.callback_owner) != (attempt, owner):
                     return False
@@ -599,7 +406,7 @@ class NatsQueue:
             raise QueueClosed("queue is not open")
         return self._nc, self._js, self._records, self._idempotency
 
-    async def _load(self, call_id: str) -> tuple[_Record, int] | None:
+    async def _load(self, call_id: str) -> tuple[Record, int] | None:
         records = self._parts()[2]
         try:
             entry = await records.get(record_key(call_id))
@@ -607,11 +414,11 @@ class NatsQueue:
             return None
         if entry.value is None or entry.revision is None:
             return None
-        return _Record.decode(entry.value), entry.revision
+        return Record.decode(entry.value), entry.revision
 
     async def _update(
-        self, call_id: str, change: Callable[[_Record, float], bool], *, keep: bool = False
-    ) -> tuple[_Record, _Record] | None:
+        self, call_id: str, change: Callable[[Record, float], bool], *, keep: bool = False
+    ) -> tuple[Record, Record] | None:
         """Apply ``change`` to the stored record with compare-and-set, re-reading and
         re-deciding on a conflict. ``change`` edits the record in place and returns False to
         leave it alone. Returns (before, after) when written, else None.
@@ -666,15 +473,15 @@ class NatsQueue:
         stream: str,
         subject: str,
         call_id: str,
-        change: Callable[[_Record, float], bool],
+        change: Callable[[Record, float], bool],
         job_field: str,
         function: str = "",
-    ) -> tuple[_Record, _Record] | None:
+    ) -> tuple[Record, Record] | None:
         """Write ``change`` together with a new job that replaces the record's current one
         (published first: a crash leaves an extra job, not a record without one)."""
         seq = await self._publish_job(stream, subject, call_id, function)
 
-        def with_job(rec: _Record, now: float) -> bool:
+        def with_job(rec: Record, now: float) -> bool:
             if not change(rec, now):
                 return False
             setattr(rec, job_field, seq)
@@ -784,16 +591,16 @@ class NatsQueue:
         return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
 
     @staticmethod
-    def _new_record(request: CallRequest, now: float, delay: float) -> _Record:
-        return _Record(
+    def _new_record(request: CallRequest, now: float, delay: float) -> Record:
+        return Record(
             call_id=request.call_id,
             function=request.function,
             status="queued",
             method=request.method,
             path=request.path,
             query=request.query,
-            headers=_pairs(request.headers),
-            body=_b64(request.body),
+            headers=header_pairs(request.headers),
+            body=b64(request.body),
             callback_url=request.callback_url,
             idempotency_key=request.idempotency_key,
             created_at=now,
@@ -807,16 +614,16 @@ class NatsQueue:
         nc = self._parts()[0]
         return int(nc.max_payload) - 512
 
-    def _fit_response(self, rec: _Record, body: bytes) -> None:
+    def _fit_response(self, rec: Record, body: bytes) -> None:
         """Cut the stored response so the record fits in one NATS message (flagged as
         truncated, like a response over the gateway's result limit)."""
         over = len(rec.encode()) - self._room()
         if over > 0:
             keep = max(0, len(body) - over * 3 // 4 - 64)  # base64: 4 bytes per 3
-            rec.response_body = _b64(body[:keep])
+            rec.response_body = b64(body[:keep])
             rec.response_truncated = True
 
-    async def _store_new(self, rec: _Record) -> int:
+    async def _store_new(self, rec: Record) -> int:
         """Publish the call's first job, then create its record naming it."""
         records = self._parts()[2]
         size = len(rec.encode()) + 20  # the job's sequence is filled in below
@@ -852,7 +659,7 @@ class NatsQueue:
         key = idempotency_key(request.function, request.idempotency_key)
         for _ in range(_CAS_TRIES):
             try:
-                revision = await bucket.create(key, _claim(request.call_id))
+                revision = await bucket.create(key, claim_value(request.call_id))
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
@@ -860,14 +667,16 @@ class NatsQueue:
                 entry = await bucket.get(key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 continue
-            holder, claimed_at = _holder(entry.value)
+            holder, claimed_at = claim_holder(entry.value)
             if holder and await self._load(holder) is not None:
                 return holder, None
             if holder and time.time() - claimed_at < _ORPHAN_GRACE:
                 return holder, None  # its record is being written right now
             # The holder's record was purged (or never written): the key is free again.
             try:
-                revision = await bucket.update(key, _claim(request.call_id), last=entry.revision)
+                revision = await bucket.update(
+                    key, claim_value(request.call_id), last=entry.revision
+                )
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
@@ -887,7 +696,7 @@ class NatsQueue:
             entry = await bucket.get(idempotency_key(function, key))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        holder = _holder(entry.value)[0]
+        holder = claim_holder(entry.value)[0]
         if holder and await self._load(holder) is not None:
             return holder
         return None
@@ -970,7 +779,7 @@ class NatsQueue:
         later = 0.0
         leased: LeasedCall | None = None
 
-        def take(rec: _Record, now: float) -> bool:
+        def take(rec: Record, now: float) -> bool:
             nonlocal verdict, expected, later, leased
             expected = rec.job
             if rec.job != job.seq:
@@ -995,7 +804,7 @@ class NatsQueue:
                     error=_INTERRUPTED,
                     error_kind="platform",
                 )
-                rec.attempt_log.append(_attempt_dict(lost))
+                rec.attempt_log.append(attempt_entry(lost))
             rec.status = "running"
             rec.attempts += 1
             rec.owner = owner
@@ -1034,7 +843,7 @@ class NatsQueue:
     async def wait_for_calls(self, timeout: float) -> None:
         await _wait(self._calls_event, timeout)
 
-    def _holds(self, lease: LeasedCall) -> Callable[[_Record], bool]:
+    def _holds(self, lease: LeasedCall) -> Callable[[Record], bool]:
         return lambda rec: (
             (rec.status, rec.attempts, rec.owner)
             == (
@@ -1048,7 +857,7 @@ class NatsQueue:
     async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
         holds = self._holds(lease)
 
-        def push(rec: _Record, now: float) -> bool:
+        def push(rec: Record, now: float) -> bool:
             if not holds(rec):
                 return False
             rec.due_at = now + lease_for
@@ -1063,7 +872,7 @@ class NatsQueue:
     async def release(self, lease: LeasedCall) -> bool:
         holds = self._holds(lease)
 
-        def hand_back(rec: _Record, now: float) -> bool:
+        def hand_back(rec: Record, now: float) -> bool:
             if not holds(rec):
                 return False
             # Back to how it was before the lease: never started, or waiting for a retry.
@@ -1123,7 +932,7 @@ class NatsQueue:
                 self.callbacks_stream, self._callbacks_subject, lease.call_id
             )
 
-        def record(rec: _Record, now: float) -> bool:
+        def record(rec: Record, now: float) -> bool:
             if not holds(rec):
                 return False
             rec.status = status
@@ -1131,13 +940,13 @@ class NatsQueue:
             rec.due_at = retry_at
             rec.ended_at = result.ended_at if terminal else None
             rec.status_code = result.status_code
-            rec.response_headers = _pairs(result.headers)
-            rec.response_body = _b64(result.body)
+            rec.response_headers = header_pairs(result.headers)
+            rec.response_body = b64(result.body)
             rec.response_truncated = result.truncated
             rec.error = result.error
             rec.error_kind = result.error_kind
             rec.attempt_started_at = result.started_at
-            rec.attempt_log.append(_attempt_dict(info))
+            rec.attempt_log.append(attempt_entry(info))
             self._fit_response(rec, result.body)
             if terminal:
                 rec.body = None
@@ -1177,7 +986,7 @@ class NatsQueue:
     async def cancel(self, call_id: str) -> CancelOutcome:
         outcome: CancelOutcome = "not_found"
 
-        def cancel(rec: _Record, now: float) -> bool:
+        def cancel(rec: Record, now: float) -> bool:
             nonlocal outcome
             if rec.status == "running":
                 outcome = "running"
@@ -1227,7 +1036,7 @@ class NatsQueue:
         later = 0.0
         leased: CallbackJob | None = None
 
-        def take(rec: _Record, now: float) -> bool:
+        def take(rec: Record, now: float) -> bool:
             nonlocal verdict, expected, later, leased
             expected = rec.callback_job
             if rec.callback_job != job.seq:
@@ -1241,12 +1050,12 @@ class NatsQueue:
                 return False
             if rec.callback_owner is not None:
                 lost = CallbackAttempt(rec.callback_attempts, now, now, None, _CALLBACK_INTERRUPTED)
-                rec.callback_log.append(_callback_dict(lost))
+                rec.callback_log.append(callback_entry(lost))
             rec.callback_attempts += 1
             rec.callback_owner = owner
             rec.callback_due = now + lease_for
             verdict = "leased"
-            leased = _callback_job(rec)
+            leased = callback_job(rec)
             return True
 
         await self._update(job.call_id, take, keep=True)
@@ -1281,13 +1090,13 @@ class NatsQueue:
     async def _callback_end(
         self, job: CallbackJob, attempt: CallbackAttempt, status: CallbackStatus, at: float | None
     ) -> bool:
-        def record(rec: _Record, now: float) -> bool:
+        def record(rec: Record, now: float) -> bool:
             if (rec.callback_attempts, rec.callback_owner) != (job.attempt, job.owner):
                 return False
             rec.callback_status = status
             rec.callback_due = at
             rec.callback_owner = None
-            rec.callback_log.append(_callback_dict(attempt))
+            rec.callback_log.append(callback_entry(attempt))
             if at is None:
                 rec.callback_job = 0
             return True
@@ -1310,9 +1119,9 @@ class NatsQueue:
     @_as_queue_errors
     async def get(self, call_id: str) -> ActivationRecord | None:
         loaded = await self._load(call_id)
-        return None if loaded is None else _activation(loaded[0], with_body=True)
+        return None if loaded is None else activation(loaded[0], with_body=True)
 
-    async def _scan(self) -> builtins.list[_Record]:
+    async def _scan(self) -> builtins.list[Record]:
         """Every record: the latest value of each key, read through an ephemeral pull
         consumer. Costs a pass over the whole bucket, bodies included, up to _SCAN_LIMIT.
         (Not nats-py's KV watcher: it can signal the end before the first value arrives.)"""
@@ -1330,7 +1139,7 @@ class NatsQueue:
         )
         assert info.name is not None
         left = min(int(info.num_pending or 0), _SCAN_LIMIT)
-        found: builtins.list[_Record] = []
+        found: builtins.list[Record] = []
         try:
             while left > 0:
                 msgs = await self._pull_now(stream, info.name, min(left, 512))
@@ -1339,7 +1148,7 @@ class NatsQueue:
                 left -= len(msgs)
                 for msg in msgs:
                     if msg.data and not (msg.headers and msg.headers.get("KV-Operation")):
-                        found.append(_Record.decode(msg.data))
+                        found.append(Record.decode(msg.data))
         finally:
             try:
                 await js.delete_consumer(stream, info.name)
@@ -1359,12 +1168,12 @@ class NatsQueue:
         ]
         stream = f"KV_{self.records_bucket}"
 
-        async def remove(rec: _Record) -> None:
+        async def remove(rec: Record) -> None:
             if rec.idempotency_key is not None:
                 key = idempotency_key(rec.function, rec.idempotency_key)
                 try:
                     entry = await bucket.get(key)
-                    holder = _holder(entry.value)[0]
+                    holder = claim_holder(entry.value)[0]
                     if holder == rec.call_id and entry.revision is not None:
                         await bucket.delete(key, last=entry.revision)
                 except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
@@ -1401,7 +1210,7 @@ class NatsQueue:
             key=lambda rec: rec.seq,
             reverse=True,
         )
-        items = [_activation(rec, with_body=False) for rec in matching[:limit]]
+        items = [activation(rec, with_body=False) for rec in matching[:limit]]
         cursor = str(matching[limit - 1].seq) if len(matching) > limit else None
         return ActivationPage(items, cursor)
 
