@@ -247,7 +247,7 @@ class NatsQueue:
             # nats-py retries the first connection forever when reconnects are unlimited.
             async with asyncio.timeout(self.connect_timeout):
                 nc = await nats.connect(
-                    self.url,
+                    [server.strip() for server in self.url.split(",") if server.strip()],
                     connect_timeout=self.connect_timeout,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -741,6 +741,7 @@ class NatsQueue:
         skipped: builtins.list[_Job] = []
         # Jobs of functions at their limit are held until the end of this lease (so the next
         # pulls reach past them, to other functions' calls), up to _SKIP_DEPTH of them.
+        failure: BaseException | None = None
         rounds = 0
         while rounds < _PULL_ROUNDS:
             jobs = await self._pull(self.calls_stream, limit - len(leased))
@@ -750,14 +751,17 @@ class NatsQueue:
             skipped += [job for job in jobs if job.function in skip]
             rounds += 1 if runnable else 0
             outcomes = await asyncio.gather(
-                *(self._lease_job(job, owner, lease_for, skip) for job in runnable)
+                *(self._lease_job(job, owner, lease_for, skip) for job in runnable),
+                return_exceptions=True,
             )
             for job, outcome in zip(runnable, outcomes, strict=True):
-                if isinstance(outcome, LeasedCall):
+                if isinstance(outcome, BaseException):
+                    failure = failure or outcome
+                elif isinstance(outcome, LeasedCall):
                     leased.append(outcome)
                 elif outcome == "skip":
                     skipped.append(job)
-            if len(leased) >= limit or len(skipped) >= _SKIP_DEPTH:
+            if len(leased) >= limit or len(skipped) >= _SKIP_DEPTH or failure:
                 break
         # Put back confirmed, so the next lease (of any worker) can have them at once.
         nc = self._parts()[0]
@@ -769,6 +773,10 @@ class NatsQueue:
                 pass  # it comes back after ack_wait
 
         await asyncio.gather(*(put_back(job) for job in skipped))
+        # Calls leased before a failure are handed out; the failure is raised when nothing
+        # was (the jobs it left come back after ack_wait, the leases after they expire).
+        if failure is not None and not leased:
+            raise failure
         return LeaseBatch(leased, self._call_timers.next_due(time.time()))
 
     async def _lease_job(
@@ -1018,16 +1026,24 @@ class NatsQueue:
         if limit <= 0:
             return CallbackBatch([], None)
         jobs: builtins.list[CallbackJob] = []
+        failure: BaseException | None = None
         for _ in range(_PULL_ROUNDS):
             pulled = await self._pull(self.callbacks_stream, limit - len(jobs))
             if not pulled:
                 break
             outcomes = await asyncio.gather(
-                *(self._lease_callback(job, owner, lease_for) for job in pulled)
+                *(self._lease_callback(job, owner, lease_for) for job in pulled),
+                return_exceptions=True,
             )
-            jobs += [outcome for outcome in outcomes if outcome is not None]
-            if len(jobs) >= limit:
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    failure = failure or outcome
+                elif outcome is not None:
+                    jobs.append(outcome)
+            if len(jobs) >= limit or failure:
                 break
+        if failure is not None and not jobs:
+            raise failure  # as in lease()
         return CallbackBatch(jobs, self._callback_timers.next_due(time.time()))
 
     async def _lease_callback(self, job: _Job, owner: str, lease_for: float) -> CallbackJob | None:
