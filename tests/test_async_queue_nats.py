@@ -165,3 +165,17 @@ def test_a_server_without_jetstream_is_reported_at_open(tmp_path: Path) -> None:
         run(body())
     finally:
         server.stop()
+
+
+def test_one_reachable_server_of_several_is_enough(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        dead = f"nats://127.0.0.1:{free_port()}"
+        q = NatsQueue(f"{dead},{nats_server.url}", prefix=f"m{uuid.uuid4().hex[:12]}")
+        await q.open()
+        try:
+            accepted = await q.enqueue(CallRequest("f"))
+            assert (await q.get(accepted.call_id)) is not None
+        finally:
+            await q.close()
+
+    run(body())

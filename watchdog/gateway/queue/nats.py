@@ -352,6 +352,9 @@ class NatsQueue:
         except Exception as exc:  # noqa: BLE001 - the leases then simply expire
             log.warning("giving up leases on close failed: %s", _reason(exc))
         self._closed = True
+        self._known.clear()
+        self._held_calls.clear()
+        self._held_callbacks.clear()
         nc = self._nc
         self._nc = self._js = self._records = self._idempotency = None
         if nc is not None:
@@ -428,13 +431,16 @@ class NatsQueue:
         """
         records = self._parts()[2]
         for _ in range(_CAS_TRIES):
-            loaded = self._known.pop(call_id, None) or await self._load(call_id)
+            known = self._known.pop(call_id, None)
+            loaded = known or await self._load(call_id)
             if loaded is None:
                 return None
             before, revision = loaded
             after = replace(before, attempt_log=list(before.attempt_log))
             after.callback_log = list(before.callback_log)
             if not change(after, time.time()):
+                if known is not None:
+                    self._known[call_id] = known  # unchanged, still this process's last write
                 return None
             try:
                 written = await records.update(record_key(call_id), after.encode(), last=revision)
