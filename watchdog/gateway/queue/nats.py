@@ -493,11 +493,9 @@ class NatsQueue:
             setattr(rec, job_field, seq)
             return True
 
-        try:
-            written = await self._update(call_id, with_job)
-        except BaseException:
-            await self._drop_job(stream, seq)
-            raise
+        # If the update fails its outcome is unknown (it may have landed): the new job stays,
+        # and is dropped as an orphan later if the record does not name it.
+        written = await self._update(call_id, with_job)
         if written is None:
             await self._drop_job(stream, seq)
             return None
@@ -574,7 +572,7 @@ class NatsQueue:
             rec = self._new_record(request, now, delay)
             rec.due_at = now + delay
             await self._store_new(rec)
-        except BaseException:
+        except QueueError:  # nothing stored (a NATS failure may have stored it: key kept)
             if claimed is not None:
                 await self._release_idempotency(*claimed)
             raise
@@ -648,9 +646,8 @@ class NatsQueue:
         except nats.js.errors.KeyWrongLastSequenceError:
             await self._drop_job(self.calls_stream, seq)
             raise QueueError(f"call id {rec.call_id} already exists") from None
-        except BaseException:
-            await self._drop_job(self.calls_stream, seq)
-            raise
+        # Any other failure leaves the job: if the record was written after all, the job is
+        # its; if not, the job is an orphan, dropped when it comes up.
         if self._depth_seen is not None:
             self._depth_seen = (self._depth_seen[0] + 1, self._depth_seen[1])
         return int(revision)
@@ -971,23 +968,19 @@ class NatsQueue:
                     rec.callback_job = callback_seq
             return True
 
-        try:
-            if terminal:
-                written = await self._update(lease.call_id, record)
-                if written is not None:
-                    await self._drop_job(self.calls_stream, written[0].job)
-            else:
-                written = await self._rearm(
-                    self.calls_stream,
-                    self._calls_subject,
-                    lease.call_id,
-                    record,
-                    "job",
-                    lease.request.function,
-                )
-        except BaseException:
-            await self._drop_job(self.callbacks_stream, callback_seq)
-            raise
+        if terminal:
+            written = await self._update(lease.call_id, record)
+            if written is not None:
+                await self._drop_job(self.calls_stream, written[0].job)
+        else:
+            written = await self._rearm(
+                self.calls_stream,
+                self._calls_subject,
+                lease.call_id,
+                record,
+                "job",
+                lease.request.function,
+            )
         self._held_calls.pop(lease.call_id, None)
         if written is None:
             await self._drop_job(self.callbacks_stream, callback_seq)
