@@ -233,6 +233,7 @@ class NatsQueue:
         self._known: dict[str, tuple[Record, int]] = {}  # see _update(keep=True)
         self._connect_error: Exception | None = None
         self._errors_seen: set[str] = set()
+        self._last_purge: float | None = None  # monotonic
         self._closed = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1173,7 +1174,15 @@ class NatsQueue:
 
     @_as_queue_errors
     async def purge(self, ended_before: float) -> int:
+        """Delete the records past retention. Finding them costs a pass over the bucket, so
+        it is done at most every tenth of the retention (and at least hourly): a record
+        may outlive the retention by that much."""
         _, js, records, bucket = self._parts()
+        retention = max(0.0, time.time() - ended_before)
+        last = self._last_purge
+        if last is not None and time.monotonic() - last < min(retention / 10, 3600.0):
+            return 0
+        self._last_purge = time.monotonic()
         doomed = [
             rec
             for rec in await self._scan()
