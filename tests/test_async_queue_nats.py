@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import nats
 import pytest
 from async_helpers import run
 from conftest import free_port
@@ -179,3 +180,25 @@ def test_one_reachable_server_of_several_is_enough(nats_server: NatsServer) -> N
             await q.close()
 
     run(body())
+
+
+def test_a_job_without_a_record_is_dropped_after_a_grace(nats_server: NatsServer) -> None:
+    """What a gateway dying between publishing a call's job and writing its record leaves."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(f"{q.prefix}.calls", b'{"id": "ghost", "fn": "f"}')
+            assert await q.depth() == 1
+            deadline = time.monotonic() + 30
+            while await q.depth():
+                assert (await q.lease(owner="w", limit=1, lease_for=30)).calls == []
+                assert time.monotonic() < deadline, "the orphan job was never dropped"
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body(), timeout=60)

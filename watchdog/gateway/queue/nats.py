@@ -107,9 +107,12 @@ _CONSUMER = "workers"
 _ACK_WAIT = 10.0
 """Seconds a pulled job may stay unanswered before JetStream hands it out again (only matters
 when a gateway dies between pulling a job and acking or re-arming it)."""
+_RECHECK = 0.1
+_ORPHAN_CHECKS = 50
+"""A job newer than its record is looked at again every _RECHECK seconds, this many times, in
+case the record write that names it is still in flight; then it counts as an orphan."""
 _ORPHAN_GRACE = 5.0
-"""How long a job newer than its record waits for the record write that names it."""
-_RECHECK = 0.05
+"""How long an idempotency key's claim is honoured while its call's record is not there."""
 _CAS_TRIES = 8
 _PULL_ROUNDS = 8
 _SKIP_DEPTH = 1024
@@ -170,7 +173,6 @@ class _Job:
     msg: Msg
     call_id: str
     seq: int
-    published_at: float
     function: str
 
 
@@ -534,13 +536,13 @@ class NatsQueue:
         for msg in await self._pull_now(stream, _CONSUMER, batch):
             try:
                 payload = json.loads(msg.data)
-                call_id, at = str(payload["id"]), float(payload["at"])
+                call_id = str(payload["id"])
             except (ValueError, KeyError, TypeError):
                 log.warning("dropping a malformed job on %s: %r", stream, msg.data[:100])
                 await msg.term()
                 continue
             function = str(payload.get("fn") or "")
-            jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, at, function))
+            jobs.append(_Job(msg, call_id, msg.metadata.sequence.stream, function))
         return jobs
 
     @staticmethod
@@ -549,7 +551,8 @@ class NatsQueue:
         record names) or orphaned; put it back briefly when the record write that will name
         it may still be in flight."""
         newer = expected is None or job.seq > expected
-        if newer and time.time() - job.published_at < _ORPHAN_GRACE:
+        # Counted in deliveries, not by clock: gateways' clocks may disagree.
+        if newer and job.msg.metadata.num_delivered <= _ORPHAN_CHECKS:
             await job.msg.nak(delay=_RECHECK)
         else:
             await job.msg.ack()
