@@ -14,7 +14,13 @@ from async_helpers import run
 from conftest import free_port
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
-from watchdog.gateway.queue.base import AttemptResult, CallRequest, QueueError, QueueUnavailable
+from watchdog.gateway.queue.base import (
+    AttemptResult,
+    CallRequest,
+    ListQuery,
+    QueueError,
+    QueueUnavailable,
+)
 from watchdog.gateway.queue.nats import NatsQueue
 
 
@@ -202,3 +208,25 @@ def test_a_job_without_a_record_is_dropped_after_a_grace(nats_server: NatsServer
             await q.close()
 
     run(body(), timeout=60)
+
+
+def test_call_ids_that_are_not_valid_nats_keys_still_work(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        try:
+            for call_id in ("order 42/ü", "=plain", "a.b.c", "-"):
+                await q.enqueue(CallRequest("f", call_id=call_id))
+                record = await q.get(call_id)
+                assert record is not None and record.call_id == call_id
+            assert await q.cancel("order 42/ü") == "cancelled"
+            assert {r.call_id for r in (await q.list(ListQuery())).items} == {
+                "order 42/ü",
+                "=plain",
+                "a.b.c",
+                "-",
+            }
+        finally:
+            await q.close()
+
+    run(body())
