@@ -98,7 +98,6 @@ from .nats_record import (
 
 log = logging.getLogger("watchdog.gateway.queue")
 
-T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_PREFIX = "fwatchdog"
@@ -832,7 +831,8 @@ class NatsQueue:
             )
             return True
 
-        await self._update(job.call_id, take, keep=True)
+        if await self._update(job.call_id, take, keep=True) is None and verdict == "leased":
+            verdict = "missing"  # decided on a copy that then vanished
         if verdict == "leased":
             assert leased is not None
             self._held_calls[job.call_id] = (leased.attempt, owner, leased.request.function)
@@ -858,15 +858,14 @@ class NatsQueue:
     async def wait_for_calls(self, timeout: float) -> None:
         await _wait(self._calls_event, timeout)
 
-    def _holds(self, lease: LeasedCall) -> Callable[[Record], bool]:
-        return lambda rec: (
-            (rec.status, rec.attempts, rec.owner)
-            == (
-                "running",
-                lease.attempt,
-                lease.owner,
-            )
-        )
+    @staticmethod
+    def _holds(lease: LeasedCall) -> Callable[[Record], bool]:
+        """The fence: the record still shows this lease's attempt and owner running."""
+
+        def holds(rec: Record) -> bool:
+            return (rec.status, rec.attempts, rec.owner) == ("running", lease.attempt, lease.owner)
+
+        return holds
 
     @_as_queue_errors
     async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
@@ -1077,7 +1076,8 @@ class NatsQueue:
             leased = callback_job(rec)
             return True
 
-        await self._update(job.call_id, take, keep=True)
+        if await self._update(job.call_id, take, keep=True) is None and verdict == "leased":
+            verdict = "missing"  # decided on a copy that then vanished
         if verdict == "leased":
             assert leased is not None
             self._held_callbacks[job.call_id] = (leased.attempt, owner)
