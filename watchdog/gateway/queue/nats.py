@@ -624,7 +624,11 @@ class NatsQueue:
     def _fit_response(self, rec: Record, body: bytes) -> None:
         """Cut the stored response so the record fits in one NATS message (flagged as
         truncated, like a response over the gateway's result limit)."""
-        over = len(rec.encode()) - self._room()
+        room = self._room()
+        headers = sum(len(n) + len(v) + 8 for n, v in [*rec.headers, *rec.response_headers])
+        if len(rec.body or "") + len(rec.response_body or "") + headers + 16384 < room:
+            return  # clearly fits (the rest of a record is a few KiB): no need to measure
+        over = len(rec.encode()) - room
         if over > 0:
             keep = max(0, len(body) - over * 3 // 4 - 64)  # base64: 4 bytes per 3
             rec.response_body = b64(body[:keep])
@@ -651,8 +655,7 @@ class NatsQueue:
             raise QueueError(f"call id {rec.call_id} already exists") from None
         # Any other failure leaves the job: if the record was written after all, the job is
         # its; if not, the job is an orphan, dropped when it comes up.
-        if self._depth_seen is not None:
-            self._depth_seen = (self._depth_seen[0] + 1, self._depth_seen[1])
+        self._count_depth(+1)
         return int(revision)
 
     async def _claim_idempotency(
@@ -706,6 +709,11 @@ class NatsQueue:
         if holder and await self._load(holder) is not None:
             return holder
         return None
+
+    def _count_depth(self, change: int) -> None:
+        """Keep the last depth read current with this process's own changes."""
+        if self._depth_seen is not None:
+            self._depth_seen = (max(0, self._depth_seen[0] + change), self._depth_seen[1])
 
     async def _check_depth(self) -> None:
         if not self.max_depth:
@@ -988,7 +996,8 @@ class NatsQueue:
         if written is None:
             await self._drop_job(self.callbacks_stream, callback_seq)
             return False
-        self._depth_seen = None
+        if terminal:
+            self._count_depth(-1)
         await self._publish_wake(self._wake_callbacks if terminal else self._wake_calls)
         return True
 
@@ -1016,7 +1025,7 @@ class NatsQueue:
         written = await self._update(call_id, cancel)
         if written is not None:
             await self._drop_job(self.calls_stream, written[0].job)
-            self._depth_seen = None
+            self._count_depth(-1)
         return outcome
 
     # -- callbacks ------------------------------------------------------------------------
