@@ -114,6 +114,7 @@ _ORPHAN_GRACE = 5.0
 """How long an idempotency key's claim is honoured while its call's record is not there."""
 _CAS_TRIES = 8
 _PULL_ROUNDS = 8
+_WAKE_GAP = 0.005
 _SKIP_DEPTH = 1024
 _SCAN_LIMIT = 200_000
 _INTERRUPTED = "attempt interrupted: the gateway stopped or the worker's lease expired"
@@ -235,6 +236,8 @@ class NatsQueue:
         self._connect_error: Exception | None = None
         self._errors_seen: set[str] = set()
         self._last_purge: float | None = None  # monotonic
+        self._wakes_due: set[str] = set()
+        self._wake_tasks: set[asyncio.Future[None]] = set()
         self._closed = True
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -393,10 +396,11 @@ class NatsQueue:
             await self._rearm(
                 self.callbacks_stream, self._callbacks_subject, call_id, expire_cb, "callback_job"
             )
+        nc = self._parts()[0]  # at once: the connection is about to close
         if calls:
-            await self._publish_wake(self._wake_calls)
+            await nc.publish(self._wake_calls, b"")
         if callbacks:
-            await self._publish_wake(self._wake_callbacks)
+            await nc.publish(self._wake_callbacks, b"")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -505,9 +509,30 @@ class NatsQueue:
         return written
 
     async def _publish_wake(self, subject: str) -> None:
+        """Tell every gateway's workers that something may be due: this process's at once,
+        the others with one message per subject per _WAKE_GAP (under load one wake covers
+        many calls, rather than every enqueue reaching every gateway)."""
+        local = self._calls_event if subject == self._wake_calls else self._callbacks_event
+        local.set()
+        if subject in self._wakes_due:
+            return
+        self._wakes_due.add(subject)
+        asyncio.get_running_loop().call_later(_WAKE_GAP, self._send_wake, subject)
+
+    def _send_wake(self, subject: str) -> None:
+        self._wakes_due.discard(subject)
         nc = self._nc
-        if nc is not None and not nc.is_closed:
-            await nc.publish(subject, b"")
+        if nc is None or nc.is_closed:
+            return
+        task = asyncio.ensure_future(nc.publish(subject, b""))
+        self._wake_tasks.add(task)
+        task.add_done_callback(self._wake_sent)
+
+    def _wake_sent(self, task: asyncio.Future[None]) -> None:
+        self._wake_tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.debug("wake not sent: %s", _reason(error))  # a hint only
 
     async def _pull_now(self, stream: str, consumer: str, batch: int) -> builtins.list[Msg]:
         """Up to ``batch`` messages available now from a pull consumer (``no_wait``)."""
