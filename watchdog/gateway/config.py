@@ -211,7 +211,7 @@ FIELDS: tuple[_Field, ...] = (
     # -- asynchronous calls --
     _Field(
         "queue_backend", "--queue", "queue_backend", _backend, "sqlite",
-        "where asynchronous calls are stored",
+        "where asynchronous calls are stored: sqlite (one gateway) or nats (several)",
     ),
     _Field(
         "queue_path", "--queue-path", "queue_path", _text, "",
