@@ -1,7 +1,7 @@
 """Completed asynchronous calls per second: enqueue N calls to a ``cat`` watchdog, then let
 the queue worker run them through the gateway's sync invoke path until all succeeded.
 
-    python -m bench.async_drain --calls 2000 --concurrency 32 [--json]
+    python -m bench.async_drain --calls 2000 --concurrency 32 [--backend nats] [--json]
 
 Starts its own watchdog (``fprocess=cat``) on a free port; the queue is a fresh SQLite file.
 The queue is filled first (32 concurrent durable enqueues), then drained; this process's RSS
@@ -23,7 +23,8 @@ import uvloop
 
 from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
-from watchdog.gateway.queue.base import CallRequest
+from watchdog.gateway.queue.base import CallRequest, QueueBackend
+from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.retry import RetryPolicy
@@ -38,7 +39,7 @@ def _rss() -> float:
     return round(psutil.Process().memory_info().rss / MB, 1)
 
 
-async def fill(queue: SqliteQueue, calls: int, body: bytes, function: str = "cat") -> float:
+async def fill(queue: QueueBackend, calls: int, body: bytes, function: str = "cat") -> float:
     """Enqueue ``calls`` calls from 32 tasks (durable group commits); the seconds it took."""
     started = time.perf_counter()
     left = iter(range(calls))
@@ -51,9 +52,8 @@ async def fill(queue: SqliteQueue, calls: int, body: bytes, function: str = "cat
     return time.perf_counter() - started
 
 
-async def drain(args: argparse.Namespace, directory: Path, url: str) -> dict[str, object]:
+async def drain(args: argparse.Namespace, queue: QueueBackend, url: str) -> dict[str, object]:
     figures: dict[str, object] = {"calls": args.calls, "rss_empty_mb": _rss()}
-    queue = SqliteQueue(directory / "queue.db")
     await queue.open()
     figures["fill_seconds"] = round(await fill(queue, args.calls, b"x" * args.body), 2)
     figures["rss_full_mb"] = _rss()
@@ -95,7 +95,19 @@ async def drain(args: argparse.Namespace, directory: Path, url: str) -> dict[str
 def measure(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as run_dir, Children(Path(run_dir)) as children:
         watchdog = children.watchdog("drain-watchdog", fprocess="cat")
-        figures = uvloop.run(drain(args, Path(run_dir), watchdog.url))
+        if getattr(args, "backend", "sqlite") == "nats":
+            # Imported here: the launcher lives with the tests, and only NATS runs need it.
+            from tests.nats_server import start_nats_server
+
+            server = start_nats_server(Path(run_dir) / "nats")
+            try:
+                queue = NatsQueue(server.url, prefix="bench")
+                figures = uvloop.run(drain(args, queue, watchdog.url))
+            finally:
+                server.stop()
+        else:
+            queue_file = SqliteQueue(Path(run_dir) / "queue.db")
+            figures = uvloop.run(drain(args, queue_file, watchdog.url))
         figures["watchdog_rss_mb"] = round(psutil.Process(watchdog.pid).memory_info().rss / MB, 1)
         return figures
 
@@ -105,6 +117,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--body", type=int, default=64)
+    parser.add_argument("--backend", choices=("sqlite", "nats"), default="sqlite")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     with terminated_on_sigterm():

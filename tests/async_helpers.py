@@ -9,16 +9,32 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any, TypeVar
 
 from watchdog.gateway.queue.base import QueueBackend
+from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 
 T = TypeVar("T")
 
-# Every backend behind QueueBackend; the contract tests run once per entry.
+# Every backend behind QueueBackend; the contract tests run once per entry. Each factory takes
+# the test's BackendPlace and the backend's options.
+
+
+@dataclass(frozen=True)
+class BackendPlace:
+    """Where a test's queue lives: a directory (SQLite), or a NATS server and a name prefix
+    of its own (so tests sharing the server never see each other's calls)."""
+
+    path: Path
+    nats_url: str = ""
+    prefix: str = ""
+
+
 BACKENDS: dict[str, Callable[..., QueueBackend]] = {
-    "sqlite": lambda path, **opts: SqliteQueue(path / "queue.db", **opts),
+    "sqlite": lambda place, **opts: SqliteQueue(place.path / "queue.db", **opts),
+    "nats": lambda place, **opts: NatsQueue(place.nats_url, prefix=place.prefix, **opts),
 }
 
 

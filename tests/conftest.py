@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from nats_server import NatsServer, start_nats_server
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
 
@@ -171,3 +172,13 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real ``nats-server -js`` for the session; tests keep apart by name prefix."""
+    server = start_nats_server(tmp_path_factory.mktemp("nats"))
+    try:
+        yield server
+    finally:
+        server.stop()

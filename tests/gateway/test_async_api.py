@@ -10,6 +10,7 @@ import signal
 import subprocess
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +87,18 @@ def _headers(headers: dict[str, str]) -> dict[str, str]:
     return {name.replace("_", "-"): value for name, value in headers.items()}
 
 
-@pytest.fixture
-def world(launcher: Launcher, tmp_path: Path) -> Callable[..., AsyncWorld]:
+@pytest.fixture(params=["sqlite", "nats"])
+def world(
+    request: pytest.FixtureRequest, launcher: Launcher, tmp_path: Path
+) -> Callable[..., AsyncWorld]:
     """``world(*gateway_args, functions_yaml=...)``: a ``flaky.py`` watchdog registered as
-    ``flaky`` and a gateway with fast retries and a callback secret."""
+    ``flaky`` and a gateway with fast retries and a callback secret, queueing in SQLite or
+    in a real nats-server (a prefix of its own, short leases)."""
+    backend: tuple[str, ...] = ()
+    if request.param == "nats":
+        url = request.getfixturevalue("nats_server").url
+        prefix = f"w{uuid.uuid4().hex[:12]}"
+        backend = ("--queue", "nats", "--nats-url", url, "--nats-prefix", prefix, "--lease", "2s")
 
     def start(*args: str, functions: str = "", **watchdog_env: str) -> AsyncWorld:
         handler = launcher.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'flaky.py'}", **watchdog_env)
@@ -102,7 +111,9 @@ def world(launcher: Launcher, tmp_path: Path) -> Callable[..., AsyncWorld]:
         queue_path = tmp_path / "queue.db"
         state_dir = tmp_path / "state"
         state_dir.mkdir()
-        extra = ("--config", str(config), "--callback-secret", SECRET, *FAST_RETRIES, *args)
+        extra = (
+            "--config", str(config), "--callback-secret", SECRET, *FAST_RETRIES, *backend, *args
+        )  # fmt: skip
         gateway = launcher.gateway("--queue-path", str(queue_path), *extra)
         return AsyncWorld(launcher, gateway, url, queue_path, state_dir, extra)
 
@@ -410,6 +421,7 @@ def test_the_invoke_and_activations_commands(world: Callable[..., AsyncWorld]) -
     assert b"cannot reach the gateway" in down.stderr
 
 
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # SQLite's own lock
 def test_a_second_gateway_on_the_same_queue_file_stops_with_a_clear_error(
     world: Callable[..., AsyncWorld],
 ) -> None:

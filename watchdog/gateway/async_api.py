@@ -45,6 +45,7 @@ from .queue.base import (
     QueueBackend,
     QueueError,
     QueueFull,
+    QueueUnavailable,
     Status,
     new_call_id,
 )
@@ -128,6 +129,10 @@ class AsyncCalls:
             result = await self.queue.enqueue(call)
         except QueueFull as exc:
             return _queue_full(exc)
+        except QueueUnavailable as exc:
+            response = _internal(text(503, f"the queue is unavailable: {exc}; try again later"))
+            response.headers["Retry-After"] = "1"
+            return response
         except QueueError as exc:
             return _internal(text(409, str(exc)))
         return accepted(result.call_id, result.status)

@@ -57,7 +57,7 @@ from .. import __version__
 from ..config import ConfigError
 from ..proxy import HOP_BY_HOP
 from ._aio import first_of
-from .queue.base import CallbackAttempt, CallbackJob, QueueBackend
+from .queue.base import CallbackAttempt, CallbackJob, QueueBackend, QueueError
 from .retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger("watchdog.gateway.callbacks")
@@ -383,9 +383,14 @@ class CallbackDispatcher:
                     await first_of(stop.wait(), self._slot_freed.wait())
                     self._slot_freed.clear()
                     continue
-                batch = await self.queue.lease_callbacks(
-                    owner=self.owner, limit=free, lease_for=self.settings.lease_for
-                )
+                try:
+                    batch = await self.queue.lease_callbacks(
+                        owner=self.owner, limit=free, lease_for=self.settings.lease_for
+                    )
+                except QueueError as exc:  # a networked store may be away for a while
+                    log.warning("leasing callback deliveries failed, trying again: %s", exc)
+                    await first_of(stop.wait(), asyncio.sleep(self.settings.poll_interval))
+                    continue
                 for job in batch.jobs:
                     task = asyncio.create_task(self._deliver(session, job))
                     self._inflight.add(task)

@@ -9,6 +9,7 @@ the functions file, is collected into one :class:`~watchdog.config.ConfigError`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,43 @@ def _size(text: str) -> int:
     return int(digits) * _SIZE_UNITS[unit]
 
 
+def _nats_url(text: str) -> str:
+    servers = [part.strip() for part in text.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("nats://HOST:PORT, several separated by commas")
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError(f"nats://HOST:PORT with a valid port (not {server!r})") from None
+        if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+            raise ValueError(f"nats://HOST:PORT (not {server!r})")
+    return ",".join(server if "://" in server else f"nats://{server}" for server in servers)
+
+
+def _nats_prefix(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError("1 to 32 letters, digits, - or _")
+    return value
+
+
+def _openfaas_nats_url(env: Mapping[str, str], problems: list[str]) -> str:
+    """``nats://faas_nats_address:faas_nats_port``, the OpenFaaS gateway's variables."""
+    host = env.get("faas_nats_address", "").strip()
+    port_text = env.get("faas_nats_port", "").strip()
+    if not host and not port_text:
+        return "nats://127.0.0.1:4222"
+    port = 4222
+    if port_text:
+        try:
+            port = _port(port_text)
+        except ValueError as exc:
+            problems.append(f"faas_nats_port={port_text!r} is invalid: expected {exc}")
+    return f"nats://{host or '127.0.0.1'}:{port}"
+
+
 def _backend(text: str) -> str:
     value = text.strip().lower()
     if value not in BACKENDS:
@@ -173,11 +211,24 @@ FIELDS: tuple[_Field, ...] = (
     # -- asynchronous calls --
     _Field(
         "queue_backend", "--queue", "queue_backend", _backend, "sqlite",
-        "where asynchronous calls are stored",
+        "where asynchronous calls are stored: sqlite (one gateway) or nats (several)",
     ),
     _Field(
         "queue_path", "--queue-path", "queue_path", _text, "",
         "SQLite queue file (default $XDG_STATE_HOME/fwatchdog/queue.db)",
+    ),
+    _Field(
+        "nats_url", "--nats-url", "nats_url", _nats_url, "",
+        "NATS servers of the nats queue, comma-separated (default from faas_nats_address"
+        " and faas_nats_port, else nats://127.0.0.1:4222)",
+    ),
+    _Field(
+        "nats_prefix", "--nats-prefix", "nats_prefix", _nats_prefix, "fwatchdog",
+        "names of the nats queue's streams and buckets start with this",
+    ),
+    _Field(
+        "nats_replicas", "--nats-replicas", "nats_replicas", _positive_int, 1,
+        "copies JetStream keeps of the nats queue (3 on a 3-node cluster)",
     ),
     _Field(
         "max_queue_depth", "--max-queue-depth", "max_queue_depth", _non_negative_int, 1_000_000,
@@ -194,6 +245,11 @@ FIELDS: tuple[_Field, ...] = (
     _Field(
         "async_concurrency", "--async-concurrency", "async_concurrency", _positive_int, 32,
         "asynchronous calls run at once, all functions together",
+    ),
+    _Field(
+        "async_lease", "--lease", "async_lease", _positive_duration, 30.0,
+        "how long a worker holds a call (renewed while it runs); a dead gateway's calls"
+        " run again after it",
     ),
     _Field(
         "activation_retention", "--activation-retention", "activation_retention",
@@ -272,10 +328,14 @@ class GatewayConfig:
     log_format: str = "text"
     queue_backend: str = "sqlite"
     queue_path: str = ""
+    nats_url: str = ""
+    nats_prefix: str = "fwatchdog"
+    nats_replicas: int = 1
     max_queue_depth: int = 1_000_000
     max_async_body: int = 1 << 20
     max_result_body: int = 1 << 20
     async_concurrency: int = 32
+    async_lease: float = 30.0
     activation_retention: float = 72 * 3600.0
     convert_after: float = 0.0
     max_attempts: int = 10
@@ -320,6 +380,8 @@ class GatewayConfig:
         callback_policy = _callback_policy(values, problems)
         if not values.get("queue_path"):
             values["queue_path"] = str(default_queue_path(env))
+        if not values.get("nats_url"):
+            values["nats_url"] = _openfaas_nats_url(env, problems)
         functions: dict[tuple[str, str], Function] = {}
         if values.get("config_file"):
             loaded_functions = _load_functions_file(

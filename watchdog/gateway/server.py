@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +24,8 @@ from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
-from .queue import QueueBackend, backend_class
+from .queue import QueueBackend
+from .queue.factory import build_queue
 from .registry import FunctionRegistry, InMemoryRegistry
 from .retry import RetryPolicy
 from .worker import AsyncWorker, GatewayInvoker, WorkerSettings
@@ -113,11 +113,7 @@ class Gateway:
         """Open the queue; start the worker, the callback dispatcher and the purge; add the
         asynchronous routes."""
         config = self.config
-        path = Path(config.queue_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        queue: QueueBackend = backend_class(config.queue_backend)(
-            path, max_depth=config.max_queue_depth
-        )
+        queue, where = build_queue(config)
         await queue.open()
         self.queue = queue
         runner = GatewayInvoker(invoker, result_limit=config.max_result_body)
@@ -133,7 +129,9 @@ class Gateway:
             runner,
             policy_for=policy_for,
             limit_for=runner.limit_for,
-            settings=WorkerSettings(concurrency=config.async_concurrency),
+            settings=WorkerSettings(
+                concurrency=config.async_concurrency, lease_for=config.async_lease
+            ),
         )
         secret = config.callback_secret.encode() or None
         dispatcher = CallbackDispatcher(
@@ -150,7 +148,7 @@ class Gateway:
             asyncio.create_task(self._purge_loop(queue, stop)),
         ]
         log.info(
-            "Queue: %s at %s, %d calls unfinished", config.queue_backend, path, await queue.depth()
+            "Queue: %s at %s, %d calls unfinished", config.queue_backend, where, await queue.depth()
         )
 
     async def _purge_loop(self, queue: QueueBackend, stop: asyncio.Event) -> None:

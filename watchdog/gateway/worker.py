@@ -33,7 +33,7 @@ from ..responses import INTERNAL_HEADER
 from ._aio import first_of
 from .invoke import Call, InvokeError
 from .invoke import Invoker as GatewayInvokePath
-from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend
+from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend, QueueError
 from .retry import RetryPolicy, decide, header
 
 log = logging.getLogger("watchdog.gateway.worker")
@@ -302,12 +302,17 @@ class AsyncWorker:
                     self._slot_freed.clear()
                     continue
                 self._slot_freed.clear()
-                batch = await self.queue.lease(
-                    owner=self.owner,
-                    limit=free,
-                    lease_for=self.settings.lease_for,
-                    skip_functions=self._saturated(),
-                )
+                try:
+                    batch = await self.queue.lease(
+                        owner=self.owner,
+                        limit=free,
+                        lease_for=self.settings.lease_for,
+                        skip_functions=self._saturated(),
+                    )
+                except QueueError as exc:  # a networked store may be away for a while
+                    log.warning("leasing calls failed, trying again: %s", exc)
+                    await first_of(stop.wait(), asyncio.sleep(self.settings.poll_interval))
+                    continue
                 over: list[LeasedCall] = []
                 for call in batch.calls:
                     limit = self.limit_for(call.request.function)

@@ -24,9 +24,13 @@ from .base import (
     QueueClosed,
     QueueError,
     QueueFull,
+    QueueUnavailable,
 )
 
-BACKENDS: dict[str, str] = {"sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue"}
+BACKENDS: dict[str, str] = {
+    "sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue",
+    "nats": "watchdog.gateway.queue.nats:NatsQueue",
+}
 
 
 def backend_class(name: str) -> Any:
@@ -55,5 +59,6 @@ __all__ = [
     "QueueClosed",
     "QueueError",
     "QueueFull",
+    "QueueUnavailable",
     "backend_class",
 ]

@@ -47,6 +47,11 @@ class QueueClosed(QueueError):
     """The queue was used after :meth:`QueueBackend.close` (or before ``open``)."""
 
 
+class QueueUnavailable(QueueError):
+    """The store cannot be reached now (a networked backend's server is down or far away);
+    nothing was changed, the operation may be tried again."""
+
+
 class QueueFull(QueueError):
     """The queue holds its configured maximum of unfinished calls; nothing was queued."""
 

@@ -1,0 +1,232 @@
+"""What only the NATS backend has to get right: several queue instances (gateways) on one
+real nats-server, leases across them, closing hands leases over, NATS's message size."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+from async_helpers import run
+from conftest import free_port
+from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
+
+from watchdog.gateway.queue.base import (
+    AttemptResult,
+    CallRequest,
+    ListQuery,
+    QueueError,
+    QueueUnavailable,
+)
+from watchdog.gateway.queue.nats import NatsQueue
+
+
+def _ok(body: bytes = b"out") -> AttemptResult:
+    now = time.time()
+    return AttemptResult(now, now, 200, (), body)
+
+
+def _pair(server: NatsServer, **opts: object) -> tuple[NatsQueue, NatsQueue]:
+    prefix = f"n{uuid.uuid4().hex[:12]}"
+    return (
+        NatsQueue(server.url, prefix=prefix, **opts),  # type: ignore[arg-type]
+        NatsQueue(server.url, prefix=prefix, **opts),  # type: ignore[arg-type]
+    )
+
+
+def test_gateways_sharing_a_queue_lease_each_call_once(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        a, b = _pair(nats_server)
+        await a.open()
+        await b.open()
+        try:
+            ids = {(await a.enqueue(CallRequest("f", body=b"%d" % i))).call_id for i in range(60)}
+
+            async def drain(q: NatsQueue, owner: str) -> list[str]:
+                got: list[str] = []
+                for _ in range(40):
+                    batch = await q.lease(owner=owner, limit=7, lease_for=30)
+                    got += [c.call_id for c in batch.calls]
+                    for call in batch.calls:
+                        assert await q.complete(call, _ok())
+                    if not batch.calls and await q.depth() == 0:
+                        break
+                return got
+
+            first, second = await asyncio.gather(drain(a, "a"), drain(b, "b"))
+            assert sorted(first + second) == sorted(ids)  # every call, none twice
+            assert first and second  # both gateways took a share
+            assert await a.depth() == 0 and await b.depth() == 0
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body(), timeout=60)
+
+
+def test_a_lease_lost_on_one_gateway_is_fenced_when_another_took_over(
+    nats_server: NatsServer,
+) -> None:
+    async def body() -> None:
+        a, b = _pair(nats_server)
+        await a.open()
+        await b.open()
+        try:
+            accepted = await a.enqueue(CallRequest("f"))
+            stale = (await a.lease(owner="a", limit=1, lease_for=0.3)).calls[0]
+            assert (await b.lease(owner="b", limit=1, lease_for=30)).calls == []
+            await asyncio.sleep(0.4)
+            fresh = (await b.lease(owner="b", limit=1, lease_for=30)).calls[0]
+            assert (fresh.attempt, fresh.interrupted) == (2, True)
+            assert not await a.complete(stale, _ok(b"late"))
+            assert not await a.extend(stale, 30)
+            assert await b.complete(fresh, _ok(b"mine"))
+            record = await a.get(accepted.call_id)
+            assert record is not None and record.response_body == b"mine"
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_closing_hands_held_calls_to_another_gateway_at_once(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        a, b = _pair(nats_server)
+        await a.open()
+        await b.open()
+        try:
+            accepted = await a.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/"))
+            await a.lease(owner="a", limit=1, lease_for=3600)
+            await a.close()
+            taken = (await b.lease(owner="b", limit=1, lease_for=30)).calls
+            assert [(c.call_id, c.attempt, c.interrupted) for c in taken] == [
+                (accepted.call_id, 2, True)
+            ]
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_records_too_large_for_nats_are_refused_or_cut(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        try:
+            with pytest.raises(QueueError, match="max_payload"):
+                await q.enqueue(CallRequest("f", body=b"x" * MAX_PAYLOAD))
+            assert await q.depth() == 0
+            accepted = await q.enqueue(CallRequest("f", body=b"small"))
+            call = (await q.lease(owner="w", limit=1, lease_for=30)).calls[0]
+            assert await q.complete(call, _ok(b"y" * MAX_PAYLOAD))
+            record = await q.get(accepted.call_id)
+            assert record is not None and record.response_truncated
+            assert 0 < len(record.response_body or b"") < MAX_PAYLOAD
+        finally:
+            await q.close()
+
+    run(body())
+
+
+def test_an_unreachable_server_is_reported_at_open() -> None:
+    async def body() -> None:
+        q = NatsQueue(f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
+        with pytest.raises(QueueUnavailable, match="cannot reach NATS"):
+            await q.open()
+
+    run(body())
+
+
+def test_calls_of_a_function_at_its_limit_do_not_hold_up_the_others(
+    nats_server: NatsServer,
+) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        try:
+            for _ in range(300):  # all ahead of the one call that may run
+                await q.enqueue(CallRequest("busy"))
+            idle = await q.enqueue(CallRequest("idle"))
+            batch = await q.lease(owner="w", limit=4, lease_for=30, skip_functions=["busy"])
+            assert [c.call_id for c in batch.calls] == [idle.call_id]
+            assert len((await q.lease(owner="w", limit=500, lease_for=30)).calls) == 300
+        finally:
+            await q.close()
+
+    run(body(), timeout=60)
+
+
+def test_a_server_without_jetstream_is_reported_at_open(tmp_path: Path) -> None:
+    server = start_nats_server(tmp_path, jetstream=False)
+    try:
+
+        async def body() -> None:
+            with pytest.raises(QueueUnavailable, match="has no JetStream"):
+                await NatsQueue(server.url).open()
+
+        run(body())
+    finally:
+        server.stop()
+
+
+def test_one_reachable_server_of_several_is_enough(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        dead = f"nats://127.0.0.1:{free_port()}"
+        q = NatsQueue(f"{dead},{nats_server.url}", prefix=f"m{uuid.uuid4().hex[:12]}")
+        await q.open()
+        try:
+            accepted = await q.enqueue(CallRequest("f"))
+            assert (await q.get(accepted.call_id)) is not None
+        finally:
+            await q.close()
+
+    run(body())
+
+
+def test_a_job_without_a_record_is_dropped_after_a_grace(nats_server: NatsServer) -> None:
+    """What a gateway dying between publishing a call's job and writing its record leaves."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(f"{q.prefix}.calls", b'{"id": "ghost", "fn": "f"}')
+            assert await q.depth() == 1
+            deadline = time.monotonic() + 30
+            while await q.depth():
+                assert (await q.lease(owner="w", limit=1, lease_for=30)).calls == []
+                assert time.monotonic() < deadline, "the orphan job was never dropped"
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body(), timeout=60)
+
+
+def test_call_ids_that_are_not_valid_nats_keys_still_work(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        try:
+            for call_id in ("order 42/ü", "=plain", "a.b.c", "-"):
+                await q.enqueue(CallRequest("f", call_id=call_id))
+                record = await q.get(call_id)
+                assert record is not None and record.call_id == call_id
+            assert await q.cancel("order 42/ü") == "cancelled"
+            assert {r.call_id for r in (await q.list(ListQuery())).items} == {
+                "order 42/ü",
+                "=plain",
+                "a.b.c",
+                "-",
+            }
+        finally:
+            await q.close()
+
+    run(body())
