@@ -82,12 +82,11 @@ from .base import (
     QueueUnavailable,
     Status,
 )
+from .entries import attempt_entry, callback_entry
 from .nats_record import (
     Record,
     activation,
-    attempt_entry,
     b64,
-    callback_entry,
     callback_job,
     claim_holder,
     claim_value,

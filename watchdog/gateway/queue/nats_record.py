@@ -13,8 +13,6 @@ from typing import Any, cast
 
 from .base import (
     ActivationRecord,
-    AttemptInfo,
-    CallbackAttempt,
     CallbackJob,
     CallbackStatus,
     CallRequest,
@@ -22,6 +20,7 @@ from .base import (
     Headers,
     Status,
 )
+from .entries import attempt_of, callback_attempt_of
 
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 
@@ -132,28 +131,6 @@ def claim_holder(value: bytes | None) -> tuple[str, float]:
         return call_id, 0.0
 
 
-def attempt_entry(info: AttemptInfo) -> dict[str, Any]:
-    return {
-        "attempt": info.attempt,
-        "startedAt": info.started_at,
-        "endedAt": info.ended_at,
-        "statusCode": info.status_code,
-        "error": info.error,
-        "errorKind": info.error_kind,
-        "retryAt": info.retry_at,
-    }
-
-
-def callback_entry(attempt: CallbackAttempt) -> dict[str, Any]:
-    return {
-        "attempt": attempt.attempt,
-        "startedAt": attempt.started_at,
-        "endedAt": attempt.ended_at,
-        "statusCode": attempt.status_code,
-        "error": attempt.error,
-    }
-
-
 def activation(rec: Record, with_body: bool) -> ActivationRecord:
     return ActivationRecord(
         call_id=rec.call_id,
@@ -177,28 +154,8 @@ def activation(rec: Record, with_body: bool) -> ActivationRecord:
         callback_url=rec.callback_url,
         callback_status=cast("CallbackStatus | None", rec.callback_status),
         callback_attempts=rec.callback_attempts,
-        attempt_log=tuple(
-            AttemptInfo(
-                attempt=int(item["attempt"]),
-                started_at=float(item["startedAt"]),
-                ended_at=float(item["endedAt"]),
-                status_code=item.get("statusCode"),
-                error=item.get("error"),
-                error_kind=item.get("errorKind"),
-                retry_at=item.get("retryAt"),
-            )
-            for item in rec.attempt_log
-        ),
-        callback_log=tuple(
-            CallbackAttempt(
-                attempt=int(item["attempt"]),
-                started_at=float(item["startedAt"]),
-                ended_at=float(item["endedAt"]),
-                status_code=item.get("statusCode"),
-                error=item.get("error"),
-            )
-            for item in rec.callback_log
-        ),
+        attempt_log=tuple(attempt_of(entry) for entry in rec.attempt_log),
+        callback_log=tuple(callback_attempt_of(entry) for entry in rec.callback_log),
     )
 
 

@@ -64,6 +64,7 @@ from .base import (
     QueueFull,
     Status,
 )
+from .entries import attempt_entry, attempt_of, callback_attempt_of, callback_entry
 
 log = logging.getLogger("watchdog.gateway.queue")
 
@@ -164,59 +165,19 @@ def _headers_from(text: str | None) -> Headers:
 
 
 def _attempt_json(info: AttemptInfo) -> str:
-    return json.dumps(
-        {
-            "attempt": info.attempt,
-            "startedAt": info.started_at,
-            "endedAt": info.ended_at,
-            "statusCode": info.status_code,
-            "error": info.error,
-            "errorKind": info.error_kind,
-            "retryAt": info.retry_at,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(attempt_entry(info), separators=(",", ":"))
 
 
 def _callback_attempt_json(attempt: CallbackAttempt) -> str:
-    return json.dumps(
-        {
-            "attempt": attempt.attempt,
-            "startedAt": attempt.started_at,
-            "endedAt": attempt.ended_at,
-            "statusCode": attempt.status_code,
-            "error": attempt.error,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(callback_entry(attempt), separators=(",", ":"))
 
 
 def _attempt_log(text: str) -> tuple[AttemptInfo, ...]:
-    return tuple(
-        AttemptInfo(
-            attempt=int(item["attempt"]),
-            started_at=float(item["startedAt"]),
-            ended_at=float(item["endedAt"]),
-            status_code=item.get("statusCode"),
-            error=item.get("error"),
-            error_kind=item.get("errorKind"),
-            retry_at=item.get("retryAt"),
-        )
-        for item in json.loads(text)
-    )
+    return tuple(attempt_of(entry) for entry in json.loads(text))
 
 
 def _callback_log(text: str) -> tuple[CallbackAttempt, ...]:
-    return tuple(
-        CallbackAttempt(
-            attempt=int(item["attempt"]),
-            started_at=float(item["startedAt"]),
-            ended_at=float(item["endedAt"]),
-            status_code=item.get("statusCode"),
-            error=item.get("error"),
-        )
-        for item in json.loads(text)
-    )
+    return tuple(callback_attempt_of(entry) for entry in json.loads(text))
 
 
 def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
