@@ -109,11 +109,23 @@ def normalise(result: Any) -> Response:
     """The python3-http return-value rules (kept in step with the template's ``index.py``)."""
     if result is None:
         return Response(200, b"", {})
+    if isinstance(result, tuple):
+        # Flask's forms, which the official template passes through: (body, status),
+        # (body, headers), (body, status, headers).
+        status, headers = 200, {}
+        for item in result[1:]:
+            if isinstance(item, int):
+                status = item
+            elif isinstance(item, Mapping):
+                headers = {str(k): str(v) for k, v in item.items()}
+        return _formatted(status, result[0] if result else None, headers)
     if not isinstance(result, dict):
-        return Response(200, _bytes(result), {"Content-Type": "text/html; charset=utf-8"})
+        return _formatted(200, result, {})
     headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-    body = result.get("body")
-    status = int(result.get("statusCode", 200))
+    return _formatted(int(result.get("statusCode", 200)), result.get("body"), headers)
+
+
+def _formatted(status: int, body: Any, headers: dict[str, str]) -> Response:
     if isinstance(body, (dict, list)):
         headers.setdefault("Content-Type", "application/json")
         return Response(status, json.dumps(body).encode(), headers)

@@ -37,11 +37,23 @@ def format_response(result):
         return 200, b"", {}
     if isinstance(result, web.StreamResponse):
         return result
+    if isinstance(result, tuple):
+        # Not a dict: the official template hands it to Flask, which takes (body, status),
+        # (body, headers) and (body, status, headers).
+        status, headers = 200, {}
+        for item in result[1:]:
+            if isinstance(item, int):
+                status = item
+            elif isinstance(item, dict):
+                headers = dict(item)
+        return _formatted(status, result[0] if result else None, headers)
     if not isinstance(result, dict):
-        return 200, _text(result), {"Content-Type": "text/html; charset=utf-8"}
+        return _formatted(200, result, {})
     status = int(result.get("statusCode", 200))
-    headers = dict(result.get("headers") or {})
-    body = result.get("body")
+    return _formatted(status, result.get("body"), dict(result.get("headers") or {}))
+
+
+def _formatted(status, body, headers):
     if isinstance(body, (dict, list)):
         headers.setdefault("Content-Type", "application/json")
         return status, json.dumps(body).encode(), headers

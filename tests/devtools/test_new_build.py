@@ -143,7 +143,7 @@ def test_template_dockerfiles_follow_the_contract(lang: str) -> None:
     assert "HEALTHCHECK" in text and "/tmp/.lock" in text
     assert text.rstrip().endswith('CMD ["fwatchdog"]')
     env = dockerfile_env(dockerfile)
-    assert env["fprocess"] and env["exec_timeout"]
+    assert env["fprocess"] and env["mode"] and env["exec_timeout"]
     if lang == "python3-http":
         assert env["mode"] == "http" and env["upstream_url"] == "http://127.0.0.1:5000"
 
@@ -194,3 +194,20 @@ def test_stack_file_expands_variables_like_faas_cli(tmp_path: Path) -> None:
     assert spec.image == "docker.io/fn:1.2"
     assert dict(spec.environment) == {"LEVEL": "", "A": "from-file", "B": "2"}
     assert spec.handler == tmp_path / "fn"
+
+
+def test_append_lands_in_the_functions_block_and_any_valid_name_works(tmp_path: Path) -> None:
+    fwatchdog(tmp_path, "new", "first", "--lang", "python3", "-q")
+    stack = tmp_path / "stack.yaml"
+    # A section after functions: and no final newline: a blind append would corrupt both.
+    stack.write_text(stack.read_text() + "configuration:\n  copy:\n    - ./common")
+    (tmp_path / "common").mkdir()
+    # off, yes and null are valid function names that YAML 1.1 reads as a boolean or nothing.
+    for name in ("off", "yes", "null"):
+        fwatchdog(tmp_path, "new", name, "--lang", "dockerfile", "--append", "stack.yaml", "-q")
+    parsed = load_stack(stack)
+    assert [spec.name for spec in parsed.functions] == ["first", "off", "yes", "null"]
+    assert parsed.copy == ("./common",)
+    fwatchdog(tmp_path, "build", "--shrinkwrap")
+    assert (tmp_path / "build" / "off" / "Dockerfile").is_file()
+    assert (tmp_path / "build" / "first" / "function" / "common").is_dir()

@@ -85,6 +85,11 @@ def test_json_body_and_event_defaults() -> None:
         {"statusCode": 201, "body": [1, 2], "headers": {"Location": "/1"}},
         {"body": {"k": "v"}, "headers": {"Content-Type": "application/vnd.x+json"}},
         {"statusCode": "500", "body": b"raw", "headers": {"Content-Type": "text/plain"}},
+        # Flask's forms, passed through by the official template:
+        ("created", 201),
+        ("created", 201, {"Location": "/1"}),
+        ({"k": "v"}, {"X-A": "1"}),
+        [1, 2],
     ],
 )
 def test_normalise_matches_the_template_entry_point(tmp_path: Path, result: Any) -> None:
@@ -92,6 +97,13 @@ def test_normalise_matches_the_template_entry_point(tmp_path: Path, result: Any)
     index = _index_module(tmp_path)
     status, body, headers = index.format_response(result)
     assert normalise(result) == Response(status, body, headers)
+
+
+def test_flask_style_tuples_keep_their_status_and_headers() -> None:
+    assert normalise(("created", 201, {"Location": "/1"})) == Response(
+        201, b"created", {"Location": "/1", "Content-Type": "text/html; charset=utf-8"}
+    )
+    assert normalise(("x", 404)).status == 404
 
 
 def test_template_skeleton_handlers_pass_their_own_tests() -> None:

@@ -221,3 +221,25 @@ def test_killed_up_takes_its_processes_with_it(tmp_path: Path) -> None:
         assert not alive, f"left behind: {alive}"
     finally:
         running.kill()
+
+
+def test_watch_ignores_what_up_writes_into_a_handler_at_the_project_root(tmp_path: Path) -> None:
+    # faas-cli's usual layout for lang: dockerfile is `handler: .`: build/ and .fwatchdog/
+    # (logs, the queue) are then inside the watched folder.
+    fwatchdog(tmp_path, "new", "echo", "--lang", "dockerfile", "-q")
+    for entry in (tmp_path / "echo").iterdir():
+        entry.rename(tmp_path / entry.name)
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(stack.read_text().replace("handler: ./echo", "handler: ."))
+    running = Up(tmp_path, "--watch")
+    try:
+        running.wait_for_output("watching")
+        for _ in range(3):
+            assert running.request("POST", "/function/echo", b"hi").body == b"hi"
+            assert running.request("POST", "/async-function/echo", b"hi").status == 202
+        time.sleep(1.5)  # several debounce periods
+        assert "change detected" not in running.output()
+        (tmp_path / "Dockerfile").write_text((tmp_path / "Dockerfile").read_text() + "\n")
+        running.wait_for_output("echo: change detected, restarting", timeout=30)
+    finally:
+        running.kill()

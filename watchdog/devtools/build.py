@@ -17,7 +17,8 @@ from .templates import Template
 
 BUILD_DIR = "build"
 DOCKERFILE_LANG = "dockerfile"
-_SKIPPED_HANDLER_ENTRIES = frozenset({"build", "template"})
+# faas-cli skips build and template; .fwatchdog is fwatchdog up's own state (logs, queue).
+_SKIPPED_HANDLER_ENTRIES = frozenset({"build", "template", ".fwatchdog"})
 
 
 def context_dir(stack: Stack, name: str) -> Path:

@@ -70,13 +70,31 @@ def new_function(request: NewRequest) -> NewResult:
     )
     handler_ref = f"./{handler_rel}"
     if request.append:
-        with stack_file.open("a") as out:
-            out.write(render_function(request.name, request.lang, handler_ref, image))
+        entry = render_function(request.name, request.lang, handler_ref, image)
+        stack_file.write_text(with_function(stack_file.read_text(), entry))
     else:
         stack_file.write_text(
             render_new_stack(request.name, request.lang, handler_ref, image, request.gateway)
         )
     return NewResult(stack_file, handler, template.welcome_message)
+
+
+def with_function(text: str, entry: str) -> str:
+    """``text`` with ``entry`` (a rendered function) at the end of its ``functions:`` block,
+    before any top-level section that follows it (``configuration:``...)."""
+    lines = text.splitlines(keepends=True)
+    at = len(lines)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == "functions:"), None)
+    if start is not None:
+        for i in range(start + 1, len(lines)):
+            line = lines[i]
+            if line.strip() and not line[0].isspace() and not line.startswith("#"):
+                at = i
+                break
+    head = "".join(lines[:at])
+    if head and not head.endswith("\n"):
+        head += "\n"
+    return head + entry + "".join(lines[at:])
 
 
 def _stack_path(request: NewRequest) -> Path:

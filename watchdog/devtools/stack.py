@@ -67,6 +67,24 @@ class Stack:
         raise DevError(f"{self.path}: no function named {name!r} (defined: {known})")
 
 
+
+class _TextKeysLoader(yaml.SafeLoader):
+    """A SafeLoader that keeps mapping keys as the text written: YAML 1.1 would read a
+    function named ``off``, ``yes`` or ``null`` (valid names) or a variable named ``010`` as a
+    boolean, nothing or a number. Go's YAML 1.2 parser, faas-cli's, keeps them as text."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # merge keys (<<: *defaults) first, as SafeLoader does
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=deep)
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
 def find_stack_file(explicit: str | None, directory: Path) -> Path:
     """``-f FILE`` if given, else ``stack.yaml`` then ``stack.yml`` in ``directory`` (faas-cli)."""
     if explicit:
@@ -88,7 +106,7 @@ def load_stack(path: Path, env: Mapping[str, str] | None = None) -> Stack:
         raise DevError(f"stack file {path}: cannot read it: {exc.strerror or exc}") from None
     text = envsubst(text, os.environ if env is None else env)
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_TextKeysLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise DevError(f"stack file {path}: not valid YAML: {exc}") from None
     return parse_stack(path, document)
@@ -176,7 +194,7 @@ def _environment(
     for name in files:
         where = f"{at}.environment_file {name}"
         try:
-            document = yaml.safe_load((base / str(name)).read_text())
+            document = yaml.load((base / str(name)).read_text(), Loader=_TextKeysLoader)
         except (OSError, yaml.YAMLError) as exc:
             problems.append(f"{where}: cannot read it: {exc}")
             continue

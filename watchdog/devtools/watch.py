@@ -14,7 +14,10 @@ from pathlib import Path
 import watchfiles
 
 from . import DevError
-from .up import LocalStack
+from .build import BUILD_DIR
+from .up import STATE_DIR, LocalStack
+
+GENERATED_DIRS = (BUILD_DIR, STATE_DIR)
 
 DEBOUNCE_MS = 300
 
@@ -23,8 +26,10 @@ def watch_handlers(local: LocalStack, stop: threading.Event, report: Callable[[s
     """Block until ``stop`` is set, restarting each function whose handler files change."""
     folders = {name: fn.spec.handler for name, fn in local.functions.items()}
     report("watching " + ", ".join(str(path) for path in folders.values()))
+    generated = GeneratedFilter(local.options.stack.directory)
     for changes in watchfiles.watch(
         *set(folders.values()),
+        watch_filter=generated,
         stop_event=stop,
         debounce=DEBOUNCE_MS,
         raise_interrupt=False,
@@ -38,6 +43,22 @@ def watch_handlers(local: LocalStack, stop: threading.Event, report: Callable[[s
             except DevError as exc:
                 # A broken edit must not end the session: the next save gets another try.
                 report(f"{name}: restart failed: {exc}")
+
+
+class GeneratedFilter(watchfiles.DefaultFilter):
+    """watchfiles' default filter, plus what ``up`` itself writes in the project (``build/``,
+    ``.fwatchdog/``): with ``handler: .`` those are inside a watched folder, and every
+    restart or log line would trigger the next restart."""
+
+    def __init__(self, project: Path) -> None:
+        super().__init__()
+        self.generated = tuple(str(project.resolve() / name) for name in GENERATED_DIRS)
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        resolved = str(Path(path).resolve())
+        if any(resolved == top or resolved.startswith(top + "/") for top in self.generated):
+            return False
+        return super().__call__(change, path)
 
 
 def changed_functions(folders: dict[str, Path], paths: Iterable[Path]) -> list[str]:
