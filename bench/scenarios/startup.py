@@ -45,7 +45,7 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
     result.add(
         Measurement(
             SCENARIO,
-            "python imports only (the limit): ms to exit",
+            "python: the imports, then exit (a reference, not a bound): ms",
             0,
             rps=0,
             p50_ms=round(statistics.median(limit_ms), 1),
