@@ -67,7 +67,6 @@ class Stack:
         raise DevError(f"{self.path}: no function named {name!r} (defined: {known})")
 
 
-
 class _TextKeysLoader(yaml.SafeLoader):
     """A SafeLoader that keeps mapping keys as the text written: YAML 1.1 would read a
     function named ``off``, ``yes`` or ``null`` (valid names) or a variable named ``010`` as a
