@@ -165,16 +165,7 @@ class LocalStack:
         with open(logfile, "ab") as out:
             out.write(f"--- fwatchdog up: starting {spec.name} on {function.url}\n".encode())
             out.flush()
-            function.proc = subprocess.Popen(
-                [sys.executable, "-m", "watchdog"],
-                cwd=function.context,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=_die_with_parent,
-            )
+            function.proc = _start_child([], env, out, cwd=function.context)
 
     def _wait_ready(self, function: FunctionProcess) -> None:
         assert function.proc is not None
@@ -248,18 +239,10 @@ class LocalStack:
         logfile = log_path(self.options.state_dir, "gateway")
         # This project's functions file and async queue, whatever the developer's shell says.
         env = {k: v for k, v in os.environ.items() if k not in ("gateway_config", "queue_path")}
+        queue = self.options.state_dir / "queue.db"
+        args = ["gateway", "--port", str(self.port), "--config", str(config)]
         with open(logfile, "ab") as out:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "watchdog", "gateway", "--port", str(self.port),
-                 "--config", str(config),
-                 "--queue-path", str(self.options.state_dir / "queue.db")],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            self.gateway = _start_child([*args, "--queue-path", str(queue)], env, out)
 
     def _wait_gateway(self) -> None:
         assert self.gateway is not None
@@ -389,6 +372,23 @@ def _stop_group(proc: subprocess.Popen[bytes], family: list[psutil.Process]) -> 
         except psutil.Error:
             continue
     proc.wait()
+
+
+def _start_child(
+    args: list[str], env: dict[str, str], out: IO[bytes], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m watchdog ARGS`` in a process group of its own, output to ``out``, dying
+    with ``up`` even if ``up`` is killed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "watchdog", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def _die_with_parent() -> None:
