@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 
 from .. import __version__
+from ..responses import INTERNAL_HEADER
 
 SERVED_BY = f"fwatchdog-gateway/{__version__}"
 
@@ -28,4 +29,12 @@ def json_response(status: int, body: object) -> web.Response:
 def method_not_allowed(allow: str) -> web.Response:
     response = text(405, "Method Not Allowed")
     response.headers["Allow"] = allow
+    return response
+
+
+def refusal(status: int, body: str) -> web.Response:
+    """A plain-text answer of the gateway instead of the function, marked
+    ``X-OpenFaaS-Internal: gateway`` (retry policies tell platform failures apart by it)."""
+    response = text(status, body)
+    response.headers[INTERNAL_HEADER] = "gateway"
     return response

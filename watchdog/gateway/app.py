@@ -30,8 +30,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..proxy import UpstreamError, read_whole_if_small, whole_response
-from ..responses import INTERNAL_HEADER
-from .answers import SERVED_BY, json_response, method_not_allowed, text
+from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
 from .invoke import (
     CALL_ID_HEADER,
@@ -155,7 +154,7 @@ class GatewayApp:
                 async with asyncio.timeout(self.invoker.timeout_of(function)):
                     call = await Call.from_request(request, target)
             except TimeoutError:
-                return _internal_text(408, "request body not received within the timeout")
+                return refusal(408, "request body not received within the timeout")
             fn_key = function.key
             async with self.invoker.invoke(function, call) as invocation:
                 response = web.StreamResponse(
@@ -280,12 +279,6 @@ class GatewayApp:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _internal_text(status: int, message: str) -> web.Response:
-    response = text(status, message)
-    response.headers[INTERNAL_HEADER] = "gateway"
-    return response
-
-
 def _unauthorized() -> web.Response:
     response = text(401, "Unauthorized")
     response.headers["WWW-Authenticate"] = REALM
@@ -293,9 +286,7 @@ def _unauthorized() -> web.Response:
 
 
 def _invoke_error(exc: InvokeError, call: Call | None, request: web.BaseRequest) -> web.Response:
-    response = text(exc.status, exc.message)
-    # Marks an answer of the platform, not of the function (retry policies tell them apart).
-    response.headers[INTERNAL_HEADER] = "gateway"
+    response = refusal(exc.status, exc.message)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     if call is None:  # refused before a call existed (malformed or unknown name)

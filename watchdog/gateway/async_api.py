@@ -31,9 +31,8 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from ..proxy import forwarded_headers
-from ..responses import INTERNAL_HEADER
 from .activations import accepted_body, not_found_body, record_json, status_path
-from .answers import json_response, method_not_allowed, text
+from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
 from .invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, InvokeError, Invoker
 from .queue.base import (
@@ -107,9 +106,9 @@ class AsyncCalls:
             directives = self._directives(request)
             call_id = _call_id(request)
         except InvokeError as exc:
-            return _internal(text(exc.status, exc.message))
+            return refusal(exc.status, exc.message)
         except BadRequest as exc:
-            return _internal(text(400, str(exc)))
+            return refusal(400, str(exc))
         body = await read_limited(request, self.config.max_async_body)
         if body is None:
             return _too_large(self.config.max_async_body)
@@ -130,11 +129,11 @@ class AsyncCalls:
         except QueueFull as exc:
             return _queue_full(exc)
         except QueueUnavailable as exc:
-            response = _internal(text(503, f"the queue is unavailable: {exc}; try again later"))
+            response = refusal(503, f"the queue is unavailable: {exc}; try again later")
             response.headers["Retry-After"] = "1"
             return response
         except QueueError as exc:
-            return _internal(text(409, str(exc)))
+            return refusal(409, str(exc))
         return accepted(result.call_id, result.status)
 
     def _directives(self, request: web.BaseRequest) -> Directives:
@@ -272,7 +271,7 @@ class AsyncCalls:
             callback_url = self._callback_url(request)
             call_id = _call_id(request)
         except BadRequest as exc:
-            return _internal(text(400, str(exc)))
+            return refusal(400, str(exc))
         body = await read_limited(request, self.config.max_async_body)
         if body is None:
             return _too_large(self.config.max_async_body)
@@ -401,17 +400,12 @@ def _as_status(status: str | None) -> Status | None:
     return None
 
 
-def _internal(response: web.Response) -> web.Response:
-    response.headers[INTERNAL_HEADER] = "gateway"
-    return response
-
-
 def _too_large(limit: int) -> web.Response:
-    return _internal(text(413, f"request body exceeds the limit of {limit} bytes"))
+    return refusal(413, f"request body exceeds the limit of {limit} bytes")
 
 
 def _queue_full(exc: QueueFull) -> web.Response:
-    response = _internal(text(429, f"{exc}; try again later"))
+    response = refusal(429, f"{exc}; try again later")
     response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return response
 
@@ -427,7 +421,7 @@ def _sync_answer(call: CallRequest, outcome: InvokeResult) -> web.Response:
     result = outcome.result
     if result.status_code is None:
         status = outcome.gateway_status or 502
-        response = _internal(text(status, result.error or "the function did not answer"))
+        response = refusal(status, result.error or "the function did not answer")
     else:
         response = web.Response(status=result.status_code, body=result.body)
         for name, value in result.headers:
