@@ -17,6 +17,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .pycommand import NotPython, parse_python_command
+
 Mode = Literal["auto", "serializing", "streaming", "http", "static"]
 LogFormat = Literal["text", "json"]
 
@@ -145,6 +147,14 @@ def _parse_path(text: str) -> str:
     return value
 
 
+def _parse_modules(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise _Invalid(f"comma-separated module names such as numpy,pandas (not {name!r})")
+    return names
+
+
 def _identity(text: str) -> str:
     return text
 
@@ -192,6 +202,8 @@ FIELDS: tuple[_Field, ...] = (
     _f("upstream_restart", "upstream_restart", parse_bool, True, "restart an exited upstream"),
     _f("upstream_hung_after", "upstream_hung_after", _int_in(0, None), 3, "timeouts = hung"),
     _f("upstream_start_timeout", "upstream_start_timeout", _duration, 30.0, "wait for upstream"),
+    _f("prefork", "prefork", parse_bool, False, "fork Python handlers from a warm zygote"),
+    _f("prefork_preload", "prefork_preload", _parse_modules, (), "modules the zygote imports"),
 )
 
 
@@ -225,6 +237,8 @@ class WatchdogConfig:
     upstream_restart: bool = True
     upstream_hung_after: int = 3
     upstream_start_timeout: float = 30.0
+    prefork: bool = False
+    prefork_preload: tuple[str, ...] = ()
     lock_path: Path = Path("/tmp/.lock")
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -287,7 +301,30 @@ def _cross_checks(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str
             "upstream_url is required in mode http: set it to the address the "
             "upstream listens on, e.g. upstream_url=http://127.0.0.1:5000"
         )
+    problems += _prefork_checks(values)
     port, metrics_port = values.get("port"), values.get("metrics_port")
     if isinstance(port, int) and port != 0 and port == metrics_port:
         problems.append(f"metrics_port={metrics_port} is invalid: expected a port other than port")
     return problems
+
+
+def _prefork_checks(values: Mapping[str, Any]) -> list[str]:
+    if values.get("prefork") is not True:
+        return []
+    mode = values.get("mode", "auto")
+    if mode not in FORK_MODES:
+        return [
+            f"prefork=true is invalid in mode {mode}: expected a fork mode (auto, "
+            "serializing or streaming)"
+        ]
+    fprocess = values.get("fprocess")
+    if not fprocess:
+        return []
+    try:
+        parse_python_command(fprocess)
+    except NotPython as exc:
+        return [
+            f"prefork=true needs fprocess to be a Python command line: "
+            f"fprocess={' '.join(fprocess)!r} is invalid: expected {exc}"
+        ]
+    return []

@@ -78,8 +78,15 @@ ExitCallback = Callable[[int, float], None]
 class ForkServer:
     """The watchdog's side of the fork server; one per watchdog, used from the event loop."""
 
-    def __init__(self, sock: socket.socket, pid: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        pid: int,
+        on_gone: Callable[[dict[int, ExitCallback]], None] | None = None,
+    ) -> None:
         self.pid = pid
+        # Called once the helper has gone, with the exit callbacks of children it left running.
+        self._on_gone = on_gone
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         # Replies come in request order; each spawn's exit callback is registered as soon as its
@@ -145,8 +152,14 @@ class ForkServer:
             except BlockingIOError:
                 return
             if not message:
-                log.error("the fork server (pid %d) has gone: no handler can be started", self.pid)
+                if self._on_gone is None:
+                    log.error(
+                        "the fork server (pid %d) has gone: no handler can be started", self.pid
+                    )
                 self.close()
+                if self._on_gone is not None:
+                    orphans, self._on_exit = self._on_exit, {}
+                    self._on_gone(orphans)
                 return
             self._dispatch(message)
 

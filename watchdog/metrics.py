@@ -61,6 +61,12 @@ class WatchdogMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.prefork = Counter(
+            "fwatchdog_prefork_events_total",
+            "prefork zygote events: warm, warmup_failed, died, restarted, start_failed",
+            ["event"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         if processes is not None:
             self.registry.register(_HandlerCollector(processes))

@@ -19,10 +19,11 @@ import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
-from .forkserver import ForkServer, ForkServerError, spawn_in_own_group
+from .forkserver import ExitCallback, ForkServer, ForkServerError, spawn_in_own_group
 
 log = logging.getLogger("watchdog.process")
 
@@ -33,6 +34,46 @@ descendants are found at kill time even after they left its process group and lo
 parent (as Jenkins' ProcessTreeKiller does)."""
 _ORPHAN_SWEEP_SECONDS = 1.0
 _EXIT_REPORT_SECONDS = 5.0  # after SIGKILL; only a lost fork server would take longer
+
+
+class Spawner(Protocol):
+    """Starts handlers off the event loop: the fork server, or prefork's zygote (with the fork
+    server behind it). ``spawn`` raises ForkServerError."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def helper_pids(self) -> tuple[int, ...]: ...
+
+    async def spawn(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _ForkServerSpawner:
+    """The fork server alone, as a :class:`Spawner`."""
+
+    def __init__(self, server: ForkServer) -> None:
+        self.server = server
+
+    @property
+    def alive(self) -> bool:
+        return self.server.alive
+
+    @property
+    def helper_pids(self) -> tuple[int, ...]:
+        return (self.server.pid,)
+
+    async def spawn(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> int:
+        return await self.server.spawn(extra_env, fds, on_exit)
+
+    def close(self) -> None:
+        self.server.close()
 
 
 class SpawnError(Exception):
@@ -104,7 +145,7 @@ class ProcessTable:
         self._loop = asyncio.get_running_loop()
         self._children: dict[int, Child] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self._fork_server: ForkServer | None = None
+        self._fork_server: Spawner | None = None
         self._mark_prefix = secrets.token_hex(4) + "-"
         self._marks = itertools.count(1)
         self.started_total = 0
@@ -116,9 +157,16 @@ class ProcessTable:
             _become_subreaper()
         self._sweeper = self._loop.call_later(_ORPHAN_SWEEP_SECONDS, self._sweep)
 
-    def start_fork_server(self, program: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        """Fork the helper that :meth:`spawn_handler` uses (see :mod:`watchdog.forkserver`)."""
-        self._fork_server = ForkServer.start(program, argv, env)
+    def start_fork_server(
+        self,
+        program: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        wrap: Callable[[ForkServer], Spawner] = _ForkServerSpawner,
+    ) -> None:
+        """Fork the helper that :meth:`spawn_handler` uses (see :mod:`watchdog.forkserver`);
+        ``wrap`` may put another spawner in front of it (prefork's zygote)."""
+        self._fork_server = wrap(ForkServer.start(program, argv, env))
 
     @property
     def can_spawn_handlers(self) -> bool:
@@ -267,9 +315,9 @@ class ProcessTable:
             children = psutil.Process().children()
         except psutil.Error:
             return
-        helper = self._fork_server.pid if self._fork_server else None
+        helpers = self._fork_server.helper_pids if self._fork_server else ()
         for proc in children:
-            if proc.pid in self._children or proc.pid == helper:
+            if proc.pid in self._children or proc.pid in helpers:
                 continue
             try:
                 os.waitpid(proc.pid, os.WNOHANG)

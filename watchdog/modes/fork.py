@@ -24,10 +24,12 @@ from multidict import CIMultiDict
 
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
+from ..forkserver import ForkServer
 from ..limits import BodyTimeout, ClientStalled, read_body, seconds_or_none, within_write_timeout
 from ..logs import FunctionLog, LineSplitter
 from ..metrics import WatchdogMetrics
 from ..pipes import PipeDrain, read_chunk, write_all, write_now
+from ..prefork import PreforkSpawner
 from ..process import Child, ProcessTable, SpawnError, describe_exit, resolve_program
 from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
 
@@ -73,8 +75,26 @@ class ForkRunner:
     async def start(self) -> None:
         # Fail at start, not on every request, when the handler program does not exist.
         self.program = resolve_program(self.config.fprocess, self._base_env.get("PATH"))
-        self.processes.start_fork_server(self.program, self.config.fprocess, self._base_env)
+        wrap = self._prefork if self.config.prefork else None
+        if wrap is None:
+            self.processes.start_fork_server(self.program, self.config.fprocess, self._base_env)
+        else:
+            self.processes.start_fork_server(
+                self.program, self.config.fprocess, self._base_env, wrap
+            )
         log.info("Forking %s per request (mode %s)", self.program, self.config.mode)
+
+    def _prefork(self, fallback: ForkServer) -> PreforkSpawner:
+        spawner = PreforkSpawner(
+            fallback,
+            self.program,
+            self.config.fprocess,
+            self._base_env,
+            self.config.prefork_preload,
+            lambda event: self.metrics.prefork.labels(event=event).inc(),
+        )
+        spawner.start()
+        return spawner
 
     def healthy(self) -> bool:
         return self.processes.can_spawn_handlers

@@ -1,0 +1,224 @@
+"""The prefork zygote: run by the handler's own interpreter as a script, standard library only.
+
+``python [OPTIONS] zygote_main.py FD PRELOAD (-m MODULE | SCRIPT) [ARGS]``. It imports what the
+handler imports at its top level plus PRELOAD, freezes the collector's objects so that pages
+stay shared after fork, says ``R`` on the socket FD and then speaks the fork server's protocol
+(watchdog/forkserver.py): each message is the request's extra environment with the three pipe
+ends attached; it forks, answers ``P`` + pid (or ``E`` + reason), and reports ``X`` exits.
+The child runs the handler as ``__main__`` exactly as a freshly started interpreter would.
+"""
+
+import sys
+
+# sys.path[0] is this file's directory (the watchdog package): it must never shadow the
+# handler's modules or the standard library (watchdog/logs.py, watchdog/cgi.py ...).
+del sys.path[0]
+
+import ast  # noqa: E402
+import atexit  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+import runpy  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import traceback  # noqa: E402
+
+_PR_SET_PDEATHSIG = 1
+_PID = struct.Struct("=i")
+_EXIT = struct.Struct("=iidd")
+_RESET = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+
+
+def main(argv: list[str]) -> None:
+    sock = socket.socket(fileno=int(argv[0]))
+    preload = [name for name in argv[1].split(",") if name]
+    module = argv[2] == "-m"
+    target = argv[3] if module else argv[2]
+    handler_argv = argv[3:] if module else argv[2:]
+    if not module:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+    else:
+        sys.path.insert(0, os.getcwd())
+    _die_with_parent()
+    for name in _top_level_imports(target, module) + preload:
+        importlib.import_module(name)
+    gc.freeze()
+    base_env = dict(os.environ)
+    sock.send(b"R")
+    _serve(sock, base_env, target, module, handler_argv)
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _top_level_imports(target: str, module: bool) -> list[str]:
+    """Modules imported by the handler's top-level statements (not inside functions or ifs)."""
+    path = target
+    if module:
+        spec = importlib.util.find_spec(target)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            return []
+        path = spec.origin
+    with open(path, "rb") as source:
+        tree = ast.parse(source.read(), path)
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names if _is_module(node.module, a)]
+    return names
+
+
+def _is_module(package: str, alias: ast.alias) -> bool:
+    # ``from function import handler``: handler is a submodule to import, not an attribute.
+    try:
+        return importlib.util.find_spec(f"{package}.{alias.name}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _serve(
+    sock: socket.socket, env: dict[str, str], target: str, module: bool, handler_argv: list[str]
+) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                _drain(wake_r)
+                _report_exits(sock)
+                continue
+            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
+            if not payload and not fds:
+                return
+            extra = _parse_env(payload)
+            sock.send(_fork_one({**env, **extra}, fds, target, module, handler_argv))
+
+
+def _parse_env(payload: bytes) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for entry in payload.split(b"\0") if payload else ():
+        key, _, value = entry.decode("utf-8", "surrogateescape").partition("=")
+        env[key] = value
+    return env
+
+
+def _fork_one(
+    env: dict[str, str], fds: list[int], target: str, module: bool, handler_argv: list[str]
+) -> bytes:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        return b"E" + f"cannot fork the zygote: {exc.strerror}".encode()
+    if pid == 0:
+        _run_child(env, fds, target, module, handler_argv)
+    for fd in fds:
+        os.close(fd)
+    return b"P" + _PID.pack(pid)
+
+
+def _run_child(
+    env: dict[str, str], fds: list[int], target: str, module: bool, handler_argv: list[str]
+) -> None:
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in _RESET:
+            signal.signal(sig, signal.SIG_DFL)
+        for target_fd, fd in enumerate(fds):
+            os.dup2(fd, target_fd)
+        # Only stdin, stdout and stderr: nothing of the zygote (its socket) is inherited.
+        _close_inherited()
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = list(handler_argv)
+        code = _run_handler(target, module)
+    finally:
+        os._exit(code)
+
+
+def _close_inherited() -> None:
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass  # the directory's own descriptor, already closed
+
+
+def _run_handler(target: str, module: bool) -> int:
+    code = 0
+    try:
+        if module:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001 - as the interpreter: traceback on stderr, status 1
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 120  # as Python does when stdout cannot be flushed at exit
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _report_exits(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(b"X" + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
