@@ -18,6 +18,7 @@ import pytest
 from nats_server import NatsServer, start_nats_server
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
+from watchdog.prefork import ZYGOTE_SCRIPT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -93,15 +94,20 @@ class RunningWatchdog:
 
 
 def leftovers(watchdog_pid: int) -> list[psutil.Process]:
-    """Descendants of the watchdog other than its fork server: orphans, zombies, stray work."""
+    """Descendants of the watchdog other than its fork server and prefork zygote: orphans,
+    zombies, stray work."""
     found = []
     for proc in psutil.Process(watchdog_pid).children(recursive=True):
         try:
-            if proc.name() != FORK_SERVER_NAME:
+            if proc.name() != FORK_SERVER_NAME and not _is_zygote(proc):
                 found.append(proc)
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def _is_zygote(proc: psutil.Process) -> bool:
+    return any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in proc.cmdline())
 
 
 def watchdog_env(tmpdir: Path, **env: str) -> dict[str, str]:

@@ -151,6 +151,8 @@ class ForkServer:
                 message = self._sock.recv(256, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
+            except OSError:  # reset: the helper died with our messages unread
+                message = b""
             if not message:
                 if self._on_gone is None:
                     log.error(

@@ -74,9 +74,9 @@ class PreforkSpawner:
         if zygote is not None and zygote.alive:
             try:
                 return await zygote.spawn(extra_env, fds, on_exit)
-            except ForkServerError:
-                if zygote.alive:
-                    raise  # a refusal (out of resources), not the zygote's death
+            except ForkServerError as exc:
+                # Dying, or unable to fork: this request is spawned instead.
+                log.warning("prefork: %s; spawning this request", exc)
         return await self._fallback.spawn(extra_env, fds, on_exit)
 
     def close(self) -> None:

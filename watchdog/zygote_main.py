@@ -109,7 +109,7 @@ def _serve(
             if not payload and not fds:
                 return
             extra = _parse_env(payload)
-            sock.send(_fork_one({**env, **extra}, fds, target, module, handler_argv))
+            _fork_one(sock, {**env, **extra}, fds, target, module, handler_argv)
 
 
 def _parse_env(payload: bytes) -> dict[str, str]:
@@ -121,21 +121,36 @@ def _parse_env(payload: bytes) -> dict[str, str]:
 
 
 def _fork_one(
-    env: dict[str, str], fds: list[int], target: str, module: bool, handler_argv: list[str]
-) -> bytes:
+    sock: socket.socket,
+    env: dict[str, str],
+    fds: list[int],
+    target: str,
+    module: bool,
+    handler_argv: list[str],
+) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    # The child waits for a go byte, sent only once the watchdog knows its pid: a zygote that
+    # dies in between must not leave a handler running that the watchdog spawns again.
+    go_r, go_w = os.pipe()
     try:
         pid = os.fork()
     except OSError as exc:
-        for fd in fds:
+        for fd in (*fds, go_r, go_w):
             os.close(fd)
-        return b"E" + f"cannot fork the zygote: {exc.strerror}".encode()
+        sock.send(b"E" + f"cannot fork the zygote: {exc.strerror}".encode())
+        return
     if pid == 0:
+        os.close(go_w)
+        if os.read(go_r, 1) != b"g":
+            os._exit(127)
+        os.close(go_r)
         _run_child(env, fds, target, module, handler_argv)
-    for fd in fds:
+    for fd in (*fds, go_r):
         os.close(fd)
-    return b"P" + _PID.pack(pid)
+    sock.send(b"P" + _PID.pack(pid))
+    os.write(go_w, b"g")
+    os.close(go_w)
 
 
 def _run_child(
