@@ -107,3 +107,26 @@ def test_watchdog_refuses_to_start_with_exit_2_naming_the_variable(
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if "configuration error" in line]
     assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_prefork_needs_a_python_command_line_in_a_fork_mode() -> None:
+    ok = WatchdogConfig.from_env(
+        {"fprocess": "python3 -u -X dev index.py a", "prefork": "true", "prefork_preload": "json"}
+    )
+    assert ok.prefork and ok.prefork_preload == ("json",)
+    assert WatchdogConfig.from_env({"fprocess": "python3.12 -m pkg.main", "prefork": "1"}).prefork
+    for fprocess in ("cat", "python3", "python3 -c 'print(1)'", "node index.js"):
+        with pytest.raises(ConfigError) as caught:
+            WatchdogConfig.from_env({"fprocess": fprocess, "prefork": "true"})
+        assert "prefork" in str(caught.value) and "fprocess" in str(caught.value)
+    with pytest.raises(ConfigError, match="prefork_preload"):
+        WatchdogConfig.from_env({"fprocess": "python3 x.py", "prefork_preload": "a b"})
+    with pytest.raises(ConfigError, match="prefork=true is invalid in mode http"):
+        WatchdogConfig.from_env(
+            {
+                "fprocess": "python3 x.py",
+                "prefork": "true",
+                "mode": "http",
+                "upstream_url": "http://127.0.0.1:1",
+            }
+        )
