@@ -295,3 +295,14 @@ def test_runs_as_pid_1_in_a_root_filesystem_without_python(
         assert not (root / "tmp" / ".lock").exists()
     finally:
         stop_process(proc)
+
+
+def test_runs_a_prefork_handler_under_the_handlers_own_interpreter(run_minimal: Start) -> None:
+    index = Path(__file__).parent / "fixtures" / "prefork" / "index.py"
+    wd = run_minimal(fprocess=f"{sys.executable} {index}", prefork="true")
+    wd.wait_for_log("prefork: zygote")
+    reply = wd.request("POST", "/", body=b"from the bundle")
+    assert (reply.status, reply.body) == (200, b"from the bundle\n")
+    assert 'fwatchdog_prefork_events_total{event="warm"} 1.0' in wd.metrics()
+    wd.proc.send_signal(signal.SIGTERM)
+    assert wd.proc.wait(30) == 0
