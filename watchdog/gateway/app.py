@@ -59,6 +59,8 @@ class Route:
     prefix: str
     handler: Handler
     protected: bool
+    protected_methods: frozenset[str] = frozenset()
+    """Methods guarded even when the route is not: those that read or change call records."""
 
 
 class Converter(Protocol):
@@ -99,16 +101,24 @@ class GatewayApp:
         self.add_route("/metrics", self.serve_metrics, protected=False)
         self._info = _info_body()
 
-    def add_route(self, prefix: str, handler: Handler, *, protected: bool) -> None:
+    def add_route(
+        self,
+        prefix: str,
+        handler: Handler,
+        *,
+        protected: bool,
+        protected_methods: frozenset[str] = frozenset(),
+    ) -> None:
         """Add a route; longer prefixes are tried first, so order of calls does not matter."""
-        self.routes.append(Route(prefix, handler, protected))
+        self.routes.append(Route(prefix, handler, protected, protected_methods))
         self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path = request.raw_path.partition("?")[0]
         for route in self.routes:
             if raw_path.startswith(route.prefix):
-                if route.protected and not self._authorized(request):
+                guarded = route.protected or request.method in route.protected_methods
+                if guarded and not self._authorized(request):
                     return _unauthorized()
                 return await route.handler(request, request.raw_path[len(route.prefix) :])
         return text(404, "Not Found")

@@ -138,7 +138,14 @@ class Gateway:
             queue, CallbackSettings(secret=secret, policy=config.callback_policy)
         )
         calls = AsyncCalls(config, queue, invoker, worker, runner)
-        app.add_route("/async-function/", calls.accept, protected=config.basic_auth_invoke)
+        # DELETE /async-function/ID cancels and returns a record: guarded like /system/*.
+        records = frozenset({"DELETE"}) if config.basic_auth else frozenset()
+        app.add_route(
+            "/async-function/",
+            calls.accept,
+            protected=config.basic_auth_invoke,
+            protected_methods=records,
+        )
         app.add_route("/system/activations", calls.activations, protected=config.basic_auth)
         app.converter = calls
         stop = self._stop_background
