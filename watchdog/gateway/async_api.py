@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from ..proxy import forwarded_headers
+from ..responses import INTERNAL_HEADER
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
@@ -98,7 +99,10 @@ class AsyncCalls:
         path, _, query = rest.partition("?")
         segment, slash, sub_path = path.partition("/")
         if request.method == "DELETE" and not slash:
-            return await self._cancel(unquote(segment))
+            try:
+                return await self._cancel(unquote(segment))
+            except QueueUnavailable as exc:
+                return unavailable(exc, None)
         if request.method != "POST":
             return method_not_allowed("POST")
         try:
@@ -129,9 +133,8 @@ class AsyncCalls:
         except QueueFull as exc:
             return _queue_full(exc)
         except QueueUnavailable as exc:
-            response = refusal(503, f"the queue is unavailable: {exc}; try again later")
-            response.headers["Retry-After"] = "1"
-            return response
+            # The write may have landed: the caller gets the id to look it up or retry with.
+            return unavailable(exc, call.call_id)
         except QueueError as exc:
             return refusal(409, str(exc))
         return accepted(result.call_id, result.status)
@@ -155,6 +158,12 @@ class AsyncCalls:
     # -- /system/activations --------------------------------------------------------------
 
     async def activations(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+        try:
+            return await self._activations(request, rest)
+        except QueueUnavailable as exc:
+            return unavailable(exc, None)
+
+    async def _activations(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         path, _, query = rest.partition("?")
         if path and not path.startswith("/"):
             return text(404, "Not Found")
@@ -398,6 +407,23 @@ def _as_status(status: str | None) -> Status | None:
         if known == status:
             return known
     return None
+
+
+def unavailable(exc: QueueUnavailable, call_id: str | None) -> web.Response:
+    """503 while the queue cannot be reached: a JSON reason, ``Retry-After``, and for a
+    submission the call id it was written under (its outcome is unknown)."""
+    body: dict[str, object] = {
+        "error": "queue_unavailable",
+        "message": f"the queue is unavailable: {exc}; try again later",
+    }
+    if call_id is not None:
+        body["callId"] = call_id
+    response = json_response(503, body)
+    response.headers["Retry-After"] = "1"
+    response.headers[INTERNAL_HEADER] = "gateway"
+    if call_id is not None:
+        response.headers[CALL_ID_HEADER] = call_id
+    return response
 
 
 def _too_large(limit: int) -> web.Response:
