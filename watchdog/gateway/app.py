@@ -32,6 +32,7 @@ from .. import __version__
 from ..proxy import UpstreamError, read_whole_if_small, whole_response
 from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
+from .console import cross_site, refuse_cross_site
 from .invoke import (
     CALL_ID_HEADER,
     CLIENT_GONE,
@@ -49,18 +50,21 @@ log = logging.getLogger("watchdog.gateway")
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 REALM = 'Basic realm="Restricted"'
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """A path prefix, its handler (given the raw path after the prefix) and whether basic auth
-    guards it. :mod:`.async_api` adds ``/async-function/`` and ``/system/activations``."""
+    guards it. :mod:`.async_api` adds ``/async-function/`` and ``/system/activations``.
+    ``same_site``: state-changing methods made by another site's page are refused (403)."""
 
     prefix: str
     handler: Handler
     protected: bool
     protected_methods: frozenset[str] = frozenset()
     """Methods guarded even when the route is not: those that read or change call records."""
+    same_site: bool = False
 
 
 class Converter(Protocol):
@@ -92,7 +96,14 @@ class GatewayApp:
         self._credentials = config.credentials
         auth_system = config.basic_auth
         self.routes: list[Route] = []
-        self.add_route("/function/", self.function, protected=config.basic_auth_invoke)
+        # With basic auth on, a browser that logged in to the console sends the credentials
+        # with any site's requests: only then can another site's page act as the user.
+        self.add_route(
+            "/function/",
+            self.function,
+            protected=config.basic_auth_invoke,
+            same_site=config.basic_auth_invoke and config.credentials is not None,
+        )
         self.add_route("/system/functions", self.system_functions, protected=auth_system)
         self.add_route("/system/function/", self.system_function, protected=auth_system)
         self.add_route("/system/info", self.system_info, protected=auth_system)
@@ -108,9 +119,10 @@ class GatewayApp:
         *,
         protected: bool,
         protected_methods: frozenset[str] = frozenset(),
+        same_site: bool = False,
     ) -> None:
         """Add a route; longer prefixes are tried first, so order of calls does not matter."""
-        self.routes.append(Route(prefix, handler, protected, protected_methods))
+        self.routes.append(Route(prefix, handler, protected, protected_methods, same_site))
         self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -120,6 +132,8 @@ class GatewayApp:
                 guarded = route.protected or request.method in route.protected_methods
                 if guarded and not self._authorized(request):
                     return _unauthorized()
+                if route.same_site and request.method not in _SAFE and cross_site(request):
+                    return refuse_cross_site()
                 return await route.handler(request, request.raw_path[len(route.prefix) :])
         return text(404, "Not Found")
 

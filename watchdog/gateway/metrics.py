@@ -106,3 +106,55 @@ class _StartedCollector(Collector):
                 "gateway_function_invocation_started", {"function_name": name}, float(count)
             )
         yield family
+
+
+def function_figures(metrics: GatewayMetrics) -> dict[str, dict[str, float | None]]:
+    """Per function: calls, errors (status 500 and above), error rate, p50/p99 latency in
+    milliseconds (estimated from the histogram's buckets) and calls in flight."""
+    figures: dict[str, dict[str, float | None]] = {}
+    buckets: dict[str, dict[float, float]] = {}
+
+    def entry(name: str) -> dict[str, float | None]:
+        return figures.setdefault(
+            name, {"invocations": 0.0, "errors": 0.0, "inflight": 0.0, "p50Ms": None, "p99Ms": None}
+        )
+
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            name = sample.labels.get("function_name")
+            if name is None:
+                continue
+            if sample.name == "gateway_function_invocation_total":
+                row = entry(name)
+                row["invocations"] = (row["invocations"] or 0.0) + sample.value
+                if int(sample.labels["code"]) >= 500:
+                    row["errors"] = (row["errors"] or 0.0) + sample.value
+            elif sample.name == "gateway_function_invocation_inflight":
+                entry(name)["inflight"] = sample.value
+            elif sample.name == "gateway_functions_seconds_bucket":
+                upper = float(sample.labels["le"])
+                per = buckets.setdefault(name, {})
+                per[upper] = per.get(upper, 0.0) + sample.value
+    for name, row in figures.items():
+        calls = row["invocations"] or 0.0
+        row["errorRate"] = (row["errors"] or 0.0) / calls if calls else None
+        cumulative = sorted(buckets.get(name, {}).items())
+        row["p50Ms"] = _quantile_ms(cumulative, 0.50)
+        row["p99Ms"] = _quantile_ms(cumulative, 0.99)
+    return figures
+
+
+def _quantile_ms(cumulative: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket the rank falls in."""
+    if not cumulative or cumulative[-1][1] == 0:
+        return None
+    rank = q * cumulative[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in cumulative:
+        if count >= rank:
+            if upper == float("inf"):
+                return round(lower * 1000, 3)
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return round((lower + (upper - lower) * share) * 1000, 3)
+        lower, below = upper, count
+    return None

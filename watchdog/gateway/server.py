@@ -22,6 +22,7 @@ from .app import GatewayApp
 from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
+from .console import UI_PATH, Console
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
 from .queue import QueueBackend
@@ -145,8 +146,23 @@ class Gateway:
             calls.accept,
             protected=config.basic_auth_invoke,
             protected_methods=records,
+            same_site=True,
         )
-        app.add_route("/system/activations", calls.activations, protected=config.basic_auth)
+        app.add_route(
+            "/system/activations", calls.activations, protected=config.basic_auth, same_site=True
+        )
+        console = Console(
+            self.registry,
+            self.metrics,
+            queue,
+            worker,
+            default_timeout=config.upstream_timeout,
+            default_retry=config.retry,
+            default_convert_after=config.convert_after,
+        )
+        app.add_route("/", console.root, protected=False)
+        app.add_route(UI_PATH, console.static, protected=config.basic_auth)
+        app.add_route("/system/stats", console.stats, protected=config.basic_auth)
         app.converter = calls
         stop = self._stop_background
         self._background = [
