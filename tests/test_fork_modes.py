@@ -224,3 +224,13 @@ def test_combine_output_puts_stderr_in_the_500(start_watchdog) -> None:
     assert reply.status == 500
     assert reply.text.startswith("exit status 3\n")
     assert "partial output\n" in reply.text and "boom: something broke\n" in reply.text
+
+
+@pytest.mark.parametrize("mode", FORK_MODES)
+def test_a_handler_starts_with_only_its_stdio_open(start_watchdog, mode: str) -> None:
+    # The fork server's received pipes were inheritable, so handlers held extra copies of
+    # their own stdio (issue 16 item 2): a daemon that closed 0-2 still kept the request open.
+    wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'open_fds.py'}", mode=mode)
+    reply = wd.request("POST", "/", body=b"")
+    assert reply.status == 200
+    assert reply.text.split() == ["0", "1", "2"]

@@ -247,7 +247,11 @@ def _serve(  # pragma: no cover
                 _drain(wake_r)
                 _report_exits(sock)
                 continue
-            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
+            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+            # CPython ignores MSG_CMSG_CLOEXEC here, so mark them ourselves: posix_spawn's
+            # DUP2 gives the handler its own 0, 1 and 2, and no other copy may leak into it.
+            for fd in fds:
+                os.set_inheritable(fd, False)
             if not payload and not fds:
                 return  # the watchdog is gone
             sock.send(_spawn_one(program, argv, base_env, payload, fds))
