@@ -134,6 +134,9 @@ class Watchdog:
     # -- requests ---------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        refusal = _refuse_target(request)
+        if refusal is not None:
+            return refusal
         path = request.path
         if path == "/_/health":
             return await self._probe(request, readiness=False)
@@ -196,6 +199,19 @@ class Watchdog:
         log.info("Version: %s", __version__)
         summary = " ".join(f"{k}={v!r}" for k, v in self.config.summary().items())
         log.info("Effective configuration: %s", summary)
+
+
+def _refuse_target(request: web.BaseRequest) -> web.Response | None:
+    """Only origin-form targets (``/path?query``) are served, in every mode, so no request can
+    steer http mode's upstream address: CONNECT gets 405, absolute-form and ``*`` get 400."""
+    started = time.monotonic()
+    if request.method == "CONNECT":
+        refusal = text_response(405, "CONNECT is not supported\n", started)
+        refusal.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        return refusal
+    if not request.raw_path.startswith("/"):
+        return text_response(400, "The request target must be a path starting with /\n", started)
+    return None
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
