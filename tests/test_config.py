@@ -96,6 +96,7 @@ def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"fprocess": "cat", "max_inflight": "abc"}, "max_inflight='abc' is invalid"),
         ({"fprocess": "cat", "exec_timeout": "-5s"}, "exec_timeout='-5s' is invalid"),
         ({"fprocess": "cat", "mode": "afterburn"}, "mode='afterburn' is invalid: expected one of"),
+        ({"fprocess": "cat", "content_type": "text/plain\r\nX: y"}, "content_type="),
         ({}, "fprocess is required"),
         ({"fprocess": "no-such-program-xyz"}, "'no-such-program-xyz' was not found"),
     ],

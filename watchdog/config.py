@@ -159,6 +159,13 @@ def _identity(text: str) -> str:
     return text
 
 
+def _header_value(text: str) -> str:
+    """A value that goes into a response header: CR, LF or NUL would break every answer."""
+    if any(ch in text for ch in "\r\n\0"):
+        raise _Invalid("expected one line without control characters (CR, LF or NUL)")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     """One configuration variable: its names (first wins on conflict), parser, default, doc."""
@@ -185,7 +192,7 @@ FIELDS: tuple[_Field, ...] = (
     _f("exec_timeout", "exec_timeout", _duration, 30.0, "hard limit per request, 0 = none"),
     _f("healthcheck_interval", "healthcheck_interval", _duration, None, "drain notice period"),
     _f("max_inflight", "max_inflight", _int_in(0, None), 0, "concurrent requests, 0 = no cap"),
-    _f("content_type", "content_type", _identity, "", "response Content-Type in fork modes"),
+    _f("content_type", "content_type", _header_value, "", "response Content-Type in fork modes"),
     _f("combine_output", "combine_output", parse_bool, False, "stderr into the response"),
     _f("prefix_logs", "prefix_logs", parse_bool, True, "prefix function log lines"),
     _f("log_buffer_size", "log_buffer_size", _int_in(1, None, (-1,)), 65536, "max log line"),
