@@ -204,13 +204,13 @@ class Watchdog:
 def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     """Only origin-form targets (``/path?query``) are served, in every mode, so no request can
     steer http mode's upstream address: CONNECT gets 405, absolute-form and ``*`` get 400."""
-    started = time.monotonic()
     if request.method == "CONNECT":
-        refusal = text_response(405, "CONNECT is not supported\n", started)
+        refusal = text_response(405, "CONNECT is not supported\n", time.monotonic())
         refusal.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
         return refusal
     if not request.raw_path.startswith("/"):
-        return text_response(400, "The request target must be a path starting with /\n", started)
+        message = "The request target must be a path starting with /\n"
+        return text_response(400, message, time.monotonic())
     return None
 
 

@@ -105,7 +105,9 @@ def _serve(
                 _drain(wake_r)
                 _report_exits(sock)
                 continue
-            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
+            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+            for fd in fds:  # CPython ignores MSG_CMSG_CLOEXEC; children close >2 regardless
+                os.set_inheritable(fd, False)
             if not payload and not fds:
                 return
             extra = _parse_env(payload)
