@@ -30,7 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psutil
 import yaml
 
-from ..config import FIELDS as WATCHDOG_FIELDS
+from ..config import WatchdogConfig
+from ..settings import declared
 from . import DevError, templates
 from .build import build_context
 from .stack import FunctionSpec, Stack
@@ -46,7 +47,7 @@ STOP_TIMEOUT = 10.0
 LOCAL_DEFAULTS = {"healthcheck_interval": "0"}
 # Set by the image, not by the function: a local run keeps the developer's own.
 HOST_OWNED = frozenset({"PATH", "HOME", "HOSTNAME", "LANG", "TMPDIR"})
-_WATCHDOG_VARIABLES = frozenset(name for spec in WATCHDOG_FIELDS for name in spec.names)
+_WATCHDOG_VARIABLES = frozenset(name for spec in declared(WatchdogConfig) for name in spec.env)
 _UPSTREAM_KEYS = ("http_upstream_url", "upstream_url")
 _PR_SET_PDEATHSIG = 1
 

@@ -54,8 +54,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from .. import __version__
-from ..config import ConfigError
 from ..proxy import HOP_BY_HOP
+from ..settings import ConfigError
 from ._aio import first_of
 from .queue.base import CallbackAttempt, CallbackJob, QueueBackend, QueueError
 from .retry import RetryPolicy, parse_retry_after
