@@ -50,7 +50,7 @@ from .queue.base import (
     new_call_id,
 )
 from .registry import Function, InvalidName, split_ref
-from .worker import AsyncWorker, GatewayInvoker, InvokeResult
+from .worker import AsyncWorker, InvokePathRunner, InvokeResult
 
 CALLBACK_HEADER = "X-Callback-Url"
 DELAY_HEADER = "X-Async-Delay"
@@ -85,7 +85,7 @@ class AsyncCalls:
         queue: QueueBackend,
         invoker: Invoker,
         worker: AsyncWorker,
-        runner: GatewayInvoker,
+        runner: InvokePathRunner,
     ) -> None:
         self.config = config
         self.queue = queue

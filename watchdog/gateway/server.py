@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import __version__
-from ..server import _signals_set
+from ..signals import stop_on_signals
 from .app import GatewayApp
 from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
@@ -29,7 +29,7 @@ from .queue import QueueBackend
 from .queue.factory import build_queue
 from .registry import FunctionRegistry, InMemoryRegistry
 from .retry import RetryPolicy
-from .worker import AsyncWorker, GatewayInvoker, WorkerSettings
+from .worker import AsyncWorker, InvokePathRunner, WorkerSettings
 
 log = logging.getLogger("watchdog.gateway")
 
@@ -67,7 +67,7 @@ class Gateway:
             log.info("Function %s -> %s", function.key, function.url)
         try:
             await self.start()
-            with _signals_set(stop):
+            with stop_on_signals(stop):
                 await stop.wait()
                 await self.shutdown()
         finally:
@@ -117,7 +117,7 @@ class Gateway:
         queue, where = build_queue(config)
         await queue.open()
         self.queue = queue
-        runner = GatewayInvoker(invoker, result_limit=config.max_result_body)
+        runner = InvokePathRunner(invoker, result_limit=config.max_result_body)
 
         def policy_for(ref: str) -> RetryPolicy:
             try:
