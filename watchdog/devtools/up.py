@@ -50,6 +50,8 @@ HOST_OWNED = frozenset({"PATH", "HOME", "HOSTNAME", "LANG", "TMPDIR"})
 _WATCHDOG_VARIABLES = frozenset(name for spec in declared(WatchdogConfig) for name in spec.env)
 _UPSTREAM_KEYS = ("http_upstream_url", "upstream_url")
 _PR_SET_PDEATHSIG = 1
+# fwatchdog once installed (PyPI's watchdog owns that name), watchdog from a source checkout.
+_PACKAGE = __name__.partition(".")[0]
 
 Report = Callable[[str], None]
 
@@ -381,7 +383,7 @@ def _start_child(
     """``python -m watchdog ARGS`` in a process group of its own, output to ``out``, dying
     with ``up`` even if ``up`` is killed."""
     return subprocess.Popen(
-        [sys.executable, "-m", "watchdog", *args],
+        [sys.executable, "-m", _PACKAGE, *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
