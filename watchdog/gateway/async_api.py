@@ -6,8 +6,8 @@ Routes:
 - ``POST /async-function/NAME[.NAMESPACE][/sub/path][?query]``: the request is committed to
   the queue, then answered ``202`` with ``X-Call-Id``, ``Location`` and
   ``{"callId", "status", "statusUrl"}``. Directives: ``X-Callback-Url``, ``X-Async-Delay``
-  (seconds, 0..3600), ``Idempotency-Key``. ``DELETE /async-function/CALL_ID`` cancels (the
-  OpenFaaS Pro form).
+  (ASCII seconds or a Go duration, 0..3600 s), ``Idempotency-Key``. ``DELETE
+  /async-function/CALL_ID`` cancels (the OpenFaaS Pro form).
 - ``GET /system/activations[?function=&status=&limit=&since=&cursor=]``, ``GET
   /system/activations/ID``, ``GET /system/activations/ID/result``, ``DELETE
   /system/activations/ID``.
