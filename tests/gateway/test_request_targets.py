@@ -12,9 +12,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
-from conftest import RunningWatchdog
+from async_helpers import run
+from conftest import RunningWatchdog, free_port
 from test_request_targets import Bystander
+
+from watchdog.gateway.invoke import Invoker
+from watchdog.gateway.metrics import GatewayMetrics
+from watchdog.gateway.queue.base import CallRequest, LeasedCall
+from watchdog.gateway.registry import Function, InMemoryRegistry
+from watchdog.gateway.worker import GatewayInvoker, HttpInvoker, InvokeResult
 
 from .conftest import Launcher
 
@@ -137,3 +145,32 @@ def test_a_queued_call_replays_its_path_to_the_function_only(targets: Targets) -
         time.sleep(0.05)
     assert json.loads(record["response"]["body"])["raw_path"] == path
     assert targets.bystander.accepted == 0
+
+
+def test_a_stored_path_that_is_not_a_path_never_reaches_another_host() -> None:
+    """A queued call replays its stored path; one that does not start with / (a record of
+    another writer) would extend the function's authority (``http://fn:P`` + ``@other:Q``):
+    both replay paths refuse it at once instead."""
+    bystander = Bystander()
+    url = f"http://127.0.0.1:{free_port()}"  # the function's own (closed) address
+    now = time.time()
+    stored = CallRequest("fn.openfaas-fn", path=f"@127.0.0.1:{bystander.port}/x", query="a=1")
+    leased = LeasedCall(stored, 1, now, now + 30, "w")
+
+    async def replay() -> list[InvokeResult]:
+        async with aiohttp.ClientSession() as session:
+            direct = HttpInvoker(session, {stored.function: url}.get, lambda name: 5.0)
+            registry = InMemoryRegistry([Function("fn", url)])
+            metrics = GatewayMetrics()
+            invoker = Invoker(
+                registry, session, metrics, namespace="openfaas-fn", default_timeout=5.0
+            )
+            return [await direct.invoke(leased), await GatewayInvoker(invoker).invoke(leased)]
+
+    try:
+        for outcome in run(replay()):
+            assert not outcome.retryable
+            assert "is not a path" in (outcome.result.error or "")
+        assert bystander.accepted == 0
+    finally:
+        bystander.close()

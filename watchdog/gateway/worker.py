@@ -26,12 +26,11 @@ from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..proxy import HOP_BY_HOP, response_headers
 from ..responses import INTERNAL_HEADER
 from ._aio import first_of
-from .invoke import Call, InvokeError
+from .invoke import Call, InvokeError, function_url
 from .invoke import Invoker as GatewayInvokePath
 from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend, QueueError
 from .retry import RetryPolicy, decide, header
@@ -144,15 +143,17 @@ class HttpInvoker:
         if base is None:
             error = f"function {request.function} is not registered"
             return InvokeResult(platform_failure(started, error), retryable=False)
-        url = base.rstrip("/") + (request.path or "/")
-        if request.query:
-            url += "?" + request.query
+        target = (request.path or "/") + (f"?{request.query}" if request.query else "")
+        try:
+            url = function_url(base.rstrip("/"), target)
+        except InvokeError as exc:
+            return InvokeResult(platform_failure(started, exc.message), retryable=False)
         timeout = self.timeout_for(request.function)
         try:
             async with asyncio.timeout(timeout or None):
                 async with self.session.request(
                     request.method,
-                    URL(url, encoded=True),
+                    url,
                     headers=replay_headers(call),
                     data=request.body,
                     allow_redirects=False,
