@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from yarl import URL
 
+from watchdog.gateway.invoke import InvokeError, function_url
 from watchdog.gateway.queue.base import LeasedCall, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
@@ -170,15 +170,17 @@ class HttpAttemptRunner:
         if base is None:
             error = f"function {request.function} is not registered"
             return InvokeResult(platform_failure(started, error), retryable=False)
-        url = base.rstrip("/") + (request.path or "/")
-        if request.query:
-            url += "?" + request.query
+        target = (request.path or "/") + (f"?{request.query}" if request.query else "")
+        try:
+            url = function_url(base.rstrip("/"), target)
+        except InvokeError as exc:
+            return InvokeResult(platform_failure(started, exc.message), retryable=False)
         timeout = self.timeout_for(request.function)
         try:
             async with asyncio.timeout(timeout or None):
                 async with self.session.request(
                     request.method,
-                    URL(url, encoded=True),
+                    url,
                     headers=replay_headers(call),
                     data=request.body,
                     allow_redirects=False,

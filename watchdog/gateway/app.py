@@ -126,6 +126,9 @@ class GatewayApp:
         self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = _refuse_target(request)
+        if refused is not None:
+            return refused
         raw_path = request.raw_path.partition("?")[0]
         for route in self.routes:
             if raw_path.startswith(route.prefix):
@@ -303,6 +306,19 @@ class GatewayApp:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _refuse_target(request: web.BaseRequest) -> web.Response | None:
+    """Only origin-form targets (``/path?query``) are served, as by the watchdog: a function's
+    address comes from its configured URL alone, never from the request. CONNECT gets 405,
+    absolute-form (``GET http://host/``) and ``OPTIONS *`` get 400, before any route."""
+    if request.method == "CONNECT":
+        response = text(405, "CONNECT is not supported")
+        response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        return response
+    if not request.raw_path.startswith("/"):
+        return text(400, "The request target must be a path starting with /")
+    return None
+
+
 def _unauthorized() -> web.Response:
     response = text(401, "Unauthorized")
     response.headers["WWW-Authenticate"] = REALM
@@ -349,8 +365,6 @@ def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
             cleaned.append(seg)
     trailing = raw_path.endswith("/")
     location = "/" + "/".join(cleaned) + ("/" if trailing and cleaned else "")
-    if request.method == "CONNECT":
-        return None
     response = text(301, "Moved Permanently")
     response.headers["Location"] = location + (mark + query if query else "")
     return response
