@@ -261,7 +261,9 @@ def test_calls_survive_two_kill9_of_the_gateway(kill9_world: Kill9World) -> None
         f"{len(accepted)} accepted, cut off: {tally.unknown} ({len(cut_written)} written)\n"
         f"{gateway.logs()}"
     )
-    assert accepted, report
+    # A submitter starts no request while the gateway is down, so each kill cuts off at most
+    # one submission per submitter; any other refusal is the gateway failing, not the kill.
+    assert len(tally.unknown) <= len(KILL_AFTER) * SUBMITTERS, report
     assert all(_record_exists(gateway, i) for i in accepted), report
     assert not written - ran, f"written, never ran: {sorted(written - ran)}; {report}"
     assert not written - called_back, f"no callback: {sorted(written - called_back)}; {report}"
