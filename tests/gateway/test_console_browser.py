@@ -102,11 +102,12 @@ def shoot(driver: WebDriver, name: str) -> None:
     if not directory:
         return
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(WIDTH, min(max(int(height) + 120, 500), 1600))
+    metrics = {"width": WIDTH, "height": min(int(height), 1600), "deviceScaleFactor": 1}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "mobile": False})
     try:
         Path(directory, f"console-{name}.png").write_bytes(driver.get_screenshot_as_png())
     finally:
-        driver.set_window_size(WIDTH, HEIGHT)
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def rows(driver: WebDriver, css: str) -> list[list[str]]:
@@ -202,6 +203,9 @@ def test_sync_invoke_with_method_header_and_json_body_shows_the_answer(
     assert headers["x-console-test"] == "from the browser"
     assert headers["content-type"] == "application/json"
     assert answer["body_length"] == len('{"greeting":"hello"}')
+    # a synchronous answer has no record: its call id is shown, not linked
+    assert "no record" in text_of(browser, "ans-call")
+    assert by_id(browser, "ans-call").find_elements(By.TAG_NAME, "a") == []
     shoot(browser, "invoke")
 
 
@@ -217,7 +221,6 @@ def test_async_invoke_is_listed_and_its_record_shows_the_attempt(
     browser.get(f"{world.gateway.url}/ui/#/activations")
     link = wait_for(browser, lambda d: d.find_element(By.LINK_TEXT, call_id))
     assert isinstance(link, WebElement)
-    shoot(browser, "activations")
     link.click()
     wait_for(browser, lambda d: text_of(d, "rec-status") == "succeeded")
     wait_for(browser, lambda d: text_of(d, "rec-body") == "queued from the browser")
@@ -241,6 +244,14 @@ def test_a_delayed_call_is_cancelled_from_its_page(browser: WebDriver, world: Wo
     call_id = browser.current_url.rpartition("/")[2]
     record = json.loads(world.gateway.request("GET", f"/system/activations/{call_id}").body)
     assert record["status"] == "cancelled"
+    browser.get(f"{world.gateway.url}/ui/#/activations")
+    wait_for(browser, lambda d: [call_id, "cat.openfaas-fn", "cancelled"] in rows_start(d))
+    shoot(browser, "activations")
+
+
+def rows_start(driver: WebDriver) -> list[list[str]]:
+    """Call, function and status of each row of the activations list."""
+    return [row[:3] for row in rows(driver, "#activations")]
 
 
 def test_markup_in_a_name_or_a_body_is_shown_as_text(browser: WebDriver, world: World) -> None:

@@ -323,7 +323,9 @@ function showAnswer(result, method, url, response, bytes, elapsed) {
       ["Request", method + " " + url],
       ["Status", el("span", { id: "ans-status", text: response.status + " " + response.statusText })],
       ["Duration", ms(elapsed) + (gatewaySeconds ? " (gateway: " + ms(parseFloat(gatewaySeconds) * 1000) + ")" : "")],
-      ["Call id", callId ? el("span", { id: "ans-call" }, callLink(callId)) : "–"],
+      // Only an accepted (202) call has a record to link to; a synchronous answer's id is for logs.
+      ["Call id", callId ? el("span", { id: "ans-call" }, response.status === 202 ? callLink(callId)
+        : [callId, el("span", { class: "muted", text: " (answered synchronously: no record)" })]) : "–"],
     ]),
     el("h2", { text: "Headers" }), table("Response headers", ["Name", "Value"], rows),
     el("h2", { text: "Body" }), bodyView(bytes, response.headers.get("Content-Type") || "", "ans-body"));
