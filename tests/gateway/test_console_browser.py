@@ -126,6 +126,11 @@ def function_row(driver: WebDriver, key: str) -> list[str]:
     return next((row for row in rows(driver, "#functions") if row[0] == key), [])
 
 
+def rows_start(driver: WebDriver) -> list[list[str]]:
+    """Call, function and status of each row of the activations list."""
+    return [row[:3] for row in rows(driver, "#activations")]
+
+
 def shown_keys(driver: WebDriver) -> set[str]:
     return {row[0] for row in rows(driver, "#functions")}
 
@@ -247,11 +252,6 @@ def test_a_delayed_call_is_cancelled_from_its_page(browser: WebDriver, world: Wo
     browser.get(f"{world.gateway.url}/ui/#/activations")
     wait_for(browser, lambda d: [call_id, "cat.openfaas-fn", "cancelled"] in rows_start(d))
     shoot(browser, "activations")
-
-
-def rows_start(driver: WebDriver) -> list[list[str]]:
-    """Call, function and status of each row of the activations list."""
-    return [row[:3] for row in rows(driver, "#activations")]
 
 
 def test_markup_in_a_name_or_a_body_is_shown_as_text(browser: WebDriver, world: World) -> None:
