@@ -291,6 +291,15 @@ FIELDS: tuple[_Field, ...] = (
         "callback_deny_private", "--callback-deny-private", "callback_deny_private", _bool,
         False, "refuse loopback and private callback addresses", takes_value=False,
     ),
+    # -- front doors: other platforms' APIs (watchdog/gateway/doors/) --
+    _Field(
+        "openwhisk_door", "--openwhisk-door", "openwhisk_door", _bool, True,
+        "serve OpenWhisk's (DigitalOcean Functions') API under /api/v1/ (false: off)",
+    ),
+    _Field(
+        "openwhisk_wait", "--openwhisk-wait", "openwhisk_wait", _positive_duration, 30.0,
+        "how long a blocking OpenWhisk invoke waits before answering 202 (the call runs on)",
+    ),
 )  # fmt: skip
 _RETRY_FIELDS = ("max_attempts", "initial_backoff", "max_backoff", "max_event_age", "retry_codes")
 _BY_FLAG = {spec.flag: spec for spec in FIELDS}
@@ -346,6 +355,8 @@ class GatewayConfig:
     callback_secret: str = ""
     callback_allow: tuple[str, ...] = ()
     callback_deny_private: bool = False
+    openwhisk_door: bool = True
+    openwhisk_wait: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     callback_policy: CallbackPolicy = field(default_factory=CallbackPolicy)
     credentials: tuple[str, str] | None = None
