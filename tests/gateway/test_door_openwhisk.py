@@ -232,6 +232,9 @@ def test_a_failing_action_is_an_application_error(ow: OwWorld) -> None:
     assert reply.status == 502 and record["response"]["status"] == "application error"
     assert record["response"]["success"] is False
     assert record["response"]["result"]["error"]["statusCode"] == 500
+    listed = ow.node("return await ow.activations.list({name: 'fail', limit: 1})")
+    assert listed[0]["activationId"] == record["activationId"]
+    assert listed[0]["statusCode"] == 1  # application error, in a summary too
 
 
 def test_a_blocking_call_still_running_answers_202_and_runs_on(ow: OwWorld) -> None:
@@ -322,6 +325,8 @@ def test_with_basic_auth_the_record_routes_need_credentials(
     raw = gw.request("GET", "/api/v1/namespaces/_/activations")
     assert raw.status == 401 and "OpenWhisk" in raw.headers["WWW-Authenticate"]
     assert "error" in json.loads(raw.body)
+    encoded = gw.request("GET", f"/api/v1/namespaces/_/%61ctivations/{activation_id}")
+    assert encoded.status == 401  # decoded before it is classified, as when it is routed
     allowed = run_node(
         tmp_path,
         apihost,
@@ -351,4 +356,6 @@ def test_with_basic_auth_invoke_the_invoke_route_needs_credentials(
     )
     refused = run_node(tmp_path, apihost, body)
     assert refused["statusCode"] == 401
+    encoded = gw.request("POST", "/api/v1/namespaces/_/%61ctions/cat?blocking=true", body=b"{}")
+    assert encoded.status == 401
     assert run_node(tmp_path, apihost, body, api_key="admin:s3cret") == {"a": 1}

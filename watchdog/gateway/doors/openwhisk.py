@@ -108,7 +108,8 @@ class OpenWhiskDoor:
 
 
 def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
-    parts = rest.partition("?")[0].split("/")
+    # Decoded as the handler decodes them: `%61ctions` must not slip past as another kind.
+    parts = _parts(rest)
     if len(parts) >= 3 and parts[0] == "namespaces":
         if parts[2] == "actions" and request.method == "POST":
             return "invoke"
@@ -159,10 +160,8 @@ class OpenWhiskApi:
         return response
 
     async def _route(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
-        path, _, query = rest.partition("?")
-        parts = [unquote(part) for part in path.split("/")]
-        if parts and parts[-1] == "":
-            parts.pop()  # a trailing slash
+        query = rest.partition("?")[2]
+        parts = _parts(rest)
         if len(parts) < 3 or parts[0] != "namespaces":
             return error(404, NOT_FOUND, rid)
         namespace = self._namespace(parts[1])
@@ -341,7 +340,10 @@ class OpenWhiskApi:
         function = None
         name = _one(params, "name")
         if name is not None:
-            found = self._function(namespace, [part for part in name.split("/") if part][-2:])
+            action = [part for part in name.split("/") if part]
+            if name.startswith("/"):
+                action = action[1:]  # a fully qualified /NS/[PKG/]NAME: NS is the route's
+            found = self._function(namespace, action) if action else None
             if found is None:
                 return json_response(200, {"activations": 0} if count else [])
             function = found.key
@@ -396,7 +398,6 @@ class OpenWhiskApi:
         """``record`` in OpenWhisk's shape (``summary``: as ``activations list`` shows it)."""
         name, _, namespace = record.function.partition(".")
         start = record.started_at if record.started_at is not None else record.created_at
-        status, success, result = self._outcome(record)
         shown: dict[str, Any] = {
             "namespace": namespace,
             "name": name,
@@ -410,9 +411,10 @@ class OpenWhiskApi:
         if record.ended_at is not None:
             shown["end"] = _ms(record.ended_at)
             shown["duration"] = max(0, shown["end"] - shown["start"])
-        if summary:
-            shown["statusCode"] = _STATUS_CODES[status]
+        if summary:  # a summary has no response body to make a result of
+            shown["statusCode"] = _STATUS_CODES[_status(record)]
             return shown
+        status, success, result = self._outcome(record)
         size = len(json.dumps(result).encode())
         shown["logs"] = []
         shown["response"] = {
@@ -447,18 +449,37 @@ class OpenWhiskApi:
 
     def _outcome(self, record: ActivationRecord) -> tuple[str, bool, dict[str, Any]]:
         """``(response.status, response.success, response.result)`` of an ended call."""
+        status = _status(record)
         answer = _answer(record)
-        if record.status == "succeeded":
-            return "success", True, answer or {}
-        if record.error_kind == "function" and answer is not None:
-            return "application error", False, answer if "error" in answer else {"error": answer}
-        message = record.error or f"the call was {record.status}"
-        if _timed_out(record):
-            return "action developer error", False, {"error": message}
-        return "whisk internal error", False, {"error": message}
+        if status == "success":
+            return status, True, answer or {}
+        if status == "application error" and answer is not None:
+            return status, False, answer if "error" in answer else {"error": answer}
+        return status, False, {"error": record.error or f"the call was {record.status}"}
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _parts(rest: str) -> list[str]:
+    """The decoded segments of the path after ``/api/v1/`` (a trailing slash dropped)."""
+    parts = [unquote(part) for part in rest.partition("?")[0].split("/")]
+    if parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _status(record: ActivationRecord) -> str:
+    """OpenWhisk's ``response.status`` of an ended call: the function answered an error
+    (application), ran out of time (developer, as OpenWhisk counts timeouts), or the platform
+    failed (internal: unreachable, refused, cancelled, too old)."""
+    if record.status == "succeeded":
+        return "success"
+    if record.error_kind == "function" and record.status_code is not None:
+        return "application error"
+    if _timed_out(record):
+        return "action developer error"
+    return "whisk internal error"
 
 
 def _answer(record: ActivationRecord) -> dict[str, Any] | None:
