@@ -28,7 +28,7 @@ NOT_FOUND = "The requested resource does not exist."
 GATE = """\
 import os, sys, time
 gate = os.environ["GATE"]
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + float(os.environ.get("GATE_WAIT", "60"))
 while not os.path.exists(gate) and time.monotonic() < deadline:
     time.sleep(0.02)
 sys.stdout.write(sys.stdin.read())
@@ -101,7 +101,8 @@ def run_node(directory: Path, apihost: str, body: str, api_key: str = "x:y") -> 
 def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
     """One gateway with its OpenWhisk door in front of: ``cat`` (echoes the parameters, a
     JSON object), ``hello`` (plain text), ``fail`` (exits 3: a 500), ``gated`` (answers once
-    a file exists) and ``demo-echo`` in namespace ``staging`` (package ``demo``)."""
+    a file exists), ``stuck`` (never within its 300 ms) and ``demo-echo`` in namespace
+    ``staging`` (package ``demo``)."""
     directory = tmp_path_factory.mktemp("ow")
     launch = Launcher(directory)
     try:
@@ -112,6 +113,10 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
         hello = launch.watchdog(fprocess="echo hello")
         fail = launch.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}")
         gated = launch.watchdog(fprocess=f"{PYTHON} {gate_script}", GATE=str(gate))
+        # never opened: each call outlives the gateway's timeout; the handler gives up soon
+        stuck = launch.watchdog(
+            fprocess=f"{PYTHON} {gate_script}", GATE=str(directory / "never"), GATE_WAIT="2"
+        )
         functions = directory / "gateway.yml"
         functions.write_text(
             textwrap.dedent(
@@ -121,6 +126,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
                   hello: {{url: "http://127.0.0.1:{hello.port}"}}
                   fail: {{url: "http://127.0.0.1:{fail.port}", max_attempts: 1}}
                   gated: {{url: "http://127.0.0.1:{gated.port}"}}
+                  stuck: {{url: "http://127.0.0.1:{stuck.port}", timeout: 300ms, max_attempts: 1}}
                   demo-echo: {{url: "http://127.0.0.1:{cat.port}", namespace: staging}}
                 """
             )
@@ -235,6 +241,16 @@ def test_a_failing_action_is_an_application_error(ow: OwWorld) -> None:
     listed = ow.node("return await ow.activations.list({name: 'fail', limit: 1})")
     assert listed[0]["activationId"] == record["activationId"]
     assert listed[0]["statusCode"] == 1  # application error, in a summary too
+
+
+def test_a_timed_out_action_is_an_action_developer_error(ow: OwWorld) -> None:
+    reply = ow.gateway.request("POST", "/api/v1/namespaces/_/actions/stuck?blocking=true")
+    assert reply.status == 502, reply.text
+    record = json.loads(reply.body)
+    assert record["response"]["status"] == "action developer error"
+    assert "timeout" in record["response"]["result"]["error"]
+    assert {"key": "timeout", "value": True} in record["annotations"]
+    assert {"key": "limits", "value": {"timeout": 300}} in record["annotations"]
 
 
 def test_a_blocking_call_still_running_answers_202_and_runs_on(ow: OwWorld) -> None:
