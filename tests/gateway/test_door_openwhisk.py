@@ -110,6 +110,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
         gate_script = directory / "gate.py"
         gate_script.write_text(GATE)
         cat = launch.watchdog(fprocess="cat")
+        env = launch.watchdog(fprocess="env")
         hello = launch.watchdog(fprocess="echo hello")
         fail = launch.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}")
         gated = launch.watchdog(fprocess=f"{PYTHON} {gate_script}", GATE=str(gate))
@@ -127,6 +128,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
                   fail: {{url: "http://127.0.0.1:{fail.port}", max_attempts: 1}}
                   gated: {{url: "http://127.0.0.1:{gated.port}"}}
                   stuck: {{url: "http://127.0.0.1:{stuck.port}", timeout: 300ms, max_attempts: 1}}
+                  tools-env: {{url: "http://127.0.0.1:{env.port}", namespace: staging}}
                   demo-echo: {{url: "http://127.0.0.1:{cat.port}", namespace: staging}}
                 """
             )
@@ -227,6 +229,42 @@ def test_a_qualified_name_maps_namespace_and_package(ow: OwWorld) -> None:
     listed = ow.node("return await ow.activations.list({namespace: 'staging', limit: 5})")
     assert listed and all(item["namespace"] == "staging" for item in listed)
     assert listed[0]["name"] == "demo-echo"
+
+
+def test_the_function_gets_the_parameters_and_the_action_but_not_the_api_key(
+    ow: OwWorld,
+) -> None:
+    record = ow.node(
+        """
+        return await ow.actions.invoke({name: '/staging/tools/env', blocking: true,
+                                        params: {q: 1}})
+        """,
+        api_key="uuid-1:key-1",
+    )
+    seen = record["response"]["result"]["body"]
+    assert "Http_Method=POST" in seen and "Http_Path=/" in seen
+    assert "Http_Content_Type=application/json" in seen
+    assert "Http_X_Openwhisk_Action_Name=/staging/tools/env" in seen
+    assert f"Http_X_Openwhisk_Activation_Id={record['activationId']}" in seen
+    assert "Http_X_Request_Id=" in seen
+    assert "Authorization" not in seen and "key-1" not in seen
+
+
+def test_calls_made_through_the_openfaas_routes_are_shown_with_32_hex_ids(ow: OwWorld) -> None:
+    reply = ow.gateway.request("POST", "/async-function/cat", body=b'{"via": "openfaas"}')
+    assert reply.status == 202
+    call_id = reply.headers["X-Call-Id"]
+    ow.wait_until_ended(call_id)
+    shown = call_id.replace("-", "")
+    seen = ow.node(
+        f"""
+        return {{get: await ow.activations.get('{shown}'),
+                 listed: await ow.activations.list({{name: 'cat', limit: 0}})}}
+        """
+    )
+    assert seen["get"]["activationId"] == shown
+    assert seen["get"]["response"]["result"] == {"via": "openfaas"}
+    assert shown in {item["activationId"] for item in seen["listed"]}
 
 
 def test_a_failing_action_is_an_application_error(ow: OwWorld) -> None:

@@ -178,9 +178,10 @@ class OpenWhiskApi:
         if request.method not in ("GET", "HEAD"):
             return _method_not_allowed("GET, HEAD", rid)
         if len(parts) == 3:
-            if namespace is None:
-                return json_response(200, [])
-            return await self._list(namespace, parse_qs(query, keep_blank_values=True))
+            params = parse_qs(query, keep_blank_values=True)
+            if namespace is None:  # no function can be in it
+                return json_response(200, {"activations": 0} if _flag(params, "count") else [])
+            return await self._list(namespace, params)
         activation_id = _activation_id(parts[3])
         if len(parts) == 5 and parts[4] not in ("result", "logs"):
             return error(404, NOT_FOUND, rid)
