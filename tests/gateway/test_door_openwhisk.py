@@ -413,3 +413,15 @@ def test_with_basic_auth_invoke_the_invoke_route_needs_credentials(
     encoded = gw.request("POST", "/api/v1/namespaces/_/%61ctions/cat?blocking=true", body=b"{}")
     assert encoded.status == 401
     assert run_node(tmp_path, apihost, body, api_key="admin:s3cret") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("flag", "named"),
+    [("--openwhisk-wait=0s", "--openwhisk-wait"), ("--openwhisk-door=maybe", "--openwhisk-door")],
+)
+def test_a_malformed_door_setting_stops_the_gateway_naming_it(
+    launcher: Launcher, flag: str, named: str
+) -> None:
+    gw = launcher.gateway(flag, wait=False)
+    assert gw.proc.wait(30) == 2
+    assert named in gw.logs()
