@@ -133,7 +133,7 @@ class GatewayApp:
         for route in self.routes:
             if raw_path.startswith(route.prefix):
                 guarded = route.protected or request.method in route.protected_methods
-                if guarded and not self._authorized(request):
+                if guarded and not self.authorized(request):
                     return _unauthorized()
                 if route.same_site and request.method not in _SAFE and cross_site(request):
                     return refuse_cross_site()
@@ -142,7 +142,9 @@ class GatewayApp:
 
     # -- authentication ---------------------------------------------------------------------
 
-    def _authorized(self, request: web.BaseRequest) -> bool:
+    def authorized(self, request: web.BaseRequest) -> bool:
+        """True when basic auth is off or the request carries its credentials (front doors
+        use this same check)."""
         if self._credentials is None:
             return True
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")

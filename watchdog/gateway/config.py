@@ -118,7 +118,7 @@ _FUNCTION_KEYS = frozenset(
 )
 
 
-_G, _N, _A = "gateway", "nats", "async"
+_G, _N, _A, _D = "gateway", "nats", "async", "doors"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -390,6 +390,24 @@ class GatewayConfig:
         flag="--callback-deny-private",
         switch=True,
         group=_A,
+    )
+    # -- front doors: other platforms' APIs (watchdog/gateway/doors/) --
+    openwhisk_door: bool = setting(
+        "openwhisk_door",
+        parse_bool,
+        "true",
+        "serve OpenWhisk's (DigitalOcean Functions') API under `/api/v1/` (`false`: off)",
+        flag="--openwhisk-door",
+        switch=True,
+        group=_D,
+    )
+    openwhisk_wait: float = setting(
+        "openwhisk_wait",
+        positive_duration,
+        "30s",
+        "how long a blocking OpenWhisk invoke waits before answering `202` (the call runs on)",
+        flag="--openwhisk-wait",
+        group=_D,
     )
 
     @classmethod

@@ -23,6 +23,7 @@ from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
 from .console import UI_PATH, Console
+from .doors import DoorServices, mount
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
 from .queue import QueueBackend
@@ -164,6 +165,9 @@ class Gateway:
         app.add_route(UI_PATH, console.static, protected=config.basic_auth)
         app.add_route("/system/stats", console.stats, protected=config.basic_auth)
         app.converter = calls
+        services = DoorServices(config, self.registry, invoker, queue, worker, app.authorized)
+        for door in mount(app.add_route, services):
+            log.info("Front door: %s", door)
         stop = self._stop_background
         self._background = [
             asyncio.create_task(worker.run(stop, drain_timeout=config.write_timeout)),

@@ -221,6 +221,7 @@ class AsyncWorker:
         self.completed = 0
         self.failed = 0
         self.retried = 0
+        self._watchers: dict[str, asyncio.Event] = {}
 
     def _saturated(self) -> list[str]:
         full = []
@@ -277,6 +278,16 @@ class AsyncWorker:
                 task.cancel()
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=5)
+
+    def watch(self, call_id: str) -> asyncio.Event:
+        """An event set once this worker has recorded the end of ``call_id`` (succeeded or
+        failed, not a retry), so a caller waiting for the record need not poll the store.
+        Another gateway sharing the queue may run the call instead: waiters still look at
+        the record now and then. Pair with :meth:`unwatch`."""
+        return self._watchers.setdefault(call_id, asyncio.Event())
+
+    def unwatch(self, call_id: str) -> None:
+        self._watchers.pop(call_id, None)
 
     def adopt(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
         """Take over ``call``, whose first attempt is already running as ``attempt`` (a
@@ -359,6 +370,9 @@ class AsyncWorker:
         else:
             kept = await self.queue.fail(call, result)
             self.failed += 1
+        watcher = self._watchers.get(call.call_id)
+        if watcher is not None and action != "retry":
+            watcher.set()
         if not kept:
             log.warning(
                 "call %s attempt %d: lease lost before it ended; its result is dropped",
