@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from async_helpers import run
+from async_helpers import HttpAttemptRunner, run
 from conftest import RunningWatchdog, free_port
 from test_request_targets import Bystander
 
@@ -22,7 +22,7 @@ from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
 from watchdog.gateway.queue.base import CallRequest, LeasedCall
 from watchdog.gateway.registry import Function, InMemoryRegistry
-from watchdog.gateway.worker import GatewayInvoker, HttpInvoker, InvokeResult
+from watchdog.gateway.worker import InvokePathRunner, InvokeResult
 
 from .conftest import Launcher
 
@@ -159,13 +159,13 @@ def test_a_stored_path_that_is_not_a_path_never_reaches_another_host() -> None:
 
     async def replay() -> list[InvokeResult]:
         async with aiohttp.ClientSession() as session:
-            direct = HttpInvoker(session, {stored.function: url}.get, lambda name: 5.0)
+            direct = HttpAttemptRunner(session, {stored.function: url}.get, lambda name: 5.0)
             registry = InMemoryRegistry([Function("fn", url)])
             metrics = GatewayMetrics()
             invoker = Invoker(
                 registry, session, metrics, namespace="openfaas-fn", default_timeout=5.0
             )
-            return [await direct.invoke(leased), await GatewayInvoker(invoker).invoke(leased)]
+            return [await direct.invoke(leased), await InvokePathRunner(invoker).invoke(leased)]
 
     try:
         for outcome in run(replay()):
