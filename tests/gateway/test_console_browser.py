@@ -9,6 +9,7 @@ One browser serves the whole module. Every wait is a WebDriverWait on a conditio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import (
@@ -45,6 +47,7 @@ HOSTILE_NAME = "<script>alert(1)<\\script><img src=x onerror=alert(2)>"
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """Headless Chromium with a fresh profile; nothing is downloaded (explicit driver path,
     selenium-manager offline)."""
+    profile = tmp_path_factory.mktemp("chromium")
     options = Options()
     options.binary_location = CHROMIUM
     for flag in (
@@ -58,7 +61,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--window-size={WIDTH},{HEIGHT}",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     with pytest.MonkeyPatch.context() as patch:
@@ -68,6 +71,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()  # also stops (and reaps) chromedriver
+        reap_profile_processes(profile)
+
+
+def reap_profile_processes(profile: Path) -> None:
+    """Chromium's crash handler outlives quit() (re-parented to PID 1): end whatever still
+    runs with this test's profile."""
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(profile) in part for part in proc.info["cmdline"] or ()):
+            left.append(proc)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    psutil.wait_procs(left, timeout=10)
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], object]) -> object:
