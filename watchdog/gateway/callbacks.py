@@ -177,9 +177,13 @@ class CallbackPolicy:
             return "the URL names no host"
         address = _address(host)
         if address is not None:
+            canonical = host.strip("[]").rstrip(".") == str(address)
             if self.address_allowed(host, address):
-                return None
-            shown = host if host.strip("[]") == str(address) else f"{host} (that is {address})"
+                # The delivery client refuses 127.1, 0x7f000001 ...: say so now, not at delivery.
+                if canonical or isinstance(address, ipaddress.IPv6Address):
+                    return None
+                return f"address {host} is refused: write it as {address}"
+            shown = host if canonical else f"{host} (that is {address})"
             return f"address {shown} is refused"
         if self._names and not self._networks and not self._name_allowed(host):
             return f"host {host} is not in callback_allow"
