@@ -19,7 +19,7 @@ import hmac
 import logging
 import platform
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -56,8 +56,8 @@ _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 @dataclass(frozen=True, slots=True)
 class Route:
     """A path prefix, its handler (given the raw path after the prefix) and whether basic auth
-    guards it. :mod:`.async_api` adds ``/async-function/`` and ``/system/activations``.
-    ``same_site``: state-changing methods made by another site's page are refused (403)."""
+    guards it. ``same_site``: state-changing methods made by another site's page are refused
+    (403)."""
 
     prefix: str
     handler: Handler
@@ -77,74 +77,18 @@ class Converter(Protocol):
     ) -> web.StreamResponse: ...
 
 
-class GatewayApp:
-    """Dispatches requests to routes; owns nothing that needs closing."""
+class BasicAuth:
+    """The gateway's basic-auth check, shared by its routes and its front doors."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        registry: FunctionRegistry,
-        invoker: Invoker,
-        metrics: GatewayMetrics,
-    ) -> None:
-        self.config = config
-        self.registry = registry
-        self.invoker = invoker
-        self.metrics = metrics
-        self.healthy = True
-        self.converter: Converter | None = None
-        self._credentials = config.credentials
-        auth_system = config.basic_auth
-        self.routes: list[Route] = []
-        # With basic auth on, a browser that logged in to the console sends the credentials
-        # with any site's requests: only then can another site's page act as the user.
-        self.add_route(
-            "/function/",
-            self.function,
-            protected=config.basic_auth_invoke,
-            same_site=config.basic_auth_invoke and config.credentials is not None,
-        )
-        self.add_route("/system/functions", self.system_functions, protected=auth_system)
-        self.add_route("/system/function/", self.system_function, protected=auth_system)
-        self.add_route("/system/info", self.system_info, protected=auth_system)
-        self.add_route("/system/", self.system_unknown, protected=auth_system)
-        self.add_route("/healthz", self.healthz, protected=False)
-        self.add_route("/metrics", self.serve_metrics, protected=False)
-        self._info = _info_body()
+    def __init__(self, credentials: tuple[str, str] | None) -> None:
+        self._credentials = credentials
 
-    def add_route(
-        self,
-        prefix: str,
-        handler: Handler,
-        *,
-        protected: bool,
-        protected_methods: frozenset[str] = frozenset(),
-        same_site: bool = False,
-    ) -> None:
-        """Add a route; longer prefixes are tried first, so order of calls does not matter."""
-        self.routes.append(Route(prefix, handler, protected, protected_methods, same_site))
-        self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
-
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        refused = _refuse_target(request)
-        if refused is not None:
-            return refused
-        raw_path = request.raw_path.partition("?")[0]
-        for route in self.routes:
-            if raw_path.startswith(route.prefix):
-                guarded = route.protected or request.method in route.protected_methods
-                if guarded and not self.authorized(request):
-                    return _unauthorized()
-                if route.same_site and request.method not in _SAFE and cross_site(request):
-                    return refuse_cross_site()
-                return await route.handler(request, request.raw_path[len(route.prefix) :])
-        return text(404, "Not Found")
-
-    # -- authentication ---------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self._credentials is not None
 
     def authorized(self, request: web.BaseRequest) -> bool:
-        """True when basic auth is off or the request carries its credentials (front doors
-        use this same check)."""
+        """True when basic auth is off or the request carries its credentials."""
         if self._credentials is None:
             return True
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
@@ -160,6 +104,66 @@ class GatewayApp:
         user_ok = hmac.compare_digest(user, want_user.encode())
         password_ok = hmac.compare_digest(password, want_password.encode())
         return bool(sep) and user_ok and password_ok
+
+
+class GatewayApp:
+    """Dispatches requests to routes; owns nothing that needs closing. Built once, complete:
+    its own routes plus ``routes`` (the asynchronous API, the console, the front doors)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: FunctionRegistry,
+        invoker: Invoker,
+        metrics: GatewayMetrics,
+        auth: BasicAuth,
+        routes: Sequence[Route] = (),
+        converter: Converter | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.invoker = invoker
+        self.metrics = metrics
+        self.auth = auth
+        self.converter = converter
+        self.healthy = True
+        auth_system = config.basic_auth
+        own = [
+            # With basic auth on, a browser that logged in to the console sends the credentials
+            # with any site's requests: only then can another site's page act as the user.
+            Route(
+                "/function/",
+                self.function,
+                protected=config.basic_auth_invoke,
+                same_site=config.basic_auth_invoke and auth.enabled,
+            ),
+            Route("/system/functions", self.system_functions, protected=auth_system),
+            Route("/system/function/", self.system_function, protected=auth_system),
+            Route("/system/info", self.system_info, protected=auth_system),
+            Route("/system/", self.system_unknown, protected=auth_system),
+            Route("/healthz", self.healthz, protected=False),
+            Route("/metrics", self.serve_metrics, protected=False),
+        ]
+        # Longest prefix first, so the order routes are given in does not matter.
+        self.routes: tuple[Route, ...] = tuple(
+            sorted([*own, *routes], key=lambda route: len(route.prefix), reverse=True)
+        )
+        self._info = _info_body()
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = _refuse_target(request)
+        if refused is not None:
+            return refused
+        raw_path = request.raw_path.partition("?")[0]
+        for route in self.routes:
+            if raw_path.startswith(route.prefix):
+                guarded = route.protected or request.method in route.protected_methods
+                if guarded and not self.auth.authorized(request):
+                    return _unauthorized()
+                if route.same_site and request.method not in _SAFE and cross_site(request):
+                    return refuse_cross_site()
+                return await route.handler(request, request.raw_path[len(route.prefix) :])
+        return text(404, "Not Found")
 
     # -- /function/NAME ---------------------------------------------------------------------
 

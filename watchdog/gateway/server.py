@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..signals import stop_on_signals
-from .app import GatewayApp
+from .app import BasicAuth, GatewayApp, Route
 from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
@@ -92,8 +92,11 @@ class Gateway:
             namespace=self.config.namespace,
             default_timeout=self.config.upstream_timeout,
         )
-        self.app = GatewayApp(self.config, self.registry, invoker, self.metrics)
-        await self._start_async(invoker, self.app)
+        auth = BasicAuth(self.config.credentials)
+        routes, converter = await self._start_async(invoker, auth)
+        self.app = GatewayApp(
+            self.config, self.registry, invoker, self.metrics, auth, routes, converter
+        )
         server = web.Server(
             self.app.dispatch,
             handler_cancellation=True,
@@ -111,9 +114,12 @@ class Gateway:
         self.port = int(self._http.addresses[0][1])
         log.info("Gateway listening on port: %s", self.port)
 
-    async def _start_async(self, invoker: Invoker, app: GatewayApp) -> None:
-        """Open the queue; start the worker, the callback dispatcher and the purge; add the
-        asynchronous routes."""
+    async def _start_async(
+        self, invoker: Invoker, auth: BasicAuth
+    ) -> tuple[list[Route], AsyncCalls]:
+        """Open the queue; start the worker, the callback dispatcher and the purge. Returns
+        the routes that need the queue (the asynchronous API, the console, the front doors)
+        and the converter of slow synchronous calls."""
         config = self.config
         queue, where = build_queue(config)
         await queue.open()
@@ -140,18 +146,6 @@ class Gateway:
             queue, CallbackSettings(secret=secret, policy=config.callback_policy)
         )
         calls = AsyncCalls(config, queue, invoker, worker, runner)
-        # DELETE /async-function/ID cancels and returns a record: guarded like /system/*.
-        records = frozenset({"DELETE"}) if config.basic_auth else frozenset()
-        app.add_route(
-            "/async-function/",
-            calls.accept,
-            protected=config.basic_auth_invoke,
-            protected_methods=records,
-            same_site=True,
-        )
-        app.add_route(
-            "/system/activations", calls.activations, protected=config.basic_auth, same_site=True
-        )
         console = Console(
             self.registry,
             self.metrics,
@@ -161,13 +155,11 @@ class Gateway:
             default_retry=config.retry,
             default_convert_after=config.convert_after,
         )
-        app.add_route("/", console.root, protected=False)
-        app.add_route(UI_PATH, console.static, protected=config.basic_auth)
-        app.add_route("/system/stats", console.stats, protected=config.basic_auth)
-        app.converter = calls
-        services = DoorServices(config, self.registry, invoker, queue, worker, app.authorized)
-        for door in mount(app.add_route, services):
+        services = DoorServices(config, self.registry, invoker, queue, worker, auth.authorized)
+        door_routes, doors = mount(services)
+        for door in doors:
             log.info("Front door: %s", door)
+        routes = [*_queue_routes(config, calls, console), *door_routes]
         stop = self._stop_background
         self._background = [
             asyncio.create_task(worker.run(stop, drain_timeout=config.write_timeout)),
@@ -177,6 +169,7 @@ class Gateway:
         log.info(
             "Queue: %s at %s, %d calls unfinished", config.queue_backend, where, await queue.depth()
         )
+        return routes, calls
 
     async def _purge_loop(self, queue: QueueBackend, stop: asyncio.Event) -> None:
         """Delete records of calls that ended more than ``activation_retention`` ago."""
@@ -222,3 +215,24 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _queue_routes(config: GatewayConfig, calls: AsyncCalls, console: Console) -> list[Route]:
+    """The asynchronous API and the console. DELETE /async-function/ID cancels and returns a
+    record: guarded like /system/*."""
+    records = frozenset({"DELETE"}) if config.basic_auth else frozenset()
+    return [
+        Route(
+            "/async-function/",
+            calls.accept,
+            protected=config.basic_auth_invoke,
+            protected_methods=records,
+            same_site=True,
+        ),
+        Route(
+            "/system/activations", calls.activations, protected=config.basic_auth, same_site=True
+        ),
+        Route("/", console.root, protected=False),
+        Route(UI_PATH, console.static, protected=config.basic_auth),
+        Route("/system/stats", console.stats, protected=config.basic_auth),
+    ]

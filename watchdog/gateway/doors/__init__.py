@@ -5,31 +5,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from ..app import Route
 from .base import DoorRoute, DoorServices, FrontDoor, guarded
 from .openwhisk import OpenWhiskDoor
 
 DOORS: tuple[FrontDoor, ...] = (OpenWhiskDoor(),)
 
-AddRoute = Callable[..., None]
 
+def mount(services: DoorServices) -> tuple[list[Route], list[str]]:
+    """The routes of every door its setting leaves on, and the doors' names.
 
-def mount(add_route: AddRoute, services: DoorServices) -> list[str]:
-    """Add the routes of every door its setting leaves on; returns the doors' names.
-
-    Routes are added unprotected: :func:`.base.guarded` applies the gateway's basic auth per
+    The routes are unprotected: :func:`.base.guarded` applies the gateway's basic auth per
     request, by kind. State-changing requests another site's page makes are refused as on
     ``/async-function/``.
     """
+    routes: list[Route] = []
     mounted: list[str] = []
     for door in DOORS:
         if not getattr(services.config, door.setting):
             continue
-        for route in door.routes(services):
-            add_route(route.prefix, guarded(route, services), protected=False, same_site=True)
+        routes += [
+            Route(route.prefix, guarded(route, services), protected=False, same_site=True)
+            for route in door.routes(services)
+        ]
         mounted.append(door.name)
-    return mounted
+    return routes, mounted
 
 
 __all__ = ["DOORS", "DoorRoute", "DoorServices", "FrontDoor", "mount"]
