@@ -22,6 +22,9 @@ from .pycommand import NotPython, parse_python_command
 Mode = Literal["auto", "serializing", "streaming", "http", "static"]
 LogFormat = Literal["text", "json"]
 
+# The largest request body the watchdog reads into memory (serializing, buffer_http): twice the
+# 64 MiB upload that must pass, while a handful of such requests still fit a small container.
+MAX_BODY_SIZE = 128 * 1024**2
 FORK_MODES: frozenset[str] = frozenset({"auto", "serializing", "streaming"})
 MODES: tuple[str, ...] = ("auto", "serializing", "streaming", "http", "static")
 
@@ -80,6 +83,38 @@ def parse_bool(text: str) -> bool:
     if value in ("false", "0"):
         return False
     raise _Invalid("true, false, 1 or 0")
+
+
+def _size_units() -> dict[str, int]:
+    units = {"": 1, "b": 1}
+    for power, prefix in enumerate("kmg", 1):
+        for suffix in ("", "b"):  # 64M = 64MB, 64Mi = 64MiB: the final B is optional
+            units[prefix + suffix] = 1000**power
+            units[prefix + "i" + suffix] = 1024**power
+    return units
+
+
+_SIZE_UNITS = _size_units()
+_SIZE = re.compile(r"([0-9]+) ?([a-z]*)")  # ASCII digits only
+
+
+def parse_size(text: str) -> int:
+    """Bytes: ``1048576``, or with a unit, decimal (``64MB``, ``64M``) or binary (``64MiB``,
+    ``64Mi``), from k to G, any case."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise _Invalid("a size in bytes such as 1048576, 512KiB, 64Mi or 1GB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _size_from(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        size = parse_size(text)
+        if size < low:
+            raise _Invalid(f"a size of at least {low} bytes, such as 1048576 or 64Mi")
+        return size
+
+    return parse
 
 
 def _int_in(low: int, high: int | None, extra: tuple[int, ...] = ()) -> Callable[[str], int]:
@@ -203,6 +238,7 @@ FIELDS: tuple[_Field, ...] = (
     _f("upstream_url", "http_upstream_url upstream_url", _parse_url, "", "http mode upstream"),
     _f("ready_path", "ready_path", _parse_path, "", "upstream readiness path"),
     _f("buffer_http", "http_buffer_req_body buffer_http", parse_bool, False, "buffer bodies"),
+    _f("max_body_size", "max_body_size", _size_from(1), MAX_BODY_SIZE, "largest body held whole"),
     _f("static_path", "static_path", _identity, "/home/app/public", "static mode root"),
     _f("log_format", "log_format", _parse_log_format, "text", "watchdog log lines: text/json"),
     _f("kill_grace", "kill_grace", _duration, 1.0, "SIGTERM to SIGKILL grace for handlers"),
@@ -238,6 +274,7 @@ class WatchdogConfig:
     upstream_url: str = ""
     ready_path: str = ""
     buffer_http: bool = False
+    max_body_size: int = MAX_BODY_SIZE
     static_path: str = "/home/app/public"
     log_format: LogFormat = "text"
     kill_grace: float = 1.0

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..config import ConfigError, parse_bool, parse_duration
+from ..config import ConfigError, parse_bool, parse_duration, parse_size
 from .callbacks import CallbackPolicy, parse_allow
 from .queue import BACKENDS
 from .registry import DEFAULT_NAMESPACE, Function, is_valid_name
@@ -98,19 +98,6 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError("a whole number from 0 up (0 = no limit)")
     return value
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-
-
-def _size(text: str) -> int:
-    """Bytes: ``1048576``, ``512KiB``, ``1MiB`` or ``1MB``."""
-    value = text.strip().lower()
-    digits = value.rstrip("abikm")
-    unit = value[len(digits) :]
-    if not digits.isdigit() or unit not in _SIZE_UNITS:
-        raise ValueError("a size in bytes such as 1048576, 512KiB or 1MiB")
-    return int(digits) * _SIZE_UNITS[unit]
 
 
 def _nats_url(text: str) -> str:
@@ -235,11 +222,11 @@ FIELDS: tuple[_Field, ...] = (
         "unfinished asynchronous calls before 429 (0 = no limit)",
     ),
     _Field(
-        "max_async_body", "--max-async-body", "max_async_body", _size, 1 << 20,
+        "max_async_body", "--max-async-body", "max_async_body", parse_size, 1 << 20,
         "largest request body of an asynchronous call (413 beyond)",
     ),
     _Field(
-        "max_result_body", "--max-result-body", "max_result_body", _size, 1 << 20,
+        "max_result_body", "--max-result-body", "max_result_body", parse_size, 1 << 20,
         "response bytes kept in an activation record (the rest is cut, flagged)",
     ),
     _Field(
