@@ -1,6 +1,11 @@
-"""Package list only (everything else is in pyproject.toml): the root templates/ folder is
-installed as the package watchdog.devtools.bundled, which automatic discovery cannot see."""
+"""Package list only (everything else is in pyproject.toml): the source folder watchdog/ is
+installed as the import package fwatchdog (PyPI's watchdog owns that name), and the root
+templates/ folder as fwatchdog.devtools.bundled; automatic discovery can do neither."""
 
 from setuptools import find_packages, setup
 
-setup(packages=[*find_packages(include=["watchdog*"]), "watchdog.devtools.bundled"])
+SOURCE = "watchdog"
+PACKAGE = "fwatchdog"
+
+packages = [PACKAGE + name[len(SOURCE) :] for name in find_packages(include=[SOURCE, f"{SOURCE}.*"])]
+setup(packages=[*packages, f"{PACKAGE}.devtools.bundled"])

@@ -12,9 +12,21 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
 
-from watchdog.gateway.queue.base import QueueBackend
+import aiohttp
+
+from watchdog.gateway.invoke import InvokeError, function_url
+from watchdog.gateway.queue.base import LeasedCall, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
+from watchdog.gateway.worker import (
+    DEFAULT_RESULT_LIMIT,
+    InvokeResult,
+    classify,
+    platform_failure,
+    read_capped,
+    replay_headers,
+)
+from watchdog.proxy import HOP_BY_HOP
 
 T = TypeVar("T")
 
@@ -126,3 +138,65 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
+
+
+class HttpAttemptRunner:
+    """Runs a call by sending its request straight to the function's URL (its watchdog): the
+    worker's tests run it without a gateway in front.
+
+    Args:
+        session: the client session to use.
+        url_for: the base URL of a function, None if it is not registered.
+        timeout_for: the limit on one attempt of a function, in seconds.
+        result_limit: the most response bytes kept (the rest is read and dropped).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url_for: Callable[[str], str | None],
+        timeout_for: Callable[[str], float],
+        result_limit: int = DEFAULT_RESULT_LIMIT,
+    ) -> None:
+        self.session = session
+        self.url_for = url_for
+        self.timeout_for = timeout_for
+        self.result_limit = result_limit
+
+    async def invoke(self, call: LeasedCall) -> InvokeResult:
+        request = call.request
+        started = time.time()
+        base = self.url_for(request.function)
+        if base is None:
+            error = f"function {request.function} is not registered"
+            return InvokeResult(platform_failure(started, error), retryable=False)
+        target = (request.path or "/") + (f"?{request.query}" if request.query else "")
+        try:
+            url = function_url(base.rstrip("/"), target)
+        except InvokeError as exc:
+            return InvokeResult(platform_failure(started, exc.message), retryable=False)
+        timeout = self.timeout_for(request.function)
+        try:
+            async with asyncio.timeout(timeout or None):
+                async with self.session.request(
+                    request.method,
+                    url,
+                    headers=replay_headers(call),
+                    data=request.body,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                ) as response:
+                    body, truncated = await read_capped(response, self.result_limit)
+                    headers = tuple(
+                        (k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP
+                    )
+                    return InvokeResult(
+                        classify(response.status, headers, body, truncated, started)
+                    )
+        except TimeoutError:
+            return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
+        except aiohttp.ClientConnectorError as exc:
+            return InvokeResult(platform_failure(started, f"function unreachable: {exc}"))
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
+            return InvokeResult(platform_failure(started, error))

@@ -14,14 +14,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-from async_helpers import Receiver, run
+from async_helpers import HttpAttemptRunner, Receiver, run
 from conftest import FIXTURES, PYTHON, ROOT, free_port
 
 from watchdog.gateway.callbacks import CallbackDispatcher, CallbackSettings
 from watchdog.gateway.queue.base import ActivationRecord, CallRequest
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.retry import RetryPolicy
-from watchdog.gateway.worker import AsyncWorker, HttpInvoker, WorkerSettings
+from watchdog.gateway.worker import AsyncWorker, WorkerSettings
 
 pytest_plugins = ("async_fixtures",)
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
@@ -41,7 +41,7 @@ async def _work_until_done(
     """Run worker(s) (and the callback dispatcher) until every call and callback settled."""
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
-        invoker = HttpInvoker(session, urls.get, lambda name: 10.0)
+        invoker = HttpAttemptRunner(session, urls.get, lambda name: 10.0)
         tasks = [
             asyncio.create_task(
                 AsyncWorker(
@@ -385,7 +385,7 @@ def test_the_worker_invokes_through_the_gateways_sync_path(
     from watchdog.gateway.invoke import Invoker
     from watchdog.gateway.metrics import GatewayMetrics
     from watchdog.gateway.registry import Function, InMemoryRegistry
-    from watchdog.gateway.worker import GatewayInvoker
+    from watchdog.gateway.worker import InvokePathRunner
 
     wd = start_watchdog(fprocess=f"{PYTHON} {FIXTURES / 'reflect.py'}")
     registry = InMemoryRegistry([Function("reflect", wd.url, max_concurrency=2)])  # type: ignore[attr-defined]
@@ -399,7 +399,7 @@ def test_the_worker_invokes_through_the_gateways_sync_path(
                 path = Invoker(
                     registry, session, GatewayMetrics(), namespace="openfaas-fn", default_timeout=5
                 )
-                gateway = GatewayInvoker(path)
+                gateway = InvokePathRunner(path)
                 assert gateway.limit_for("reflect") == 2 and gateway.limit_for("nope") is None
                 ok = CallRequest("reflect.openfaas-fn", path="/p", query="q=1", body=b"hi")
                 gone = CallRequest("nope")

@@ -1,15 +1,19 @@
-"""Command line: a bare ``fwatchdog`` is the container entry point; ``fwatchdog gateway``
-runs the gateway; ``fwatchdog invoke`` and ``fwatchdog activations`` are its client
-(:mod:`.client`, which prints its own output); ``new``, ``build``, ``up`` and ``logs`` are the
-local developer workflow (:mod:`.devtools.cli`, which prints its own output too).
+"""Command line: one argparse parser for every command.
 
-Apart from the client, this is the only module that prints or chooses exit codes. Exit
-status 2 means the configuration is invalid; 1 means the watchdog could not start or failed
-while running.
+A bare ``fwatchdog`` is the container entry point, configured by environment variables;
+``fwatchdog gateway`` runs the gateway; ``invoke`` and ``activations`` are its client
+(:mod:`.client`, which prints its own output); ``new``, ``build``, ``up`` and ``logs`` are the
+local developer workflow (:mod:`.devtools.cli`, which prints its own output too). Each module
+adds its own subcommand's arguments; this one parses and dispatches.
+
+Apart from those, this is the only module that prints or chooses exit codes. Exit status 2
+means the command line or the configuration is invalid; 1 means the watchdog could not start or
+failed while running.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import ConfigError, WatchdogConfig
+from .config import WatchdogConfig
+from .settings import CommandParser, ConfigError, UsageError, declared, plain
 
 if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
 
 EXIT_CONFIG = 2
-DEV_COMMANDS = ("new", "build", "up", "logs")  # watchdog.devtools.cli
 EXIT_START = 1
 
 log = logging.getLogger("watchdog")
@@ -31,23 +35,83 @@ log = logging.getLogger("watchdog")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-version", "--version", "version"):
+    parser = build_parser()
+    try:
+        parsed, unknown = parser.parse_known_args(args)
+    except UsageError as exc:
+        return _usage_error(exc.prog, str(exc))
+    command = getattr(parsed, "command", None)
+    if unknown and command != "gateway":
+        prog = f"{parser.prog} {command}" if command else parser.prog
+        return _usage_error(prog, f"unrecognized arguments: {' '.join(unknown)}")
+    if command == "help":
+        parser.print_help()
+        return 0
+    if parsed.version or command == "version":
         print(f"fwatchdog {__version__}")
         return 0
-    if args and args[0] in ("-run-healthcheck", "--run-healthcheck"):
+    if parsed.run_healthcheck:
         return _run_healthcheck(os.environ)
-    if args and args[0] == "gateway":
-        return run_gateway(args[1:], os.environ)
-    if args and args[0] in ("invoke", "activations"):
-        return run_client(args[0], args[1:], os.environ)
-    if args and args[0] in DEV_COMMANDS:
+    if command == "gateway":
+        return run_gateway(vars(parsed), unknown, os.environ)
+    if command in ("invoke", "activations"):
+        return run_client(command, parsed, os.environ)
+    if command is not None:
         from .devtools.cli import run as run_dev_command
 
-        return run_dev_command(args[0], args[1:])
-    if args:
-        print(f"fwatchdog: unknown argument {args[0]!r}", file=sys.stderr)
-        return EXIT_CONFIG
+        return run_dev_command(command, parsed)
     return run_watchdog(os.environ)
+
+
+def build_parser() -> CommandParser:
+    """The whole command line: the watchdog's options and every subcommand."""
+    from . import client
+    from .devtools.cli import add_commands
+    from .gateway.config import add_arguments as add_gateway_arguments
+
+    parser = CommandParser(
+        prog="fwatchdog",
+        description="Without a command: the watchdog, configured by the environment variables "
+        "below. With one: the gateway, its client, or the local developer workflow.",
+        epilog=_watchdog_variables(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Single-dash forms as the Go watchdogs spell them (Dockerfiles' HEALTHCHECK use them).
+    parser.add_argument("-version", "--version", action="store_true", help="print the version")
+    parser.add_argument(
+        "-run-healthcheck",
+        "--run-healthcheck",
+        action="store_true",
+        help="exit 0 if the watchdog's lock file exists (for Docker's HEALTHCHECK)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_gateway_arguments(commands.add_parser("gateway", help="run the gateway"))
+    client.add_invoke_arguments(commands.add_parser("invoke", help="call a function"))
+    client.add_activations_arguments(
+        commands.add_parser("activations", help="records of asynchronous calls")
+    )
+    add_commands(commands.add_parser)
+    commands.add_parser("version", help="print the version")
+    commands.add_parser("help", help="print this help")
+    return parser
+
+
+def _watchdog_variables() -> str:
+    lines = ["environment variables of the watchdog:"]
+    for spec in declared(WatchdogConfig):
+        names = " or ".join(spec.env)
+        meaning = plain(f"{_first_sentence(spec.help)} (default {spec.default_text})")
+        lines.append(f"  {names:<36} {meaning}")
+    return "\n".join(lines)
+
+
+def _first_sentence(text: str) -> str:
+    return text.split(";")[0].split(". ")[0]
+
+
+def _usage_error(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def run_watchdog(env: Mapping[str, str]) -> int:
@@ -91,15 +155,12 @@ def _serve(config: WatchdogConfig) -> int:
     return 0
 
 
-def run_gateway(argv: Sequence[str], env: Mapping[str, str]) -> int:
+def run_gateway(flags: Mapping[str, object], unknown: Sequence[str], env: Mapping[str, str]) -> int:
     """``fwatchdog gateway [flags]``: parse flags over ``env`` and serve until told to stop."""
-    from .gateway.config import GatewayConfig, usage
+    from .gateway.config import GatewayConfig, unknown_arguments
 
-    if any(arg in ("-h", "--help", "-help") for arg in argv):
-        print(usage())
-        return 0
     try:
-        config = GatewayConfig.from_args(argv, env)
+        config = GatewayConfig.from_flags(flags, env, unknown_arguments(unknown))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"fwatchdog gateway: configuration error: {problem}", file=sys.stderr)
@@ -127,17 +188,19 @@ def _serve_gateway(config: GatewayConfig) -> int:
     return 0
 
 
-def run_client(command: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def run_client(command: str, args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``fwatchdog invoke`` and ``fwatchdog activations``: talk to a gateway."""
     from . import client
 
     try:
         if command == "invoke":
-            return client.invoke(argv, env, sys.stdin.buffer, sys.stdout.buffer)
-        return client.activations(argv, env, sys.stdout.buffer)
+            return client.invoke(args, env, sys.stdin.buffer, sys.stdout.buffer)
+        return client.activations(args, env, sys.stdout.buffer)
     except client.Unreachable as exc:
         print(f"fwatchdog {command}: {exc}", file=sys.stderr)
         return client.EXIT_FAILED
+    except UsageError as exc:
+        return _usage_error(exc.prog, str(exc))
 
 
 def _run_healthcheck(env: Mapping[str, str]) -> int:

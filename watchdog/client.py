@@ -19,9 +19,10 @@ from email.message import Message
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
+from .settings import UsageError
+
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,9 @@ def _pairs(values: Sequence[str], what: str) -> list[tuple[str, str]]:
 # -- invoke ---------------------------------------------------------------------------------
 
 
-def invoke_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fwatchdog invoke",
-        description="Invoke a function through the gateway; the body is read from stdin.",
-    )
+def add_invoke_arguments(parser: argparse.ArgumentParser) -> None:
+    """``fwatchdog invoke``'s arguments."""
+    parser.description = "Invoke a function through the gateway; the body is read from stdin."
     parser.add_argument("name", help="function name, NAME or NAME.NAMESPACE")
     parser.add_argument(
         "--gateway", "-g", help=f"gateway URL (default $OPENFAAS_URL or {DEFAULT_GATEWAY})"
@@ -88,17 +87,17 @@ def invoke_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", "-m", default="POST")
     parser.add_argument("--content-type", default="text/plain")
     parser.add_argument("--path", default="", help="sub-path after the function name")
-    return parser
 
 
-def invoke(argv: Sequence[str], env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
-    parser = invoke_parser()
-    args = parser.parse_args(argv)
+def invoke(
+    args: argparse.Namespace, env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO
+) -> int:
+    """Send one call (parsed by :func:`add_invoke_arguments`); relay its answer."""
     try:
         headers = dict(_pairs(args.header, "--header"))
         query = _pairs(args.query, "--query")
     except ValueError as exc:
-        parser.error(str(exc))
+        raise UsageError("fwatchdog invoke", str(exc)) from None
     headers.setdefault("Content-Type", args.content_type)
     if args.callback_url:
         headers["X-Callback-Url"] = args.callback_url
@@ -126,14 +125,13 @@ def invoke(argv: Sequence[str], env: Mapping[str, str], stdin: BinaryIO, stdout:
 # -- activations ----------------------------------------------------------------------------
 
 
-def activations_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fwatchdog activations", description="Records of asynchronous calls."
-    )
+def add_activations_arguments(parser: argparse.ArgumentParser) -> None:
+    """``fwatchdog activations``'s subcommands and arguments."""
+    parser.description = "Records of asynchronous calls."
     parser.add_argument(
         "--gateway", "-g", help=f"gateway URL (default $OPENFAAS_URL or {DEFAULT_GATEWAY})"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="action", required=True)
     listing = sub.add_parser("list", help="newest first")
     listing.add_argument("--function")
     listing.add_argument("--status")
@@ -145,13 +143,12 @@ def activations_parser() -> argparse.ArgumentParser:
     which.add_argument("call_id", nargs="?")
     which.add_argument("--last", action="store_true", help="the newest call")
     sub.add_parser("cancel", help="cancel a call that has not started").add_argument("call_id")
-    return parser
 
 
-def activations(argv: Sequence[str], env: Mapping[str, str], stdout: BinaryIO) -> int:
-    args = activations_parser().parse_args(argv)
+def activations(args: argparse.Namespace, env: Mapping[str, str], stdout: BinaryIO) -> int:
+    """List, read or cancel records (parsed by :func:`add_activations_arguments`)."""
     base = f"{gateway_url(args.gateway, env)}/system/activations"
-    if args.command == "list":
+    if args.action == "list":
         params = {"limit": str(args.limit)}
         params.update({k: v for k in ("function", "status") if (v := getattr(args, k))})
         answer = request("GET", f"{base}?{urlencode(params)}")
@@ -159,9 +156,9 @@ def activations(argv: Sequence[str], env: Mapping[str, str], stdout: BinaryIO) -
             stdout.write(_table(answer.json()["items"]).encode())
             return 0
         return _relay(answer, stdout)
-    if args.command == "get":
+    if args.action == "get":
         return _relay(request("GET", f"{base}/{quote(args.call_id)}"), stdout)
-    if args.command == "cancel":
+    if args.action == "cancel":
         return _relay(request("DELETE", f"{base}/{quote(args.call_id)}"), stdout)
     call_id = args.call_id
     if args.last:

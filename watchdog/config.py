@@ -1,4 +1,5 @@
-"""Watchdog configuration: every environment variable is parsed and validated here, once.
+"""Watchdog configuration: every environment variable is declared, parsed and validated here,
+once (see :mod:`.settings`).
 
 The names and formats are the OpenFaaS watchdogs' (``fprocess``, ``exec_timeout=10s`` ...), so an
 existing Dockerfile keeps working. Unlike the anchors nothing falls back silently: every malformed
@@ -8,9 +9,8 @@ expected.
 
 from __future__ import annotations
 
-import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -18,121 +18,29 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .pycommand import NotPython, parse_python_command
+from .settings import (
+    ConfigError,
+    Invalid,
+    declared,
+    header_value,
+    int_in,
+    one_of,
+    parse_bool,
+    parse_duration,
+    parse_port,
+    parse_size,
+    resolve,
+    setting,
+    text,
+)
+
+__all__ = ["ConfigError", "WatchdogConfig", "parse_bool", "parse_duration"]
 
 Mode = Literal["auto", "serializing", "streaming", "http", "static"]
 LogFormat = Literal["text", "json"]
 
-# The largest request body the watchdog reads into memory (serializing, buffer_http): twice the
-# 64 MiB upload that must pass, while a handful of such requests still fit a small container.
-MAX_BODY_SIZE = 128 * 1024**2
 FORK_MODES: frozenset[str] = frozenset({"auto", "serializing", "streaming"})
 MODES: tuple[str, ...] = ("auto", "serializing", "streaming", "http", "static")
-
-
-class ConfigError(Exception):
-    """One or more configuration values are invalid; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class _Invalid(ValueError):
-    """Raised by a value parser; the message says what is expected."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """Parse a Go duration (``1m30s``, ``500ms``) or bare whole seconds (``30``) into seconds."""
-    value = text.strip()
-    if value.isdigit():
-        return float(value)
-    if value.startswith("-"):
-        raise _Invalid("a non-negative duration such as 10s, 1m30s, 500ms or whole seconds")
-    value = value.removeprefix("+")
-    if value == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(value):
-        match = _DURATION_PART.match(value, pos)
-        if match is None:
-            raise _Invalid("a duration such as 10s, 1m30s, 500ms or whole seconds")
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos == 0:
-        raise _Invalid("a duration such as 10s, 1m30s, 500ms or whole seconds")
-    return total
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
-        return False
-    raise _Invalid("true, false, 1 or 0")
-
-
-def _size_units() -> dict[str, int]:
-    units = {"": 1, "b": 1}
-    for power, prefix in enumerate("kmg", 1):
-        for suffix in ("", "b"):  # 64M = 64MB, 64Mi = 64MiB: the final B is optional
-            units[prefix + suffix] = 1000**power
-            units[prefix + "i" + suffix] = 1024**power
-    return units
-
-
-_SIZE_UNITS = _size_units()
-_SIZE = re.compile(r"([0-9]+) ?([a-z]*)")  # ASCII digits only
-
-
-def parse_size(text: str) -> int:
-    """Bytes: ``1048576``, or with a unit, decimal (``64MB``, ``64M``) or binary (``64MiB``,
-    ``64Mi``), from k to G, any case."""
-    match = _SIZE.fullmatch(text.strip().lower())
-    if match is None or match.group(2) not in _SIZE_UNITS:
-        raise _Invalid("a size in bytes such as 1048576, 512KiB, 64Mi or 1GB")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
-def _size_from(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        size = parse_size(text)
-        if size < low:
-            raise _Invalid(f"a size of at least {low} bytes, such as 1048576 or 64Mi")
-        return size
-
-    return parse
-
-
-def _int_in(low: int, high: int | None, extra: tuple[int, ...] = ()) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        expected = f"a whole number from {low}" + (f" to {high}" if high is not None else " up")
-        if extra:
-            expected += " or " + ", ".join(map(str, extra))
-        try:
-            number = int(text.strip())
-        except ValueError:
-            raise _Invalid(expected) from None
-        if number in extra:
-            return number
-        if number < low or (high is not None and number > high):
-            raise _Invalid(expected)
-        return number
-
-    return parse
 
 
 def _parse_mode(text: str) -> str:
@@ -140,14 +48,7 @@ def _parse_mode(text: str) -> str:
     if value == "":
         return "auto"
     if value not in MODES:
-        raise _Invalid("one of " + ", ".join(MODES) + " (or unset for the adaptive default)")
-    return value
-
-
-def _parse_log_format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("text", "json"):
-        raise _Invalid("text or json")
+        raise Invalid("one of " + ", ".join(MODES) + " (or unset for the adaptive default)")
     return value
 
 
@@ -155,9 +56,9 @@ def _parse_command(text: str) -> tuple[str, ...]:
     try:
         argv = tuple(shlex.split(text))
     except ValueError as exc:
-        raise _Invalid(f"a command line with balanced quotes ({exc})") from None
+        raise Invalid(f"a command line with balanced quotes ({exc})") from None
     if argv and not argv[0]:
-        raise _Invalid("a command line whose first word names a program")
+        raise Invalid("a command line whose first word names a program")
     return argv
 
 
@@ -167,18 +68,18 @@ def _parse_url(text: str) -> str:
         return ""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid("an http:// URL such as http://127.0.0.1:5000")
+        raise Invalid("an http:// URL such as http://127.0.0.1:5000")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise _Invalid("an http:// URL with a valid port") from None
+        raise Invalid("an http:// URL with a valid port") from None
     return value.rstrip("/")
 
 
 def _parse_path(text: str) -> str:
     value = text.strip()
     if value and not value.startswith("/"):
-        raise _Invalid("a URL path starting with /")
+        raise Invalid("a URL path starting with /")
     return value
 
 
@@ -186,122 +87,205 @@ def _parse_modules(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
-            raise _Invalid(f"comma-separated module names such as numpy,pandas (not {name!r})")
+            raise Invalid(f"comma-separated module names such as numpy,pandas (not {name!r})")
     return names
 
 
-def _identity(text: str) -> str:
-    return text
-
-
-def _header_value(text: str) -> str:
-    """A value that goes into a response header: CR, LF or NUL would break every answer."""
-    if any(ch in text for ch in "\r\n\0"):
-        raise _Invalid("expected one line without control characters (CR, LF or NUL)")
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    """One configuration variable: its names (first wins on conflict), parser, default, doc."""
-
-    attr: str
-    names: tuple[str, ...]
-    parse: Callable[[str], Any]
-    default: Any
-    doc: str
-
-
-def _f(attr: str, names: str, parse: Callable[[str], Any], default: Any, doc: str) -> _Field:
-    return _Field(attr, tuple(names.split()), parse, default, doc)
+def _at_least_one_byte(value: str) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise Invalid("a size of at least 1 byte, such as 1048576, 64MiB or 64Mi")
+    return size
 
 
 _duration = parse_duration
-FIELDS: tuple[_Field, ...] = (
-    _f("fprocess", "function_process fprocess", _parse_command, (), "handler command line"),
-    _f("mode", "mode", _parse_mode, "auto", "auto, serializing, streaming, http or static"),
-    _f("port", "port", _int_in(0, 65535), 8080, "HTTP port"),
-    _f("metrics_port", "metrics_port", _int_in(0, 65535), 8081, "Prometheus metrics port"),
-    _f("read_timeout", "read_timeout", _duration, 30.0, "limit to receive headers and body"),
-    _f("write_timeout", "write_timeout", _duration, 30.0, "limit on a stalled response write"),
-    _f("exec_timeout", "exec_timeout", _duration, 30.0, "hard limit per request, 0 = none"),
-    _f("healthcheck_interval", "healthcheck_interval", _duration, None, "drain notice period"),
-    _f("max_inflight", "max_inflight", _int_in(0, None), 0, "concurrent requests, 0 = no cap"),
-    _f("content_type", "content_type", _header_value, "", "response Content-Type in fork modes"),
-    _f("combine_output", "combine_output", parse_bool, False, "stderr into the response"),
-    _f("prefix_logs", "prefix_logs", parse_bool, True, "prefix function log lines"),
-    _f("log_buffer_size", "log_buffer_size", _int_in(1, None, (-1,)), 65536, "max log line"),
-    _f("suppress_lock", "suppress_lock", parse_bool, False, "do not write the lock file"),
-    _f("cgi_headers", "cgi_headers", parse_bool, True, "pass Http_* variables"),
-    _f("cgi_response", "cgi_response", parse_bool, False, "parse a CGI header block"),
-    _f("write_debug", "write_debug", parse_bool, False, "log bodies, stderr in 500s"),
-    _f("upstream_url", "http_upstream_url upstream_url", _parse_url, "", "http mode upstream"),
-    _f("ready_path", "ready_path", _parse_path, "", "upstream readiness path"),
-    _f("buffer_http", "http_buffer_req_body buffer_http", parse_bool, False, "buffer bodies"),
-    _f("max_body_size", "max_body_size", _size_from(1), MAX_BODY_SIZE, "largest body held whole"),
-    _f("static_path", "static_path", _identity, "/home/app/public", "static mode root"),
-    _f("log_format", "log_format", _parse_log_format, "text", "watchdog log lines: text/json"),
-    _f("kill_grace", "kill_grace", _duration, 1.0, "SIGTERM to SIGKILL grace for handlers"),
-    _f("upstream_restart", "upstream_restart", parse_bool, True, "restart an exited upstream"),
-    _f("upstream_hung_after", "upstream_hung_after", _int_in(0, None), 3, "timeouts = hung"),
-    _f("upstream_start_timeout", "upstream_start_timeout", _duration, 30.0, "wait for upstream"),
-    _f("prefork", "prefork", parse_bool, False, "fork Python handlers from a warm zygote"),
-    _f("prefork_preload", "prefork_preload", _parse_modules, (), "modules the zygote imports"),
-)
+_bool = parse_bool
+_HTTP = "http mode: "
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WatchdogConfig:
-    """The validated watchdog configuration. Build it with :meth:`from_env`."""
+    """The validated watchdog configuration. Build it with :meth:`from_env`.
 
-    fprocess: tuple[str, ...] = ()
-    mode: Mode = "auto"
-    port: int = 8080
-    metrics_port: int = 8081
-    read_timeout: float = 30.0
-    write_timeout: float = 30.0
-    exec_timeout: float = 30.0
-    healthcheck_interval: float = 30.0
-    max_inflight: int = 0
-    content_type: str = ""
-    combine_output: bool = False
-    prefix_logs: bool = True
-    log_buffer_size: int = 65536
-    suppress_lock: bool = False
-    cgi_headers: bool = True
-    cgi_response: bool = False
-    write_debug: bool = False
-    upstream_url: str = ""
-    ready_path: str = ""
-    buffer_http: bool = False
-    max_body_size: int = MAX_BODY_SIZE
-    static_path: str = "/home/app/public"
-    log_format: LogFormat = "text"
-    kill_grace: float = 1.0
-    upstream_restart: bool = True
-    upstream_hung_after: int = 3
-    upstream_start_timeout: float = 30.0
-    prefork: bool = False
-    prefork_preload: tuple[str, ...] = ()
+    Each ``setting(...)`` field is the one declaration of an environment variable: its names
+    (the first present wins), parser, default as a user writes it, and the README's line."""
+
     lock_path: Path = Path("/tmp/.lock")
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    fprocess: tuple[str, ...] = setting(
+        "function_process fprocess",
+        _parse_command,
+        "",
+        "the handler's command line; required except in `static` mode",
+        shown="—",
+    )
+    mode: Mode = setting(
+        "mode", _parse_mode, "auto", "`auto`, `serializing`, `streaming`, `http`, `static`"
+    )
+    port: int = setting("port", parse_port, "8080", "HTTP port")
+    metrics_port: int = setting(
+        "metrics_port",
+        parse_port,
+        "8081",
+        "Prometheus `/metrics` port (configurable, unlike the anchors)",
+    )
+    read_timeout: float = setting(
+        "read_timeout",
+        _duration,
+        "30s",
+        "time to receive the headers (also the idle keep-alive limit) and the body: `408`",
+    )
+    write_timeout: float = setting(
+        "write_timeout",
+        _duration,
+        "30s",
+        "longest a client may stall reading the response: "
+        "each write of a streamed answer, and the whole of an answer sent in one piece "
+        "(buffered fork output, error answers, small proxied bodies, static files); the "
+        "request keeps its `max_inflight` slot until it is written, and a client that stalls "
+        "is cut off. Also the drain limit on shutdown",
+    )
+    exec_timeout: float = setting(
+        "exec_timeout",
+        _duration,
+        "30s",
+        "hard limit per request; `0` disables. The handler's whole tree is killed: `504`",
+    )
+    healthcheck_interval: float = setting(
+        "healthcheck_interval",
+        _duration,
+        None,
+        "longest wait after SIGTERM before refusing connections; `0` = none",
+        shown="`write_timeout`",
+    )
+    max_inflight: int = setting(
+        "max_inflight",
+        int_in(0),
+        "0",
+        "concurrent requests, `0` = no cap; beyond it `429` at once",
+    )
+    content_type: str = setting(
+        "content_type",
+        header_value,
+        "",
+        "response Content-Type in the fork modes; unset "
+        "echoes the request's (as the classic watchdog) or `application/octet-stream`",
+    )
+    combine_output: bool = setting(
+        "combine_output",
+        _bool,
+        "false",
+        "stderr into the response (classic defaulted to `true`, leaking stderr to callers)",
+    )
+    write_debug: bool = setting(
+        "write_debug", _bool, "false", "log response bodies; include stderr in `500` bodies"
+    )
+    cgi_headers: bool = setting("cgi_headers", _bool, "true", "pass `Http_*` variables")
+    cgi_response: bool = setting(
+        "cgi_response", _bool, "false", "parse a CGI header block at the start of stdout"
+    )
+    prefix_logs: bool = setting(
+        "prefix_logs", _bool, "true", "prefix handler lines with time and stream name"
+    )
+    log_buffer_size: int = setting(
+        "log_buffer_size",
+        int_in(1, None, (-1,)),
+        "65536",
+        "longest handler log line before it is cut; `-1` = never cut",
+    )
+    log_format: LogFormat = setting(
+        "log_format",
+        one_of("text", "json"),
+        "text",
+        'the watchdog\'s own lines: `text` or `json` (handler lines too, as `{"stream":...}`)',
+    )
+    suppress_lock: bool = setting(
+        "suppress_lock",
+        _bool,
+        "false",
+        "do not write `$TMPDIR/.lock` (health endpoints keep working)",
+    )
+    kill_grace: float = setting(
+        "kill_grace",
+        _duration,
+        "1s",
+        "SIGTERM to SIGKILL grace for handler trees and the http-mode upstream",
+    )
+    upstream_url: str = setting(
+        "http_upstream_url upstream_url",
+        _parse_url,
+        "",
+        _HTTP + "where the upstream listens; required there",
+        shown="—",
+    )
+    ready_path: str = setting(
+        "ready_path",
+        _parse_path,
+        "",
+        _HTTP + "a path that must answer 2xx before the watchdog is ready",
+    )
+    buffer_http: bool = setting(
+        "http_buffer_req_body buffer_http",
+        _bool,
+        "false",
+        _HTTP + "send request bodies with a Content-Length",
+    )
+    # 128 MiB: twice the 64 MiB upload that must pass, and what one request may pin in memory
+    # (max_inflight bounds the total); the Go watchdogs impose no limit at all.
+    max_body_size: int = setting(
+        "max_body_size",
+        _at_least_one_byte,
+        "128MiB",
+        "largest request body read whole into memory (`serializing`, `buffer_http`); a longer "
+        "one gets `413 Request body larger than max_body_size (N bytes)`, at once when its "
+        "Content-Length says so. Streamed bodies (`auto`, `streaming`, http mode without "
+        "`buffer_http`) are not bounded, as in the Go watchdogs. The default passes a 64 MiB "
+        "upload with room and bounds what one request pins (`max_inflight` bounds the total)",
+    )
+    upstream_restart: bool = setting(
+        "upstream_restart",
+        _bool,
+        "true",
+        _HTTP + "restart an exited upstream; `false` exits with its status",
+    )
+    upstream_hung_after: int = setting(
+        "upstream_hung_after",
+        int_in(0),
+        "3",
+        _HTTP + "consecutive timeouts that mark the upstream hung; `0` = never",
+    )
+    upstream_start_timeout: float = setting(
+        "upstream_start_timeout",
+        _duration,
+        "30s",
+        _HTTP + "longest wait for the upstream at start",
+    )
+    static_path: str = setting(
+        "static_path", text, "/home/app/public", "static mode: the directory served"
+    )
+    prefork: bool = setting(
+        "prefork",
+        _bool,
+        "false",
+        "fork modes: fork each Python handler from a warm zygote "
+        "(see [prefork](#prefork-python-handlers-forked-from-a-warm-interpreter)); "
+        "`fprocess` must be `python… SCRIPT [ARGS]` or `python… -m MODULE [ARGS]`",
+    )
+    prefork_preload: tuple[str, ...] = setting(
+        "prefork_preload",
+        _parse_modules,
+        "",
+        "prefork: comma-separated modules the zygote "
+        "imports besides the handler's own top-level imports",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WatchdogConfig:
         """Parse and validate ``env``; raise :class:`ConfigError` listing every problem."""
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for spec in FIELDS:
-            name, raw = _lookup(env, spec.names)
-            if raw is None:
-                values[spec.attr] = spec.default
-                continue
-            try:
-                values[spec.attr] = spec.parse(raw)
-            except _Invalid as exc:
-                problems.append(f"{name}={raw!r} is invalid: expected {exc}")
-        if values.get("healthcheck_interval") is None:
-            values["healthcheck_interval"] = values.get("write_timeout", 30.0)
+        values, problems = resolve(declared(cls), env)
+        if values["healthcheck_interval"] is None:
+            values["healthcheck_interval"] = values["write_timeout"]
         problems += _cross_checks(values, env)
         if problems:
             raise ConfigError(problems)
@@ -322,13 +306,6 @@ class WatchdogConfig:
             value = getattr(self, spec.name)
             out[spec.name] = " ".join(value) if isinstance(value, tuple) else str(value)
         return out
-
-
-def _lookup(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str | None]:
-    for name in names:
-        if name in env:
-            return name, env[name]
-    return names[-1], None
 
 
 def _cross_checks(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 from aiohttp import web
@@ -28,10 +27,10 @@ from .modes import Runner, build_runner
 from .process import ProcessTable
 from .proxy import abort_connection
 from .responses import sent_status, text_response
+from .signals import stop_on_signals
 
 log = logging.getLogger("watchdog.server")
 
-_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _MAX_LINE = 64 * 1024  # request line; long query strings are common behind gateways
 _MAX_FIELD = 64 * 1024
 
@@ -66,7 +65,7 @@ class Watchdog:
             await self.runner.start()
             await self._listen()
             self.health.mark_serving()
-            with _signals_set(stop):
+            with stop_on_signals(stop):
                 status = await self._until_stopped(stop)
                 await self._shutdown()
             return status
@@ -223,26 +222,3 @@ def _refuse_target(request: web.BaseRequest) -> web.Response | None:
 def _bound_port(runner: web.BaseRunner) -> int:
     address = runner.addresses[0]
     return int(address[1])
-
-
-class _signals_set:
-    """Map SIGTERM and SIGINT to ``stop.set()`` while serving; restore the defaults after."""
-
-    def __init__(self, stop: asyncio.Event) -> None:
-        self._stop = stop
-        self._loop = asyncio.get_running_loop()
-
-    def __enter__(self) -> None:
-        for sig in _HANDLED_SIGNALS:
-            self._loop.add_signal_handler(sig, self._handle, sig)
-
-    def __exit__(self, *_: object) -> None:
-        for sig in _HANDLED_SIGNALS:
-            self._loop.remove_signal_handler(sig)
-
-    def _handle(self, sig: signal.Signals) -> None:
-        if self._stop.is_set():
-            log.info("%s: already shutting down", sig.name)
-            return
-        log.info("%s received: shutting down", sig.name)
-        self._stop.set()

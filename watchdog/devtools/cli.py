@@ -7,7 +7,7 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,28 +19,14 @@ from .stack import DEFAULT_GATEWAY, find_stack_file, load_stack
 from .up import UpOptions, log_path, run_up, state_dir_for
 from .venvs import cache_root
 
-COMMANDS = ("new", "build", "up", "logs")
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run(command: str, argv: Sequence[str]) -> int:
-    parser = _parsers()[command]
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return int(args.run_command(args))
-    except DevError as exc:
-        for problem in exc.problems:
-            print(f"fwatchdog {command}: {problem}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _parsers() -> dict[str, argparse.ArgumentParser]:
-    new = argparse.ArgumentParser(prog="fwatchdog new", description="Create a function.")
+def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+    """``new``, ``build``, ``up`` and ``logs`` as subcommands (``add_parser`` is argparse's
+    ``add_subparsers().add_parser``); each sets ``run_command``."""
+    new = add_parser("new", help="create a function", description="Create a function.")
     new.add_argument("name", nargs="?", help="function name (lowercase, digits, dashes)")
     new.add_argument("--lang", help="template: python3-http, python3, dockerfile, ...")
     new.add_argument("-p", "--prefix", default="", help="image prefix, e.g. ghcr.io/me")
@@ -52,26 +38,41 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     new.add_argument("--list", action="store_true", help="list the available templates")
     new.set_defaults(run_command=_new)
 
-    build = argparse.ArgumentParser(prog="fwatchdog build", description="Write build/NAME.")
+    build = add_parser(
+        "build", help="write build/NAME", description="Write build/NAME for each function."
+    )
     build.add_argument("--shrinkwrap", action="store_true", help="write the build contexts only")
     build.add_argument("-f", "--yaml", default=None, help="stack file (stack.yaml, stack.yml)")
     build.add_argument("--filter", default="", help="only this function")
     build.set_defaults(run_command=_build)
 
-    up = argparse.ArgumentParser(
-        prog="fwatchdog up", description="Run the gateway and the functions locally (no Docker)."
+    up = add_parser(
+        "up",
+        help="run the stack locally",
+        description="Run the gateway and the functions locally (no Docker).",
     )
     up.add_argument("-f", "--yaml", default=None, help="stack file (stack.yaml, stack.yml)")
     up.add_argument("--port", type=int, default=8080, help="gateway port (0: a free one)")
     up.add_argument("--watch", action="store_true", help="restart a function when it changes")
     up.set_defaults(run_command=_up)
 
-    logs = argparse.ArgumentParser(prog="fwatchdog logs", description="Follow a function's log.")
+    logs = add_parser(
+        "logs", help="follow a function's log", description="Follow a function's log."
+    )
     logs.add_argument("name", help="function name, or gateway")
     logs.add_argument("-f", "--yaml", default=None, help="stack file (its folder holds the logs)")
     logs.add_argument("--no-follow", action="store_true", help="print what is there and exit")
     logs.set_defaults(run_command=_logs)
-    return {"new": new, "build": build, "up": up, "logs": logs}
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    """Run a developer command parsed by :func:`add_commands`."""
+    try:
+        return int(args.run_command(args))
+    except DevError as exc:
+        for problem in exc.problems:
+            print(f"fwatchdog {command}: {problem}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _new(args: argparse.Namespace) -> int:

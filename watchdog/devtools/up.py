@@ -30,7 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psutil
 import yaml
 
-from ..config import FIELDS as WATCHDOG_FIELDS
+from ..config import WatchdogConfig
+from ..settings import declared
 from . import DevError, templates
 from .build import build_context
 from .stack import FunctionSpec, Stack
@@ -46,9 +47,11 @@ STOP_TIMEOUT = 10.0
 LOCAL_DEFAULTS = {"healthcheck_interval": "0"}
 # Set by the image, not by the function: a local run keeps the developer's own.
 HOST_OWNED = frozenset({"PATH", "HOME", "HOSTNAME", "LANG", "TMPDIR"})
-_WATCHDOG_VARIABLES = frozenset(name for spec in WATCHDOG_FIELDS for name in spec.names)
+_WATCHDOG_VARIABLES = frozenset(name for spec in declared(WatchdogConfig) for name in spec.env)
 _UPSTREAM_KEYS = ("http_upstream_url", "upstream_url")
 _PR_SET_PDEATHSIG = 1
+# fwatchdog once installed (PyPI's watchdog owns that name), watchdog from a source checkout.
+_PACKAGE = __name__.partition(".")[0]
 
 Report = Callable[[str], None]
 
@@ -380,7 +383,7 @@ def _start_child(
     """``python -m watchdog ARGS`` in a process group of its own, output to ``out``, dying
     with ``up`` even if ``up`` is killed."""
     return subprocess.Popen(
-        [sys.executable, "-m", "watchdog", *args],
+        [sys.executable, "-m", _PACKAGE, *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

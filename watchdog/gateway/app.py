@@ -126,11 +126,14 @@ class GatewayApp:
         self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = _refuse_target(request)
+        if refused is not None:
+            return refused
         raw_path = request.raw_path.partition("?")[0]
         for route in self.routes:
             if raw_path.startswith(route.prefix):
                 guarded = route.protected or request.method in route.protected_methods
-                if guarded and not self._authorized(request):
+                if guarded and not self.authorized(request):
                     return _unauthorized()
                 if route.same_site and request.method not in _SAFE and cross_site(request):
                     return refuse_cross_site()
@@ -139,7 +142,9 @@ class GatewayApp:
 
     # -- authentication ---------------------------------------------------------------------
 
-    def _authorized(self, request: web.BaseRequest) -> bool:
+    def authorized(self, request: web.BaseRequest) -> bool:
+        """True when basic auth is off or the request carries its credentials (front doors
+        use this same check)."""
         if self._credentials is None:
             return True
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
@@ -303,6 +308,19 @@ class GatewayApp:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _refuse_target(request: web.BaseRequest) -> web.Response | None:
+    """Only origin-form targets (``/path?query``) are served, as by the watchdog: a function's
+    address comes from its configured URL alone, never from the request. CONNECT gets 405,
+    absolute-form (``GET http://host/``) and ``OPTIONS *`` get 400, before any route."""
+    if request.method == "CONNECT":
+        response = text(405, "CONNECT is not supported")
+        response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        return response
+    if not request.raw_path.startswith("/"):
+        return text(400, "The request target must be a path starting with /")
+    return None
+
+
 def _unauthorized() -> web.Response:
     response = text(401, "Unauthorized")
     response.headers["WWW-Authenticate"] = REALM
@@ -349,8 +367,6 @@ def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
             cleaned.append(seg)
     trailing = raw_path.endswith("/")
     location = "/" + "/".join(cleaned) + ("/" if trailing and cleaned else "")
-    if request.method == "CONNECT":
-        return None
     response = text(301, "Moved Permanently")
     response.headers["Location"] = location + (mark + query if query else "")
     return response

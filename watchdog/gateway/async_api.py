@@ -6,8 +6,8 @@ Routes:
 - ``POST /async-function/NAME[.NAMESPACE][/sub/path][?query]``: the request is committed to
   the queue, then answered ``202`` with ``X-Call-Id``, ``Location`` and
   ``{"callId", "status", "statusUrl"}``. Directives: ``X-Callback-Url``, ``X-Async-Delay``
-  (seconds, 0..3600), ``Idempotency-Key``. ``DELETE /async-function/CALL_ID`` cancels (the
-  OpenFaaS Pro form).
+  (ASCII seconds or a Go duration, 0..3600 s), ``Idempotency-Key``. ``DELETE
+  /async-function/CALL_ID`` cancels (the OpenFaaS Pro form).
 - ``GET /system/activations[?function=&status=&limit=&since=&cursor=]``, ``GET
   /system/activations/ID``, ``GET /system/activations/ID/result``, ``DELETE
   /system/activations/ID``.
@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
 
+from ..config import parse_duration
 from ..proxy import forwarded_headers
 from ..responses import INTERNAL_HEADER
 from .activations import accepted_body, not_found_body, record_json, status_path
@@ -50,7 +51,7 @@ from .queue.base import (
     new_call_id,
 )
 from .registry import Function, InvalidName, split_ref
-from .worker import AsyncWorker, GatewayInvoker, InvokeResult
+from .worker import AsyncWorker, InvokePathRunner, InvokeResult
 
 CALLBACK_HEADER = "X-Callback-Url"
 DELAY_HEADER = "X-Async-Delay"
@@ -60,6 +61,8 @@ MAX_IDEMPOTENCY_KEY = 256
 MAX_PAGE = 1000
 # A caller's X-Call-Id becomes a record key and part of a URL: keep it to URL-safe characters.
 CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})  # Go's two spellings of µs
 _NOT_RETURNED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
@@ -85,7 +88,7 @@ class AsyncCalls:
         queue: QueueBackend,
         invoker: Invoker,
         worker: AsyncWorker,
-        runner: GatewayInvoker,
+        runner: InvokePathRunner,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -361,15 +364,29 @@ def _call_id(request: web.BaseRequest) -> str:
 
 
 def _delay(raw: str | None) -> float:
+    """``X-Async-Delay``: seconds in ASCII digits (``30``, ``1.5``) or a Go duration (``90s``,
+    ``1m30s``, ``500ms``), at most :data:`MAX_DELAY`. Not ``float()``: it also takes ``1_0``,
+    ``+5``, ``1e3``, ``inf`` and digits of other scripts."""
     if raw is None:
         return 0.0
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= MAX_DELAY:
-        raise BadRequest(f"{DELAY_HEADER} {raw!r}: expected seconds from 0 to {MAX_DELAY:g}")
+    value = _delay_seconds(raw.strip())
+    if value is None or not 0.0 <= value <= MAX_DELAY:
+        raise BadRequest(
+            f"{DELAY_HEADER} {raw!r}: expected seconds (ASCII digits, e.g. 30 or 1.5) or a "
+            f"duration such as 90s, 1m30s or 500ms, from 0 to {MAX_DELAY:g} seconds"
+        )
     return value
+
+
+def _delay_seconds(text: str) -> float | None:
+    if not text.translate(_MICRO).isascii() or text[:1] in ("+", "-"):
+        return None
+    if _SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        return parse_duration(text)  # ASCII digits only here, so its \d and isdigit() are too
+    except ValueError:
+        return None
 
 
 def _idempotency_key(raw: str | None) -> str | None:

@@ -33,6 +33,11 @@ reach. :class:`CallbackPolicy`:
 The check runs when the call is accepted (a refused URL is a 400) and again at delivery,
 against every address the name resolves to, through the resolver of the connection that is
 then used, so a name that resolves differently later (DNS rebinding) cannot slip through.
+The URL is read by the delivery client's own parser (yarl: ``127。0。0。1`` is ``127.0.0.1``)
+and a numeric host as the C resolver reads it (``inet_aton``: ``127.1``, ``0x7f000001``,
+``2130706433``, ``0177.0.0.1``; a trailing dot ignored), so every spelling of an address
+meets the address rules at acceptance. A delivery the policy refuses, or whose URL the client
+cannot use, fails at once: that cannot clear by waiting.
 """
 
 from __future__ import annotations
@@ -42,20 +47,21 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from .. import __version__
-from ..config import ConfigError
 from ..proxy import HOP_BY_HOP
+from ..settings import ConfigError
 from ._aio import first_of
 from .queue.base import CallbackAttempt, CallbackJob, QueueBackend, QueueError
 from .retry import RetryPolicy, parse_retry_after
@@ -158,19 +164,23 @@ class CallbackPolicy:
         """Why ``url`` may not be used as a callback (None when it may, so far as can be
         told without resolving its host name)."""
         try:
-            parts = urlsplit(url)
+            # The delivery client's parser, so the host checked is the host it connects to.
+            parts = URL(url)
             port = parts.port
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             return f"unparsable URL ({exc})"
         del port
         if parts.scheme not in ("http", "https"):
             return "the scheme must be http or https"
-        host = parts.hostname
+        host = parts.raw_host
         if not host:
             return "the URL names no host"
         address = _address(host)
         if address is not None:
-            return None if self.address_allowed(host, address) else f"address {host} is refused"
+            if self.address_allowed(host, address):
+                return None
+            shown = host if host.strip("[]") == str(address) else f"{host} (that is {address})"
+            return f"address {shown} is refused"
         if self._names and not self._networks and not self._name_allowed(host):
             return f"host {host} is not in callback_allow"
         return None
@@ -204,10 +214,26 @@ def _label_ok(label: str) -> bool:
     return 0 < len(label) <= 63 and all(c.isalnum() or c == "-" for c in label)
 
 
+# What the C resolver may read as an IPv4 address: 1 to 4 parts, decimal, octal or hex.
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
+
+
 def _address(host: str) -> IPAddress | None:
+    """The address ``host`` stands for without a name lookup, read as ``getaddrinfo`` reads
+    it: IPv6 (its zone dropped) or IPv4 in any form ``inet_aton`` takes, so ``127.1``,
+    ``0x7f000001``, ``2130706433``, ``0177.0.0.1`` and ``127.0.0.1.`` are all loopback."""
+    bare = host.strip("[]")
+    if ":" in bare:
+        try:
+            return ipaddress.ip_address(bare.split("%", 1)[0])
+        except ValueError:
+            return None
+    bare = bare.rstrip(".")
+    if _NUMERIC_HOST.fullmatch(bare) is None:
+        return None
     try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+        return ipaddress.IPv4Address(socket.inet_aton(bare))
+    except OSError:
         return None
 
 
@@ -330,6 +356,11 @@ async def deliver(
         error = str(exc.os_error) if blocked else f"receiver unreachable: {exc.os_error}"
         attempt = CallbackAttempt(job.attempt, started, time.time(), None, error)
         return DeliveryResult(attempt, False, permanent=blocked)
+    except aiohttp.InvalidURL as exc:
+        # The client refuses the URL itself (e.g. a host such as 127.1 that is not a
+        # canonical address): the same refusal every time, so no retry.
+        error = f"refused: the URL cannot be used ({exc})"
+        return DeliveryResult(_failed_attempt(job, started, error), False, permanent=True)
     except TimeoutError:
         error = f"no answer within {settings.timeout:g}s"
         return DeliveryResult(_failed_attempt(job, started, error), False)

@@ -1,14 +1,16 @@
 """Gateway configuration: flags, environment variables and the functions file, parsed once.
 
-Each setting is one row of :data:`FIELDS`: its command-line flag, its environment variable (the
-OpenFaaS gateway's name where it has one, e.g. ``upstream_timeout``, ``basic_auth``,
-``secret_mount_path``), parser, default and description. A flag wins over the environment.
+Each setting is one field of :class:`GatewayConfig` declared with
+:func:`~watchdog.settings.setting`: its command-line flag, its environment variable (the OpenFaaS
+gateway's name where it has one, e.g. ``upstream_timeout``, ``basic_auth``,
+``secret_mount_path``), parser, default and help. A flag wins over the environment.
 Like the watchdog's configuration nothing falls back silently: every problem, including those in
 the functions file, is collected into one :class:`~watchdog.config.ConfigError`.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,24 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..config import ConfigError, parse_bool, parse_duration, parse_size
+from ..settings import (
+    CommandParser,
+    ConfigError,
+    Invalid,
+    UsageError,
+    add_flags,
+    declared,
+    int_in,
+    one_of,
+    parse_bool,
+    parse_duration,
+    parse_port,
+    parse_size,
+    positive_duration,
+    resolve,
+    setting,
+    text,
+)
 from .callbacks import CallbackPolicy, parse_allow
 from .queue import BACKENDS
 from .registry import DEFAULT_NAMESPACE, Function, is_valid_name
@@ -28,97 +47,36 @@ from .retry import RetryPolicy
 DEFAULT_SECRET_MOUNT_PATH = "/var/openfaas/secrets"
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number from 0 to 65535") from None
-    if not 0 <= value <= 65535:
-        raise ValueError("a whole number from 0 to 65535")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    if value <= 0:
-        raise ValueError("a duration above zero such as 60s or 1m30s")
-    return value
-
-
-def _bool(text: str) -> bool:
-    try:
-        return parse_bool(text)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _namespace(text: str) -> str:
     value = text.strip()
     if not is_valid_name(value):
-        raise ValueError("a Kubernetes name: lowercase letters, digits and dashes, at most 63")
+        raise Invalid("a Kubernetes name: lowercase letters, digits and dashes, at most 63")
     return value
 
 
-def _log_format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("text", "json"):
-        raise ValueError("text or json")
-    return value
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number from 1 up") from None
-    if value < 1:
-        raise ValueError("a whole number from 1 up")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number from 0 up (0 = no limit)") from None
-    if value < 0:
-        raise ValueError("a whole number from 0 up (0 = no limit)")
-    return value
+_positive_int = int_in(1)
+_non_negative_int = int_in(0, note=" (0 = no limit)")
 
 
 def _nats_url(text: str) -> str:
     servers = [part.strip() for part in text.split(",") if part.strip()]
     if not servers:
-        raise ValueError("nats://HOST:PORT, several separated by commas")
+        raise Invalid("nats://HOST:PORT, several separated by commas")
     for server in servers:
         parts = urlsplit(server if "://" in server else f"nats://{server}")
         try:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
-            raise ValueError(f"nats://HOST:PORT with a valid port (not {server!r})") from None
+            raise Invalid(f"nats://HOST:PORT with a valid port (not {server!r})") from None
         if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-            raise ValueError(f"nats://HOST:PORT (not {server!r})")
+            raise Invalid(f"nats://HOST:PORT (not {server!r})")
     return ",".join(server if "://" in server else f"nats://{server}" for server in servers)
 
 
 def _nats_prefix(text: str) -> str:
     value = text.strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
-        raise ValueError("1 to 32 letters, digits, - or _")
+        raise Invalid("1 to 32 letters, digits, - or _")
     return value
 
 
@@ -131,156 +89,17 @@ def _openfaas_nats_url(env: Mapping[str, str], problems: list[str]) -> str:
     port = 4222
     if port_text:
         try:
-            port = _port(port_text)
+            port = parse_port(port_text)
         except ValueError as exc:
             problems.append(f"faas_nats_port={port_text!r} is invalid: expected {exc}")
     return f"nats://{host or '127.0.0.1'}:{port}"
-
-
-def _backend(text: str) -> str:
-    value = text.strip().lower()
-    if value not in BACKENDS:
-        raise ValueError("one of " + ", ".join(sorted(BACKENDS)))
-    return value
 
 
 def _allow(text: str) -> tuple[str, ...]:
     return parse_allow(text)
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
-    attr: str
-    flag: str
-    env: str | None
-    parse: Callable[[str], Any]
-    default: Any
-    doc: str
-    takes_value: bool = True  # False: a bare ``--flag`` means true
-
-
-FIELDS: tuple[_Field, ...] = (
-    _Field("port", "--port", "port", _port, 8080, "HTTP port (0 picks a free one)"),
-    _Field("config_file", "--config", "gateway_config", _text, "", "functions file (YAML)"),
-    _Field(
-        "upstream_timeout",
-        "--upstream-timeout",
-        "upstream_timeout",
-        _positive_duration,
-        60.0,
-        "longest a call may take, to the end of its response (504); per function: timeout",
-    ),
-    _Field(
-        "read_timeout", "--read-timeout", "read_timeout", _positive_duration, 60.0,
-        "idle keep-alive limit for client connections",
-    ),
-    _Field(
-        "write_timeout", "--write-timeout", "write_timeout", _positive_duration, 60.0,
-        "on SIGTERM, how long in-flight calls may finish",
-    ),
-    _Field(
-        "namespace", "--namespace", "function_namespace", _namespace, DEFAULT_NAMESPACE,
-        "namespace of functions registered without one",
-    ),
-    _Field(
-        "basic_auth", "--basic-auth", "basic_auth", _bool, False,
-        "require basic auth on /system/*", takes_value=False,
-    ),
-    _Field(
-        "basic_auth_invoke", "--basic-auth-invoke", "basic_auth_invoke", _bool, False,
-        "require basic auth on /function/* too", takes_value=False,
-    ),
-    _Field(
-        "secret_mount_path", "--secret-mount-path", "secret_mount_path", _text,
-        DEFAULT_SECRET_MOUNT_PATH, "directory holding basic-auth-user and basic-auth-password",
-    ),
-    _Field("log_format", "--log-format", "log_format", _log_format, "text", "text or json"),
-    # -- asynchronous calls --
-    _Field(
-        "queue_backend", "--queue", "queue_backend", _backend, "sqlite",
-        "where asynchronous calls are stored: sqlite (one gateway) or nats (several)",
-    ),
-    _Field(
-        "queue_path", "--queue-path", "queue_path", _text, "",
-        "SQLite queue file (default $XDG_STATE_HOME/fwatchdog/queue.db)",
-    ),
-    _Field(
-        "nats_url", "--nats-url", "nats_url", _nats_url, "",
-        "NATS servers of the nats queue, comma-separated (default from faas_nats_address"
-        " and faas_nats_port, else nats://127.0.0.1:4222)",
-    ),
-    _Field(
-        "nats_prefix", "--nats-prefix", "nats_prefix", _nats_prefix, "fwatchdog",
-        "names of the nats queue's streams and buckets start with this",
-    ),
-    _Field(
-        "nats_replicas", "--nats-replicas", "nats_replicas", _positive_int, 1,
-        "copies JetStream keeps of the nats queue (3 on a 3-node cluster)",
-    ),
-    _Field(
-        "max_queue_depth", "--max-queue-depth", "max_queue_depth", _non_negative_int, 1_000_000,
-        "unfinished asynchronous calls before 429 (0 = no limit)",
-    ),
-    _Field(
-        "max_async_body", "--max-async-body", "max_async_body", parse_size, 1 << 20,
-        "largest request body of an asynchronous call (413 beyond)",
-    ),
-    _Field(
-        "max_result_body", "--max-result-body", "max_result_body", parse_size, 1 << 20,
-        "response bytes kept in an activation record (the rest is cut, flagged)",
-    ),
-    _Field(
-        "async_concurrency", "--async-concurrency", "async_concurrency", _positive_int, 32,
-        "asynchronous calls run at once, all functions together",
-    ),
-    _Field(
-        "async_lease", "--lease", "async_lease", _positive_duration, 30.0,
-        "how long a worker holds a call (renewed while it runs); a dead gateway's calls"
-        " run again after it",
-    ),
-    _Field(
-        "activation_retention", "--activation-retention", "activation_retention",
-        _positive_duration, 72 * 3600.0, "how long records of ended calls are kept",
-    ),
-    _Field(
-        "convert_after", "--convert-after", "convert_after", _duration, 0.0,
-        "a /function call running longer answers 202 and goes on async (0 = never)",
-    ),
-    _Field(
-        "max_attempts", "--max-attempts", "max_retry_attempts", _positive_int, 10,
-        "attempts of an asynchronous call",
-    ),
-    _Field(
-        "initial_backoff", "--initial-backoff", "initial_retry_wait", _duration, 10.0,
-        "wait before the first retry; doubles each time",
-    ),
-    _Field(
-        "max_backoff", "--max-backoff", "max_retry_wait", _duration, 120.0,
-        "longest wait between retries",
-    ),
-    _Field(
-        "max_event_age", "--max-event-age", "max_event_age", _positive_duration, 86400.0,
-        "a call older than this fails instead of running",
-    ),
-    _Field(
-        "retry_codes", "--retry-codes", "retry_http_codes", _text, "408,429,500,502,503,504",
-        "function statuses that are retried",
-    ),
-    _Field(
-        "callback_secret", "--callback-secret", "callback_secret", _text, "",
-        "HMAC-SHA256 key for X-Callback-Signature (empty: unsigned)",
-    ),
-    _Field(
-        "callback_allow", "--callback-allow", "callback_allow", _allow, (),
-        "only these callback hosts, *.domains or networks (comma-separated)",
-    ),
-    _Field(
-        "callback_deny_private", "--callback-deny-private", "callback_deny_private", _bool,
-        False, "refuse loopback and private callback addresses", takes_value=False,
-    ),
-)  # fmt: skip
 _RETRY_FIELDS = ("max_attempts", "initial_backoff", "max_backoff", "max_event_age", "retry_codes")
-_BY_FLAG = {spec.flag: spec for spec in FIELDS}
 FUNCTION_FLAG = "--function"
 _FUNCTION_KEYS = frozenset(
     {
@@ -299,96 +118,329 @@ _FUNCTION_KEYS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """The validated gateway configuration. Build it with :meth:`from_args`."""
+_G, _N, _A, _D = "gateway", "nats", "async", "doors"
 
-    port: int = 8080
-    config_file: str = ""
-    upstream_timeout: float = 60.0
-    read_timeout: float = 60.0
-    write_timeout: float = 60.0
-    namespace: str = DEFAULT_NAMESPACE
-    basic_auth: bool = False
-    basic_auth_invoke: bool = False
-    secret_mount_path: str = DEFAULT_SECRET_MOUNT_PATH
-    log_format: str = "text"
-    queue_backend: str = "sqlite"
-    queue_path: str = ""
-    nats_url: str = ""
-    nats_prefix: str = "fwatchdog"
-    nats_replicas: int = 1
-    max_queue_depth: int = 1_000_000
-    max_async_body: int = 1 << 20
-    max_result_body: int = 1 << 20
-    async_concurrency: int = 32
-    async_lease: float = 30.0
-    activation_retention: float = 72 * 3600.0
-    convert_after: float = 0.0
-    max_attempts: int = 10
-    initial_backoff: float = 10.0
-    max_backoff: float = 120.0
-    max_event_age: float = 86400.0
-    retry_codes: str = "408,429,500,502,503,504"
-    callback_secret: str = ""
-    callback_allow: tuple[str, ...] = ()
-    callback_deny_private: bool = False
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """The validated gateway configuration. Build it with :meth:`from_args`.
+
+    Each ``setting(...)`` field is the one declaration of a setting: flag, environment
+    variable (the OpenFaaS gateway's name where it has one), parser, default as a user writes
+    it, the README's line, and the README table it belongs to."""
+
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     callback_policy: CallbackPolicy = field(default_factory=CallbackPolicy)
     credentials: tuple[str, str] | None = None
     functions: tuple[Function, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
+    port: int = setting(
+        "port",
+        parse_port,
+        "8080",
+        "HTTP port (`/metrics` is served on it too)",
+        flag="--port",
+        group=_G,
+    )
+    config_file: str = setting(
+        "gateway_config",
+        text,
+        "",
+        "functions file (YAML, above)",
+        flag="--config",
+        group=_G,
+        shown="—",
+    )
+    upstream_timeout: float = setting(
+        "upstream_timeout",
+        positive_duration,
+        "60s",
+        "longest a call may take, to the end of its response: `504`; per function: `timeout`",
+        flag="--upstream-timeout",
+        group=_G,
+    )
+    read_timeout: float = setting(
+        "read_timeout",
+        positive_duration,
+        "60s",
+        "idle keep-alive limit for client connections",
+        flag="--read-timeout",
+        group=_G,
+    )
+    write_timeout: float = setting(
+        "write_timeout",
+        positive_duration,
+        "60s",
+        "on SIGTERM, how long calls in flight may finish",
+        flag="--write-timeout",
+        group=_G,
+    )
+    namespace: str = setting(
+        "function_namespace",
+        _namespace,
+        DEFAULT_NAMESPACE,
+        "namespace of functions registered without one",
+        flag="--namespace",
+        group=_G,
+    )
+    basic_auth: bool = setting(
+        "basic_auth",
+        parse_bool,
+        "false",
+        "basic auth on `/system/*` and every route that reads or changes records",
+        flag="--basic-auth",
+        switch=True,
+        group=_G,
+    )
+    basic_auth_invoke: bool = setting(
+        "basic_auth_invoke",
+        parse_bool,
+        "false",
+        "basic auth on `/function/*` and `/async-function/*` too",
+        flag="--basic-auth-invoke",
+        switch=True,
+        group=_G,
+    )
+    secret_mount_path: str = setting(
+        "secret_mount_path",
+        text,
+        DEFAULT_SECRET_MOUNT_PATH,
+        "holds `basic-auth-user` and `basic-auth-password`",
+        flag="--secret-mount-path",
+        group=_G,
+    )
+    log_format: str = setting(
+        "log_format",
+        one_of("text", "json"),
+        "text",
+        "`text` or `json`",
+        flag="--log-format",
+        group=_G,
+    )
+    # -- the queue's backend --
+    queue_backend: str = setting(
+        "queue_backend",
+        one_of(*sorted(BACKENDS)),
+        "sqlite",
+        "where asynchronous calls are "
+        "stored: `sqlite` (one gateway) or `nats` (JetStream, several)",
+        flag="--queue",
+        group=_N,
+    )
+    nats_url: str = setting(
+        "nats_url",
+        _nats_url,
+        None,
+        "NATS servers of the nats queue, comma-separated",
+        flag="--nats-url",
+        group=_N,
+        shown="`nats://$faas_nats_address:$faas_nats_port` when "
+        "either OpenFaaS variable is set, else `nats://127.0.0.1:4222`",
+    )
+    nats_prefix: str = setting(
+        "nats_prefix",
+        _nats_prefix,
+        "fwatchdog",
+        "names of the streams (`P_calls`, "
+        "`P_callbacks`) and buckets (`P_records`, `P_idempotency`) start with this: gateway "
+        "groups sharing a NATS keep apart by prefix",
+        flag="--nats-prefix",
+        group=_N,
+    )
+    nats_replicas: int = setting(
+        "nats_replicas",
+        _positive_int,
+        "1",
+        "copies JetStream keeps of the nats queue (`3` "
+        "on a 3-node cluster; set when the streams are first made)",
+        flag="--nats-replicas",
+        group=_N,
+    )
+    async_lease: float = setting(
+        "async_lease",
+        positive_duration,
+        "30s",
+        "both backends: how long a worker holds a "
+        "call, renewed every third while it runs; a dead gateway's calls run again after it",
+        flag="--lease",
+        group=_N,
+    )
+    # -- asynchronous calls --
+    queue_path: str = setting(
+        "queue_path",
+        text,
+        None,
+        "SQLite queue file",
+        flag="--queue-path",
+        group=_A,
+        shown="`$XDG_STATE_HOME/fwatchdog/queue.db`",
+    )
+    max_queue_depth: int = setting(
+        "max_queue_depth",
+        _non_negative_int,
+        "1000000",
+        "unfinished asynchronous calls before `429` (`0` = no limit)",
+        flag="--max-queue-depth",
+        group=_A,
+    )
+    max_async_body: int = setting(
+        "max_async_body",
+        parse_size,
+        "1MiB",
+        "largest request body of an asynchronous call, "
+        "`413` beyond (1MiB is NATS's default message size)",
+        flag="--max-async-body",
+        group=_A,
+    )
+    max_result_body: int = setting(
+        "max_result_body",
+        parse_size,
+        "1MiB",
+        "response bytes kept in an activation record (the rest is cut, flagged)",
+        flag="--max-result-body",
+        group=_A,
+    )
+    async_concurrency: int = setting(
+        "async_concurrency",
+        _positive_int,
+        "32",
+        "asynchronous calls run at once, all functions together",
+        flag="--async-concurrency",
+        group=_A,
+    )
+    activation_retention: float = setting(
+        "activation_retention",
+        positive_duration,
+        "72h",
+        "how long records of ended calls are kept",
+        flag="--activation-retention",
+        group=_A,
+    )
+    convert_after: float = setting(
+        "convert_after",
+        parse_duration,
+        "0",
+        "a `/function` call running longer answers `202` and goes on asynchronously (`0` = never)",
+        flag="--convert-after",
+        group=_A,
+    )
+    max_attempts: int = setting(
+        "max_retry_attempts",
+        _positive_int,
+        "10",
+        "attempts of an asynchronous call",
+        flag="--max-attempts",
+        group=_A,
+    )
+    initial_backoff: float = setting(
+        "initial_retry_wait",
+        parse_duration,
+        "10s",
+        "wait before the first retry; doubles each time",
+        flag="--initial-backoff",
+        group=_A,
+    )
+    max_backoff: float = setting(
+        "max_retry_wait",
+        parse_duration,
+        "120s",
+        "longest wait between retries",
+        flag="--max-backoff",
+        group=_A,
+    )
+    max_event_age: float = setting(
+        "max_event_age",
+        positive_duration,
+        "24h",
+        "a call older than this fails instead of running",
+        flag="--max-event-age",
+        group=_A,
+    )
+    retry_codes: str = setting(
+        "retry_http_codes",
+        text,
+        "408,429,500,502,503,504",
+        "function statuses that are retried",
+        flag="--retry-codes",
+        group=_A,
+    )
+    callback_secret: str = setting(
+        "callback_secret",
+        text,
+        "",
+        "HMAC-SHA256 key for `X-Callback-Signature` (unset: unsigned)",
+        flag="--callback-secret",
+        group=_A,
+    )
+    callback_allow: tuple[str, ...] = setting(
+        "callback_allow",
+        _allow,
+        "",
+        "only these callback hosts, `*.domains` or networks "
+        "(comma-separated); unset: any destination not refused",
+        flag="--callback-allow",
+        group=_A,
+    )
+    callback_deny_private: bool = setting(
+        "callback_deny_private",
+        parse_bool,
+        "false",
+        "refuse loopback and private callback addresses",
+        flag="--callback-deny-private",
+        switch=True,
+        group=_A,
+    )
+    # -- front doors: other platforms' APIs (watchdog/gateway/doors/) --
+    openwhisk_door: bool = setting(
+        "openwhisk_door",
+        parse_bool,
+        "true",
+        "serve OpenWhisk's (DigitalOcean Functions') API under `/api/v1/` (`false`: off)",
+        flag="--openwhisk-door",
+        switch=True,
+        group=_D,
+    )
+    openwhisk_wait: float = setting(
+        "openwhisk_wait",
+        positive_duration,
+        "30s",
+        "how long a blocking OpenWhisk invoke waits before answering `202` (the call runs on)",
+        flag="--openwhisk-wait",
+        group=_D,
+    )
+
     @classmethod
     def from_args(cls, argv: Sequence[str], env: Mapping[str, str]) -> GatewayConfig:
-        """Parse the flags in ``argv`` over the variables in ``env``; read the functions file
-        and the basic-auth credentials.
+        """Parse the flags in ``argv`` over the variables in ``env`` (see :meth:`from_flags`)."""
+        try:
+            parsed, unknown = add_arguments(CommandParser(prog=PROG)).parse_known_args(argv)
+        except UsageError as exc:
+            raise ConfigError([str(exc)]) from None
+        return cls.from_flags(vars(parsed), env, unknown_arguments(unknown))
+
+    @classmethod
+    def from_flags(
+        cls, flags: Mapping[str, Any], env: Mapping[str, str], problems: Sequence[str] = ()
+    ) -> GatewayConfig:
+        """Build the configuration from parsed flags (:func:`add_arguments`) over ``env``;
+        read the functions file and the basic-auth credentials.
 
         Raises:
-            ConfigError: listing every problem found.
+            ConfigError: listing every problem found, ``problems`` first.
         """
-        problems: list[str] = []
-        raw_flags, function_flags = _split_flags(argv, problems)
-        values: dict[str, Any] = {}
-        for spec in FIELDS:
-            if spec.flag in raw_flags:
-                source, raw = spec.flag, raw_flags[spec.flag]
-            elif spec.env is not None and spec.env in env:
-                source, raw = spec.env, env[spec.env]
-            else:
-                values[spec.attr] = spec.default
-                continue
-            try:
-                values[spec.attr] = spec.parse(raw)
-            except ValueError as exc:
-                problems.append(f"{source}={raw!r} is invalid: expected {exc}")
-        namespace = values.get("namespace") or DEFAULT_NAMESPACE
+        given = {key: value for key, value in flags.items() if isinstance(value, str)}
+        values, found = resolve(declared(cls), env, given)
+        problems = [*problems, *found]
         retry = _retry_policy(values, problems)
         callback_policy = _callback_policy(values, problems)
-        if not values.get("queue_path"):
+        if values["queue_path"] is None:
             values["queue_path"] = str(default_queue_path(env))
-        if not values.get("nats_url"):
+        if values["nats_url"] is None:
             values["nats_url"] = _openfaas_nats_url(env, problems)
-        functions: dict[tuple[str, str], Function] = {}
-        if values.get("config_file"):
-            loaded_functions = _load_functions_file(
-                values["config_file"], namespace, retry, problems
-            )
-            for loaded in loaded_functions:
-                functions[(loaded.name, loaded.namespace)] = loaded
-        for raw in function_flags:
-            flagged = _parse_function_flag(raw, namespace, problems)
-            if flagged is None:
-                continue
-            if (flagged.name, flagged.namespace) in functions:
-                problems.append(
-                    f"{FUNCTION_FLAG} {raw!r} is invalid: function {flagged.key} is already "
-                    "defined (in the functions file or an earlier flag)"
-                )
-                continue
-            functions[(flagged.name, flagged.namespace)] = flagged
+        functions = _functions(values, retry, flags.get("functions") or (), problems)
         credentials = None
-        if values.get("basic_auth") or values.get("basic_auth_invoke"):
+        if values["basic_auth"] or values["basic_auth_invoke"]:
             credentials = _load_credentials(env, values["secret_mount_path"], problems)
         if problems:
             raise ConfigError(problems)
@@ -397,7 +449,7 @@ class GatewayConfig:
             retry=retry,
             callback_policy=callback_policy,
             credentials=credentials,
-            functions=tuple(functions.values()),
+            functions=functions,
             environ=MappingProxyType(dict(env)),
         )
 
@@ -406,7 +458,7 @@ class GatewayConfig:
         hidden = {"callback_secret"}
         parts = [
             f"{spec.attr}={getattr(self, spec.attr)!r}"
-            for spec in FIELDS
+            for spec in declared(GatewayConfig)
             if spec.attr not in hidden
         ]
         parts.append(f"callback_secret={'set' if self.callback_secret else 'unset'}")
@@ -414,72 +466,68 @@ class GatewayConfig:
         return " ".join(parts)
 
 
-def usage() -> str:
-    """The ``fwatchdog gateway --help`` text, generated from :data:`FIELDS`."""
-    lines = [
-        "usage: fwatchdog gateway [flags]",
-        "",
-        f"  {FUNCTION_FLAG} NAME[.NAMESPACE]=URL   register a function (repeatable)",
-    ]
-    for spec in FIELDS:
-        flag = spec.flag if not spec.takes_value else f"{spec.flag} VALUE"
-        env = f" [env {spec.env}]" if spec.env else ""
-        default = "" if spec.default in ("", False) else f" (default {spec.default!r})"
-        lines.append(f"  {flag:<32} {spec.doc}{default}{env}")
-    lines += [
-        "",
-        "Basic-auth credentials: basic_auth_user and basic_auth_password from the environment,",
-        "else the files basic-auth-user and basic-auth-password in secret_mount_path.",
-    ]
-    return "\n".join(lines)
+PROG = "fwatchdog gateway"
+_EPILOG = (
+    "Basic-auth credentials: basic_auth_user and basic_auth_password from the environment, "
+    "else the files basic-auth-user and basic-auth-password in secret_mount_path. A flag wins "
+    "over its environment variable."
+)
 
 
-def _split_flags(argv: Sequence[str], problems: list[str]) -> tuple[dict[str, str], list[str]]:
-    flags: dict[str, str] = {}
-    functions: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        name, eq, value = arg.partition("=")
-        if name == FUNCTION_FLAG:
-            if not eq:
-                if i >= len(args):
-                    problems.append(f"{FUNCTION_FLAG} needs a value: NAME=URL")
-                    break
-                value = args[i]
-                i += 1
-            functions.append(value)
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The gateway's flags, from its declarations, on ``parser``."""
+    parser.description = "Route /function/NAME and queue /async-function/NAME calls."
+    parser.epilog = _EPILOG
+    parser.add_argument(
+        FUNCTION_FLAG,
+        dest="functions",
+        action="append",
+        metavar="NAME[.NAMESPACE]=URL",
+        help="register a function (repeatable)",
+    )
+    add_flags(parser, declared(GatewayConfig))
+    return parser
+
+
+def unknown_arguments(unknown: Sequence[str]) -> list[str]:
+    return [f"unknown argument {arg!r} (see {PROG} --help)" for arg in unknown]
+
+
+def _functions(
+    values: Mapping[str, Any], retry: RetryPolicy, flagged: Sequence[str], problems: list[str]
+) -> tuple[Function, ...]:
+    """The functions file's functions, then the ``--function`` flags' (a name defined twice
+    is a problem)."""
+    namespace = values["namespace"]
+    functions: dict[tuple[str, str], Function] = {}
+    if values["config_file"]:
+        for loaded in _load_functions_file(values["config_file"], namespace, retry, problems):
+            functions[(loaded.name, loaded.namespace)] = loaded
+    for raw in flagged:
+        function = _parse_function_flag(raw, namespace, problems)
+        if function is None:
             continue
-        spec = _BY_FLAG.get(name)
-        if spec is None:
-            problems.append(f"unknown argument {arg!r} (see fwatchdog gateway --help)")
+        if (function.name, function.namespace) in functions:
+            problems.append(
+                f"{FUNCTION_FLAG} {raw!r} is invalid: function {function.key} is already "
+                "defined (in the functions file or an earlier flag)"
+            )
             continue
-        if not eq:
-            if not spec.takes_value:
-                value = "true"
-            elif i >= len(args):
-                problems.append(f"{name} needs a value")
-                continue
-            else:
-                value = args[i]
-                i += 1
-        flags[name] = value
-    return flags, functions
+        functions[(function.name, function.namespace)] = function
+    return tuple(functions.values())
 
 
 def _parse_url(text: str) -> str:
     value = text.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// URL such as http://127.0.0.1:8081")
+        raise Invalid("an http:// URL such as http://127.0.0.1:8081")
     if parts.query or parts.fragment:
-        raise ValueError("a URL without a query or fragment")
+        raise Invalid("a URL without a query or fragment")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ValueError("an http:// URL with a valid port") from None
+        raise Invalid("an http:// URL with a valid port") from None
     return value.rstrip("/")
 
 
@@ -555,12 +603,12 @@ def _load_functions_file(
     path: str, namespace: str, retry: RetryPolicy, problems: list[str]
 ) -> list[Function]:
     try:
-        text = Path(path).read_text()
+        content = Path(path).read_text()
     except OSError as exc:
         problems.append(f"functions file {path}: cannot read it: {exc.strerror or exc}")
         return []
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        document = yaml.load(content, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         problems.append(f"functions file {path}: not valid YAML: {exc}")
         return []
@@ -616,11 +664,11 @@ def _function_from_yaml(
 
     parse("url", _parse_url, required=True)
     parse("namespace", _namespace)
-    parse("timeout", _positive_duration)
+    parse("timeout", positive_duration)
     parse("max_concurrency", _non_negative_int)
-    parse("image", _text)
-    parse("fprocess", _text)
-    parse("convert_after", _duration)
+    parse("image", text)
+    parse("fprocess", text)
+    parse("convert_after", parse_duration)
     overrides = {key: settings[key] for key in _RETRY_FIELDS if settings.get(key) is not None}
     if overrides:
         try:

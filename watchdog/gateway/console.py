@@ -40,7 +40,7 @@ COUNT_CAP = 1000
 def load_assets() -> dict[str, tuple[bytes, str]]:
     """``{file name: (bytes, content type)}`` of the console's files."""
     assets: dict[str, tuple[bytes, str]] = {}
-    for entry in files("watchdog.gateway").joinpath("ui").iterdir():
+    for entry in files(__package__ or "").joinpath("ui").iterdir():
         suffix = "." + entry.name.rpartition(".")[2]
         if entry.is_file() and suffix in _TYPES:
             assets[entry.name] = (entry.read_bytes(), _TYPES[suffix])

@@ -62,6 +62,21 @@ def new_call_id() -> str:
     return str(uuid.uuid4())
 
 
+def function_url(base_url: str, target: str) -> URL:
+    """``target`` (path and query, still percent-encoded) on a function's own URL.
+
+    Only a target that starts with ``/`` is appended: anything else could extend the
+    authority (``http://fn:8080`` + ``@other:9`` is a URL of host ``other``), so the scheme,
+    host and port always come from the function's configured URL alone.
+
+    Raises:
+        InvokeError: 400 for a target that is not a path.
+    """
+    if not target.startswith("/"):
+        raise InvokeError(400, f"the request target {target[:80]!r} is not a path")
+    return URL(base_url + target, encoded=True)
+
+
 @dataclass(slots=True)
 class Call:
     """One request for a function, as it will be sent.
@@ -189,6 +204,7 @@ class Invoker:
                 if it cannot be reached or drops the connection before answering, 504 if it
                 does not answer within its timeout.
         """
+        url = function_url(function.base_url, call.target)
         key = function.key
         started = time.monotonic()
         inflight = self._inflight.get(key, 0)
@@ -209,7 +225,6 @@ class Invoker:
         headers = call.headers.copy()
         headers[CALL_ID_HEADER] = call.call_id
         headers[START_TIME_HEADER] = str(call.start_time_ns)
-        url = URL(function.base_url + call.target, encoded=True)
         answered = False
         try:
             async with asyncio.timeout(timeout):

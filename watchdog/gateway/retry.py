@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
-from ..config import ConfigError, parse_duration
+from ..settings import ConfigError, parse_duration
 from .queue.base import AttemptResult, Headers
 
 Jitter = Literal["full", "equal", "none"]

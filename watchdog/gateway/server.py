@@ -17,19 +17,20 @@ import aiohttp
 from aiohttp import web
 
 from .. import __version__
-from ..server import _signals_set
+from ..signals import stop_on_signals
 from .app import GatewayApp
 from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
 from .console import UI_PATH, Console
+from .doors import DoorServices, mount
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
 from .queue import QueueBackend
 from .queue.factory import build_queue
 from .registry import FunctionRegistry, InMemoryRegistry
 from .retry import RetryPolicy
-from .worker import AsyncWorker, GatewayInvoker, WorkerSettings
+from .worker import AsyncWorker, InvokePathRunner, WorkerSettings
 
 log = logging.getLogger("watchdog.gateway")
 
@@ -67,7 +68,7 @@ class Gateway:
             log.info("Function %s -> %s", function.key, function.url)
         try:
             await self.start()
-            with _signals_set(stop):
+            with stop_on_signals(stop):
                 await stop.wait()
                 await self.shutdown()
         finally:
@@ -117,7 +118,7 @@ class Gateway:
         queue, where = build_queue(config)
         await queue.open()
         self.queue = queue
-        runner = GatewayInvoker(invoker, result_limit=config.max_result_body)
+        runner = InvokePathRunner(invoker, result_limit=config.max_result_body)
 
         def policy_for(ref: str) -> RetryPolicy:
             try:
@@ -164,6 +165,9 @@ class Gateway:
         app.add_route(UI_PATH, console.static, protected=config.basic_auth)
         app.add_route("/system/stats", console.stats, protected=config.basic_auth)
         app.converter = calls
+        services = DoorServices(config, self.registry, invoker, queue, worker, app.authorized)
+        for door in mount(app.add_route, services):
+            log.info("Front door: %s", door)
         stop = self._stop_background
         self._background = [
             asyncio.create_task(worker.run(stop, drain_timeout=config.write_timeout)),

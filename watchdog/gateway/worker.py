@@ -2,8 +2,8 @@
 
 An :class:`AsyncWorker` runs in the gateway process. It leases due calls from the queue up to
 a global concurrency limit, leaving functions at their own limit for later, and runs each
-through an :class:`Invoker` (the gateway's synchronous invoke path; :class:`HttpInvoker` calls
-a function's watchdog directly). While a call runs its lease is extended every third of its
+through an :class:`AttemptRunner` (in the gateway, :class:`InvokePathRunner`: the gateway's
+one synchronous invoke path). While a call runs its lease is extended every third of its
 length, so a slow call is never handed to a second worker; if the gateway dies the lease runs
 out (or, with the SQLite store, the next gateway takes the call over at once) and the call
 runs again: at-least-once, never lost.
@@ -26,13 +26,11 @@ from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..proxy import HOP_BY_HOP, response_headers
 from ..responses import INTERNAL_HEADER
 from ._aio import first_of
-from .invoke import Call, InvokeError
-from .invoke import Invoker as GatewayInvokePath
+from .invoke import Call, InvokeError, Invoker
 from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend, QueueError
 from .retry import RetryPolicy, decide, header
 
@@ -54,7 +52,7 @@ class InvokeResult:
     gateway_status: int | None = None
 
 
-class Invoker(Protocol):
+class AttemptRunner(Protocol):
     """Runs one attempt of a call synchronously and reports how it ended. Never raises for
     a failure of the function or of the network: those are results."""
 
@@ -115,66 +113,7 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[byt
     return bytes(kept), truncated
 
 
-class HttpInvoker:
-    """Invokes a call by sending its request to the function's URL (its watchdog).
-
-    Args:
-        session: the client session to use.
-        url_for: the base URL of a function, None if it is not registered.
-        timeout_for: the limit on one attempt of a function, in seconds.
-        result_limit: the most response bytes kept (the rest is read and dropped).
-    """
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url_for: Callable[[str], str | None],
-        timeout_for: Callable[[str], float],
-        result_limit: int = DEFAULT_RESULT_LIMIT,
-    ) -> None:
-        self.session = session
-        self.url_for = url_for
-        self.timeout_for = timeout_for
-        self.result_limit = result_limit
-
-    async def invoke(self, call: LeasedCall) -> InvokeResult:
-        request = call.request
-        started = time.time()
-        base = self.url_for(request.function)
-        if base is None:
-            error = f"function {request.function} is not registered"
-            return InvokeResult(platform_failure(started, error), retryable=False)
-        url = base.rstrip("/") + (request.path or "/")
-        if request.query:
-            url += "?" + request.query
-        timeout = self.timeout_for(request.function)
-        try:
-            async with asyncio.timeout(timeout or None):
-                async with self.session.request(
-                    request.method,
-                    URL(url, encoded=True),
-                    headers=replay_headers(call),
-                    data=request.body,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                ) as response:
-                    body, truncated = await read_capped(response, self.result_limit)
-                    headers = tuple(
-                        (k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP
-                    )
-                    return InvokeResult(
-                        classify(response.status, headers, body, truncated, started)
-                    )
-        except TimeoutError:
-            return InvokeResult(platform_failure(started, f"timed out after {timeout:g}s"))
-        except aiohttp.ClientConnectorError as exc:
-            return InvokeResult(platform_failure(started, f"function unreachable: {exc}"))
-        except (aiohttp.ClientError, OSError) as exc:
-            error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
-            return InvokeResult(platform_failure(started, error))
-
-
-class GatewayInvoker:
+class InvokePathRunner:
     """Runs a queued call through the gateway's synchronous invoke path
     (:meth:`watchdog.gateway.invoke.Invoker.invoke`), so an asynchronous call has the same
     name resolution, per-function concurrency limit, timeout, call id and metrics as
@@ -185,7 +124,7 @@ class GatewayInvoker:
     registered (404) or a malformed name (400) fails at once.
     """
 
-    def __init__(self, invoker: GatewayInvokePath, result_limit: int = DEFAULT_RESULT_LIMIT):
+    def __init__(self, invoker: Invoker, result_limit: int = DEFAULT_RESULT_LIMIT):
         self.invoker = invoker
         self.result_limit = result_limit
 
@@ -263,7 +202,7 @@ class AsyncWorker:
     def __init__(
         self,
         queue: QueueBackend,
-        invoker: Invoker,
+        invoker: AttemptRunner,
         *,
         policy_for: Callable[[str], RetryPolicy],
         limit_for: Callable[[str], int | None] = lambda name: None,
@@ -282,6 +221,7 @@ class AsyncWorker:
         self.completed = 0
         self.failed = 0
         self.retried = 0
+        self._watchers: dict[str, asyncio.Event] = {}
 
     def _saturated(self) -> list[str]:
         full = []
@@ -338,6 +278,16 @@ class AsyncWorker:
                 task.cancel()
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=5)
+
+    def watch(self, call_id: str) -> asyncio.Event:
+        """An event set once this worker has recorded the end of ``call_id`` (succeeded or
+        failed, not a retry), so a caller waiting for the record need not poll the store.
+        Another gateway sharing the queue may run the call instead: waiters still look at
+        the record now and then. Pair with :meth:`unwatch`."""
+        return self._watchers.setdefault(call_id, asyncio.Event())
+
+    def unwatch(self, call_id: str) -> None:
+        self._watchers.pop(call_id, None)
 
     def adopt(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
         """Take over ``call``, whose first attempt is already running as ``attempt`` (a
@@ -420,6 +370,9 @@ class AsyncWorker:
         else:
             kept = await self.queue.fail(call, result)
             self.failed += 1
+        watcher = self._watchers.get(call.call_id)
+        if watcher is not None and action != "retry":
+            watcher.set()
         if not kept:
             log.warning(
                 "call %s attempt %d: lease lost before it ended; its result is dropped",

@@ -3,7 +3,7 @@ import pytest
 from .handler import handle
 
 # fwatchdog's helper builds the same event and context as the template's index.py.
-testing = pytest.importorskip("watchdog.testing", reason="fwatchdog is not installed here")
+testing = pytest.importorskip("fwatchdog.testing", reason="fwatchdog is not installed here")
 
 
 def test_handle():

@@ -28,8 +28,8 @@ from .base import (
 )
 
 BACKENDS: dict[str, str] = {
-    "sqlite": "watchdog.gateway.queue.sqlite:SqliteQueue",
-    "nats": "watchdog.gateway.queue.nats:NatsQueue",
+    "sqlite": ".sqlite:SqliteQueue",
+    "nats": ".nats:NatsQueue",
 }
 
 
@@ -40,7 +40,8 @@ def backend_class(name: str) -> Any:
         KeyError: no such backend.
     """
     module, _, attr = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    # Relative to this package: it is ``fwatchdog.gateway.queue`` once installed.
+    return getattr(importlib.import_module(module, __package__), attr)
 
 
 __all__ = [

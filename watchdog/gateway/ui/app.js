@@ -26,12 +26,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function table(caption, headings, rows, numeric) {
+function table(caption, headings, rows, numeric, id) {
   const head = el("tr", {}, headings.map((h, i) =>
     el("th", { scope: "col", class: numeric && numeric.includes(i) ? "num" : null, text: h })));
   const body = rows.map((cells) => el("tr", {}, cells.map((c, i) =>
     el("td", { class: numeric && numeric.includes(i) ? "num" : null }, c))));
-  return el("div", { class: "table-wrap" },
+  return el("div", { class: "table-wrap", id },
     el("table", {}, el("caption", { class: "muted", text: caption, hidden: true }),
       el("thead", {}, head), el("tbody", {}, body)));
 }
@@ -78,8 +78,15 @@ function render(...nodes) {
 
 // -- API ---------------------------------------------------------------------------------
 
+// An absolute URL on the page's origin: when the console was opened as
+// http://user:password@host/ui/, fetch refuses relative URLs (they would carry the credentials);
+// the browser still answers the gateway's 401 with the credentials it was given.
+function onOrigin(path) {
+  return new URL(path, location.origin).href;
+}
+
 async function api(path, options) {
-  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options));
+  const response = await fetch(onOrigin(path), Object.assign({ credentials: "same-origin" }, options));
   const type = response.headers.get("Content-Type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
   if (!response.ok) {
@@ -294,7 +301,7 @@ async function invoke(spec, result, send) {
   result.replaceChildren(el("p", { class: "muted", text: "Waiting for " + method + " " + url + "…" }));
   const started = performance.now();
   try {
-    const response = await fetch(url, { method, headers, credentials: "same-origin",
+    const response = await fetch(onOrigin(url), { method, headers, credentials: "same-origin",
       body: ["GET", "HEAD"].includes(method) ? null : body });
     const bytes = new Uint8Array(await response.arrayBuffer());
     showAnswer(result, method, url, response, bytes, performance.now() - started);
@@ -316,7 +323,9 @@ function showAnswer(result, method, url, response, bytes, elapsed) {
       ["Request", method + " " + url],
       ["Status", el("span", { id: "ans-status", text: response.status + " " + response.statusText })],
       ["Duration", ms(elapsed) + (gatewaySeconds ? " (gateway: " + ms(parseFloat(gatewaySeconds) * 1000) + ")" : "")],
-      ["Call id", callId ? el("span", { id: "ans-call" }, callLink(callId)) : "–"],
+      // Only an accepted (202) call has a record to link to; a synchronous answer's id is for logs.
+      ["Call id", callId ? el("span", { id: "ans-call" }, response.status === 202 ? callLink(callId)
+        : [callId, el("span", { class: "muted", text: " (answered synchronously: no record)" })]) : "–"],
     ]),
     el("h2", { text: "Headers" }), table("Response headers", ["Name", "Value"], rows),
     el("h2", { text: "Body" }), bodyView(bytes, response.headers.get("Content-Type") || "", "ans-body"));
@@ -406,13 +415,13 @@ function recordView(a) {
     ["#", "Started", "Duration", "Code", "Error", "Retry at"],
     a.attemptLog.map((t) => [String(t.attempt), when(t.startedAt), ms(t.durationMs),
       t.statusCode === null ? "–" : String(t.statusCode), t.error ? t.error.kind + ": " + t.error.message : "–",
-      when(t.retryAt)]), [0, 2, 3]) : el("p", { class: "muted", id: "no-attempts", text: "No attempt yet." }));
+      when(t.retryAt)]), [0, 2, 3], "rec-attempts") : el("p", { class: "muted", id: "no-attempts", text: "No attempt yet." }));
   if (a.callback) {
     nodes.push(el("h2", { text: "Callback" }), facts([["URL", a.callback.url], ["Status", a.callback.status],
       ["Deliveries", String(a.callback.attempts)]]));
     if (a.callback.log.length) nodes.push(table("Callback deliveries", ["#", "Started", "Duration", "Code", "Error"],
       a.callback.log.map((c) => [String(c.attempt), when(c.startedAt), ms(c.durationMs),
-        c.statusCode === null ? "–" : String(c.statusCode), c.error || "–"]), [0, 2, 3]));
+        c.statusCode === null ? "–" : String(c.statusCode), c.error || "–"]), [0, 2, 3], "rec-callbacks"));
   }
   if (a.response) {
     const r = a.response;
