@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from watchdog.config import ConfigError, WatchdogConfig, parse_duration
+from watchdog.settings import parse_size
 
 
 @pytest.mark.parametrize(
@@ -18,6 +19,21 @@ def test_durations_accept_go_syntax_and_whole_seconds(text: str, seconds: float)
     assert parse_duration(text) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1000", 1000), ("64Mi", 64 << 20), ("64MiB", 64 << 20), ("64MB", 64_000_000), ("2k", 2000)]
+    + [("512KiB", 512 << 10), ("1g", 10**9), ("1Gi", 1 << 30), ("8mib", 8 << 20)],
+)
+def test_sizes_accept_bytes_and_decimal_or_binary_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1.5M", "-1", "1e6", "\u0661\u0662", "12 parsecs", "Mi"])
+def test_malformed_sizes_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="a size in bytes"):
+        parse_size(text)
+
+
 def test_defaults_match_the_anchors() -> None:
     config = WatchdogConfig.from_env({"fprocess": "cat"})
     assert (config.port, config.metrics_port) == (8080, 8081)
@@ -25,6 +41,7 @@ def test_defaults_match_the_anchors() -> None:
     assert config.healthcheck_interval == config.write_timeout
     assert config.max_inflight == 0 and config.cgi_headers and config.prefix_logs
     assert config.mode == "auto" and config.log_buffer_size == 65536
+    assert config.max_body_size == 128 << 20
     assert str(config.lock_path) == "/tmp/.lock"
 
 

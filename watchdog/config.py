@@ -28,6 +28,7 @@ from .settings import (
     parse_bool,
     parse_duration,
     parse_port,
+    parse_size,
     resolve,
     setting,
     text,
@@ -88,6 +89,13 @@ def _parse_modules(text: str) -> tuple[str, ...]:
         if not all(part.isidentifier() for part in name.split(".")):
             raise Invalid(f"comma-separated module names such as numpy,pandas (not {name!r})")
     return names
+
+
+def _at_least_one_byte(value: str) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise Invalid("a size of at least 1 byte, such as 1048576, 64MiB or 64Mi")
+    return size
 
 
 _duration = parse_duration
@@ -222,6 +230,18 @@ class WatchdogConfig:
         _bool,
         "false",
         _HTTP + "send request bodies with a Content-Length",
+    )
+    # 128 MiB: twice the 64 MiB upload that must pass, and what one request may pin in memory
+    # (max_inflight bounds the total); the Go watchdogs impose no limit at all.
+    max_body_size: int = setting(
+        "max_body_size",
+        _at_least_one_byte,
+        "128MiB",
+        "largest request body read whole into memory (`serializing`, `buffer_http`); a longer "
+        "one gets `413 Request body larger than max_body_size (N bytes)`, at once when its "
+        "Content-Length says so. Streamed bodies (`auto`, `streaming`, http mode without "
+        "`buffer_http`) are not bounded, as in the Go watchdogs. The default passes a 64 MiB "
+        "upload with room and bounds what one request pins (`max_inflight` bounds the total)",
     )
     upstream_restart: bool = setting(
         "upstream_restart",

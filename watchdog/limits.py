@@ -15,6 +15,19 @@ class BodyTimeout(Exception):
     """The client did not deliver the request body within read_timeout."""
 
 
+class BodyTooLarge(Exception):
+    """The request body is longer than max_body_size, the most the watchdog holds in memory."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    @property
+    def text(self) -> str:
+        """The 413's body."""
+        return f"Request body larger than max_body_size ({self.limit} bytes)\n"
+
+
 class ClientStalled(Exception):
     """The client did not accept response bytes within write_timeout."""
 
@@ -50,17 +63,32 @@ class InflightLimiter:
         return f"Concurrent request limit exceeded. Max concurrent requests: {self.limit}\n"
 
 
-async def read_body(request: web.BaseRequest, deadline: float | None) -> bytes:
-    """Read the whole body before the loop-time ``deadline``.
+async def read_body(
+    request: web.BaseRequest, deadline: float | None, limit: int | None = None
+) -> bytearray:
+    """Read the whole body before the loop-time ``deadline``, at most ``limit`` bytes.
+
+    Read here rather than with ``request.read()``: that one stops at aiohttp's own 1 MiB
+    (``client_max_size``, with its own 413) and then copies the body once more into ``bytes``.
 
     Raises:
         BodyTimeout: the deadline passed first.
+        BodyTooLarge: the body is longer than ``limit`` (told by Content-Length before any of
+            it is read, when the client sent one).
     """
+    length = request.content_length
+    if limit is not None and length is not None and length > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
-            return await request.read()
+            while chunk := await request.content.readany():
+                body += chunk
+                if limit is not None and len(body) > limit:
+                    raise BodyTooLarge(limit)
     except TimeoutError:
         raise BodyTimeout from None
+    return body
 
 
 async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
@@ -84,10 +112,23 @@ async def send_whole(
     """
 
     async def prepare_and_finish() -> None:
-        await response.prepare(request)
+        writer = await response.prepare(request)
+        if writer is not None and _large_body(response):
+            # aiohttp joins the headers and the body into one new bytes object before writing
+            # them (before Python 3.12.9, which lacks a safe writelines): for a large answer
+            # that is a second copy of it in memory. Headers apart is one extra small write.
+            writer.send_headers()
         await response.write_eof()
 
     await within_write_timeout(prepare_and_finish(), timeout)
+
+
+_COALESCE_LIMIT = 64 * 1024
+
+
+def _large_body(response: web.StreamResponse) -> bool:
+    body = response.body if isinstance(response, web.Response) else None
+    return isinstance(body, (bytes, bytearray)) and len(body) > _COALESCE_LIMIT
 
 
 def seconds_or_none(value: float) -> float | None:

@@ -7,13 +7,18 @@ newline is still emitted when the pipe closes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 from typing import TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 CONTINUED = " [...]"
+BAD_REQUESTS_PER_SECOND = 10
+_REASON_MAX = 200
 
 
 class _TextFormatter(logging.Formatter):
@@ -51,6 +56,64 @@ def setup_logging(log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    for old in [f for f in server.filters if isinstance(f, MalformedRequests)]:
+        server.removeFilter(old)
+    server.addFilter(MalformedRequests(BAD_REQUESTS_PER_SECOND))
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request its parser refuses (answered 400) with a traceback of its own
+    code, twelve lines that say nothing about ours. This filter makes each one line, ``bad
+    request from PEER: REASON``, and lets at most ``per_second`` through per second, so a flood
+    of bad requests cannot flood the log: the rest are counted and reported in one line when
+    the second is over. Every other aiohttp record (a real 500 included) passes unchanged."""
+
+    def __init__(self, per_second: int) -> None:
+        super().__init__()
+        self.per_second = per_second
+        self._window_end = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now >= self._window_end:
+            self._window_end, self._logged = now + 1.0, 0
+        if self._logged >= self.per_second:
+            if self._suppressed == 0:
+                self._report_at_window_end(self._window_end - now)
+            self._suppressed += 1
+            return False
+        self._logged += 1
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = "bad request from %s: %s", (peer, _one_line(error.message))
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+    def _report_at_window_end(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # aiohttp logs these from its event loop; nothing to schedule on otherwise
+        loop.call_later(delay, self._report)
+
+    def _report(self) -> None:
+        count, self._suppressed = self._suppressed, 0
+        logging.getLogger("watchdog.logs").warning(
+            "bad requests: suppressed %d more lines in the last second", count
+        )
+
+
+def _one_line(reason: str) -> str:
+    """aiohttp's parser messages span lines and end in a caret under the offending byte."""
+    text = " ".join(reason.split()).removesuffix(" ^")
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= _REASON_MAX else text[:_REASON_MAX] + CONTINUED
 
 
 class LineSplitter:

@@ -122,6 +122,7 @@ async def open_upstream(
     buffer_body: bool = False,
     extra_headers: Mapping[str, str] | None = None,
     body: RequestBody | None = None,
+    body_limit: int | None = None,
 ) -> aiohttp.ClientResponse:
     """Send ``request`` to ``url`` and return the upstream's response once its headers arrive.
 
@@ -131,19 +132,21 @@ async def open_upstream(
     is (yarl would otherwise re-quote it: ``%7e`` would become ``~``, ``%zz`` ``%25zz``), so a
     raw path and query from the client reach the upstream unchanged. ``body`` (optional)
     holds the deadline for reading the client's body and reports how far it got.
+    ``body_limit`` bounds a ``buffer_body`` read (a streamed body is not bounded).
 
     Raises:
         UpstreamError: the connection failed before the response headers (also when the body
             stopped arriving while it streamed: ``body.timed_out`` tells).
         BodyTimeout: ``buffer_body`` and the body did not arrive before its deadline.
+        BodyTooLarge: ``buffer_body`` and the body is longer than ``body_limit``.
     """
     body = body or RequestBody()
     headers = forwarded_headers(request, extra_headers)
-    data: bytes | AsyncIterator[bytes] | None
+    data: bytearray | AsyncIterator[bytes] | None
     if buffer_body or small_body(request):
         # A small body goes with the request headers in one write; buffer_body asks for it.
         try:
-            data = await read_body(request, body.deadline)
+            data = await read_body(request, body.deadline, body_limit if buffer_body else None)
         except BodyTimeout:
             body.timed_out = True
             raise

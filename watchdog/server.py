@@ -202,7 +202,13 @@ class Watchdog:
 
 def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     """Only origin-form targets (``/path?query``) are served, in every mode, so no request can
-    steer http mode's upstream address: CONNECT gets 405, absolute-form and ``*`` get 400."""
+    steer http mode's upstream address: CONNECT gets 405, absolute-form and ``*`` get 400.
+    A request line without a version (``GET /``: HTTP/0.9, which aiohttp's parser accepts) gets
+    400 and a closed connection before anything runs: nothing this server does speaks 0.9."""
+    if request.version < (1, 0):
+        refusal = text_response(400, "HTTP/0.9 requests are not supported\n", time.monotonic())
+        refusal.force_close()
+        return refusal
     if request.method == "CONNECT":
         refusal = text_response(405, "CONNECT is not supported\n", time.monotonic())
         refusal.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"

@@ -278,25 +278,27 @@ def int_in(
 
 parse_port = int_in(0, 65535)
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
+
+def _size_units() -> dict[str, int]:
+    units = {"": 1, "b": 1}
+    for power, prefix in enumerate("kmg", 1):
+        for suffix in ("", "b"):  # 64M = 64MB, 64Mi = 64MiB (Kubernetes' spelling)
+            units[prefix + suffix] = 1000**power
+            units[prefix + "i" + suffix] = 1024**power
+    return units
+
+
+_SIZE_UNITS = _size_units()
 
 
 def parse_size(text: str) -> int:
-    """Bytes: ``1048576``, ``512KiB``, ``1MiB``, ``1MB`` or ``1GiB``."""
+    """Bytes: ``1048576``, or with a decimal (``1MB``, ``1M``) or binary (``1MiB``, ``1Mi``)
+    unit from k to G, any case."""
     value = text.strip().lower()
     digits = value.rstrip("abgikm")
     unit = value[len(digits) :]
     if not (digits.isascii() and digits.isdigit()) or unit not in _SIZE_UNITS:
-        raise Invalid("a size in bytes such as 1048576, 512KiB or 1MiB")
+        raise Invalid("a size in bytes such as 1048576, 512KiB, 1MiB or 64Mi")
     return int(digits) * _SIZE_UNITS[unit]
 
 

@@ -25,7 +25,14 @@ from multidict import CIMultiDict
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..forkserver import ForkServer
-from ..limits import BodyTimeout, ClientStalled, read_body, seconds_or_none, within_write_timeout
+from ..limits import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientStalled,
+    read_body,
+    seconds_or_none,
+    within_write_timeout,
+)
 from ..logs import FunctionLog, LineSplitter
 from ..metrics import WatchdogMetrics
 from ..pipes import PipeDrain, read_chunk, write_all, write_now
@@ -109,14 +116,16 @@ class ForkRunner:
         await self.processes.kill_all(grace)
 
     async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
-        body: bytes | None = None
+        body: bytearray | None = None
         loop = asyncio.get_running_loop()
         read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
         if self.policy.buffer_request:
             try:
-                body = await read_body(request, read_deadline)
+                body = await read_body(request, read_deadline, self.config.max_body_size)
             except BodyTimeout:
                 return self._body_timeout(started)
+            except BodyTooLarge as exc:
+                return text_response(413, exc.text, started)
         try:
             child = await self.processes.spawn_handler(
                 self._request_env(request), merge_stderr=self.config.combine_output
@@ -186,32 +195,37 @@ class _Call:
 
     # -- the request ----------------------------------------------------------------------
 
-    async def run(self, body: bytes | None) -> web.StreamResponse:
+    async def run(self, body: bytearray | None) -> web.StreamResponse:
         self._drain_stderr()
         prefix = b""
-        if body is None and not self.request.body_exists:
-            body = b""
-        elif body is None:
+        whole: bytes | bytearray | None = body
+        if whole is None and not self.request.body_exists:
+            whole = b""
+        elif whole is None:
             # The common small POST has arrived whole with the headers: no feeder task needed.
             prefix = self.request.content.read_nowait()
             if self.request.content.is_eof():
-                body = prefix
-        if body is not None:
-            body = self._write_stdin_now(body)
-            if not body:
-                return await self._respond()
-        return await self._respond_while_feeding(body, prefix)
+                whole = prefix
+        if whole is None:
+            return await self._respond_while_feeding(None, prefix)
+        rest = self._write_stdin_now(whole)
+        if not rest:
+            return await self._respond()
+        return await self._respond_while_feeding(rest, prefix)
 
-    def _write_stdin_now(self, body: bytes) -> bytes:
-        """Write what the pipe takes without waiting; return the rest (stdin closed if none)."""
+    def _write_stdin_now(self, body: bytes | bytearray) -> memoryview:
+        """Write what the pipe takes without waiting; return the rest (stdin closed if none),
+        a view rather than a copy of a body that may be max_body_size long."""
         fd = self.child.stdin
         assert fd is not None
-        rest = body[write_now(fd, body) :] if body else b""
+        rest = memoryview(body)[write_now(fd, body) :] if body else memoryview(b"")
         if not rest:
             self.child.close_fd(fd)
         return rest
 
-    async def _respond_while_feeding(self, body: bytes | None, prefix: bytes) -> web.StreamResponse:
+    async def _respond_while_feeding(
+        self, body: memoryview | None, prefix: bytes
+    ) -> web.StreamResponse:
         """Respond while a task feeds stdin; a body that stops arriving ends the request (408)."""
         feeder = asyncio.ensure_future(self._feed_stdin(body, prefix))
         responding = asyncio.ensure_future(self._respond())
@@ -225,7 +239,7 @@ class _Call:
             feeder.cancel()
             responding.cancel()
 
-    async def _feed_stdin(self, body: bytes | None, prefix: bytes) -> None:
+    async def _feed_stdin(self, body: memoryview | None, prefix: bytes) -> None:
         """Copy the body to stdin and close it. On a body timeout stdin stays open: the handler
         is killed rather than shown a truncated body as if it were complete."""
         fd = self.child.stdin
@@ -277,11 +291,14 @@ class _Call:
             head = self._head(output, final=True)
         except CGIHeaderError as exc:
             return self._bad_head(exc)
-        body = bytes(output[head.body_offset :]) if head else bytes(output)
-        response = web.Response(body=body, status=head.status if head else 200)
+        # The answer goes out as the very buffer it was read into (a 1 GB answer is 1 GB in
+        # memory, not 2): the CGI head is cut off in place, and nothing copies it to bytes.
+        if head:
+            del output[: head.body_offset]
+        response = web.Response(body=output, status=head.status if head else 200)
         self._apply_head(response, head)
         if self.config.write_debug:
-            log.info("Response body (%d bytes): %r", len(body), body[:4096])
+            log.info("Response body (%d bytes): %r", len(output), bytes(output[:4096]))
         return response
 
     async def _stream(self, output: bytearray) -> web.StreamResponse:

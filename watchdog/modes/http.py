@@ -17,7 +17,13 @@ import aiohttp
 from aiohttp import web
 
 from ..config import WatchdogConfig, parse_duration
-from ..limits import BodyTimeout, ClientStalled, seconds_or_none, within_write_timeout
+from ..limits import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientStalled,
+    seconds_or_none,
+    within_write_timeout,
+)
 from ..logs import FunctionLog
 from ..process import ProcessTable, resolve_program
 from ..proxy import (
@@ -182,6 +188,8 @@ class HttpRunner:
             return self._timed_out(request, started, timeout, exchange)
         except BodyTimeout:
             return self._body_timed_out(request, started, exchange)
+        except BodyTooLarge as exc:
+            return text_response(413, exc.text, started)
         except ClientStalled:
             log.warning(
                 "Client did not read %s %s within write_timeout", request.method, request.path
@@ -223,6 +231,7 @@ class HttpRunner:
             request,
             self.base_url + request.raw_path,
             buffer_body=self.config.buffer_http,
+            body_limit=self.config.max_body_size,
             extra_headers={"Host": request.host},
             body=exchange.body,
         )
