@@ -136,8 +136,9 @@ class AsyncCalls:
         except QueueFull as exc:
             return _queue_full(exc)
         except QueueUnavailable as exc:
-            # The write may have landed: the caller gets the id to look it up or retry with.
-            return unavailable(exc, call.call_id)
+            # The write may have landed: the caller gets the id to look it up or retry with
+            # (the id of an earlier call holding the same Idempotency-Key, if that is it).
+            return unavailable(exc, exc.call_id or call.call_id)
         except QueueError as exc:
             return refusal(409, str(exc))
         return accepted(result.call_id, result.status)
