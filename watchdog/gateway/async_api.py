@@ -32,9 +32,8 @@ from aiohttp import web
 
 from ..config import parse_duration
 from ..proxy import forwarded_headers
-from ..responses import INTERNAL_HEADER
 from .activations import accepted_body, not_found_body, record_json, status_path
-from .answers import json_response, method_not_allowed, refusal, text
+from .answers import json_response, method_not_allowed, refusal, text, unavailable
 from .config import GatewayConfig
 from .invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, InvokeError, Invoker
 from .queue.base import (
@@ -425,23 +424,6 @@ def _as_status(status: str | None) -> Status | None:
         if known == status:
             return known
     return None
-
-
-def unavailable(exc: QueueUnavailable, call_id: str | None) -> web.Response:
-    """503 while the queue cannot be reached: a JSON reason, ``Retry-After``, and for a
-    submission the call id it was written under (its outcome is unknown)."""
-    body: dict[str, object] = {
-        "error": "queue_unavailable",
-        "message": f"the queue is unavailable: {exc}; try again later",
-    }
-    if call_id is not None:
-        body["callId"] = call_id
-    response = json_response(503, body)
-    response.headers["Retry-After"] = "1"
-    response.headers[INTERNAL_HEADER] = "gateway"
-    if call_id is not None:
-        response.headers[CALL_ID_HEADER] = call_id
-    return response
 
 
 def _too_large(limit: int) -> web.Response:
