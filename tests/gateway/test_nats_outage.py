@@ -12,6 +12,7 @@ again.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from async_helpers import Receiver
 from conftest import Reply, RunningWatchdog
-from nats_server import start_nats_server
+from nats_server import NatsServer, start_nats_server
 
 from .conftest import Launcher
 
@@ -89,6 +90,44 @@ def _resubmit(gateway: RunningWatchdog, key: str, deadline: float) -> Outcome:
         time.sleep(0.2)
 
 
+def _gateway(
+    launcher: Launcher, tmp_path: Path, server: NatsServer, function: Receiver
+) -> RunningWatchdog:
+    config = tmp_path / "gateway.yml"
+    config.write_text(f"functions:\n  fn:\n    url: {function.url}\n")
+    return launcher.gateway(
+        *("--queue", "nats", "--nats-url", server.url, "--nats-prefix", "outage"),
+        *("--config", str(config), "--lease", "8s"),
+    )
+
+
+def _assert_routes_unavailable(gateway: RunningWatchdog, call_id: str) -> None:
+    """Every route that reads or changes the queue answers 503 (submitting is checked by
+    the caller)."""
+    for method, path in (
+        ("GET", "/system/activations"),
+        ("GET", f"/system/activations/{call_id}"),
+        ("GET", f"/system/activations/{call_id}/result"),
+        ("DELETE", f"/system/activations/{call_id}"),
+        ("DELETE", f"/async-function/{call_id}"),
+        ("GET", "/system/stats"),
+    ):
+        _assert_unavailable(gateway.request(method, path, timeout=CLIENT_TIMEOUT))
+
+
+def _wait_succeeded(gateway: RunningWatchdog, ids: set[str], deadline: float) -> None:
+    """Until exactly ``ids`` are stored, all succeeded (so none runs again)."""
+    while True:
+        records = _records(gateway)
+        if set(records) == ids and all(r["status"] == "succeeded" for r in records.values()):
+            return
+        assert set(records) <= ids, set(records) - ids  # a 503's call under no key's id
+        assert time.monotonic() < deadline, {
+            i: r["status"] for i, r in records.items() if r["status"] != "succeeded"
+        }
+        time.sleep(0.05)
+
+
 def _records(gateway: RunningWatchdog) -> dict[str, dict[str, object]]:
     reply = gateway.request("GET", "/system/activations?limit=1000")
     assert reply.status == 200, reply.text
@@ -103,12 +142,7 @@ def test_a_killed_nats_server_gets_503_at_once_and_loses_or_repeats_nothing(
     function = receiver()  # the function itself: records every run
     server = start_nats_server(tmp_path / "nats")
     try:
-        config = tmp_path / "gateway.yml"
-        config.write_text(f"functions:\n  fn:\n    url: {function.url}\n")
-        gateway = launcher.gateway(
-            *("--queue", "nats", "--nats-url", server.url, "--nats-prefix", "outage"),
-            *("--config", str(config), "--lease", "8s"),
-        )
+        gateway = _gateway(launcher, tmp_path, server, function)
         outcomes: list[Outcome] = []
         killed = threading.Event()
         with ThreadPoolExecutor(SUBMITTERS) as pool:
@@ -128,15 +162,7 @@ def test_a_killed_nats_server_gets_503_at_once_and_loses_or_repeats_nothing(
         # NATS is down: every route that needs the queue answers 503 at once.
         outcomes.append(_submit(gateway, "down-0"))
         assert outcomes[-1].status == 503
-        known = next(o.call_id for o in outcomes if o.status == 202)
-        for method, path in (
-            ("GET", "/system/activations"),
-            ("GET", f"/system/activations/{known}"),
-            ("GET", f"/system/activations/{known}/result"),
-            ("DELETE", f"/system/activations/{known}"),
-            ("DELETE", f"/async-function/{known}"),
-        ):
-            _assert_unavailable(gateway.request(method, path, timeout=CLIENT_TIMEOUT))
+        _assert_routes_unavailable(gateway, next(o.call_id for o in outcomes if o.status == 202))
 
         server.restart()  # same port, same store
         n = 0
@@ -161,15 +187,7 @@ def test_a_killed_nats_server_gets_503_at_once_and_loses_or_repeats_nothing(
 
         # Every accepted call runs and succeeds; nothing else is stored.
         function.wait_for_calls(sorted(ids), timeout=max(1.0, deadline - time.monotonic()))
-        while True:
-            records = _records(gateway)
-            if set(records) == ids and all(r["status"] == "succeeded" for r in records.values()):
-                break
-            assert set(records) <= ids, set(records) - ids  # a 503's call under no key's id
-            assert time.monotonic() < deadline, {
-                i: r["status"] for i, r in records.items() if r["status"] != "succeeded"
-            }
-            time.sleep(0.05)
+        _wait_succeeded(gateway, ids, deadline)
         runs = Counter(r.headers["X-Call-Id"] for r in function.requests)
         assert runs == Counter(ids), "a call ran twice, or one ran that was not accepted"
         key_of = {call_id: key for key, call_id in final.items()}
@@ -182,4 +200,41 @@ def test_a_killed_nats_server_gets_503_at_once_and_loses_or_repeats_nothing(
         assert gateway.proc.poll() is None
         assert "Traceback" not in gateway.logs(), gateway.logs()
     finally:
+        server.stop()
+
+
+@pytest.mark.timeout(40)
+def test_a_frozen_nats_server_is_found_out_by_one_timeout_and_no_202_is_a_guess(
+    launcher: Launcher, tmp_path: Path, receiver: Callable[..., Receiver]
+) -> None:
+    """SIGSTOP: the connection stays up, NATS just stops answering. The first submission
+    waits one NATS deadline and answers 503 (its idempotency claim reaches NATS when it
+    wakes, its call never does); the routes after it answer at once. Resubmitted, the key
+    answers 503 naming the first call while that claim is young, never a 202 for a call
+    that is not stored, then runs once."""
+    deadline = time.monotonic() + 35
+    function = receiver()
+    server = start_nats_server(tmp_path / "nats")
+    try:
+        gateway = _gateway(launcher, tmp_path, server, function)
+        before = _submit(gateway, "before")
+        assert before.status == 202
+        function.wait_for_calls([before.call_id])
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            frozen = _submit(gateway, "frozen")
+            assert frozen.status == 503
+            _assert_routes_unavailable(gateway, before.call_id)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        again = _resubmit(gateway, "frozen", deadline)
+        _wait_succeeded(gateway, {before.call_id, again.call_id}, deadline)
+        runs = Counter(r.headers["X-Call-Id"] for r in function.requests)
+        assert runs == Counter([before.call_id, again.call_id])
+        if again.call_id != frozen.call_id:
+            reply = gateway.request("GET", f"/system/activations/{frozen.call_id}")
+            assert reply.status == 404, reply.text
+        assert "Traceback" not in gateway.logs(), gateway.logs()
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
         server.stop()

@@ -456,6 +456,9 @@ class NatsQueue:
             return False
         except nats.errors.Error:
             pass  # JetStream answered, if with an error: it is reachable
+        except Exception as exc:  # noqa: BLE001 - the probe must keep running
+            log.debug("NATS probe: %s", _reason(exc))
+            return False
         return True
 
     @staticmethod
