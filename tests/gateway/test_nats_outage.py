@@ -29,6 +29,7 @@ from nats_server import NatsServer, start_nats_server
 from .conftest import Launcher
 
 pytest_plugins = ("async_fixtures",)
+pytestmark = pytest.mark.soak  # a fault test: kills nats-server; `-m 'not soak'` skips it
 
 CLIENT_TIMEOUT = 3.0
 """Longer than the 1 s the routes must answer in, shorter than the 5 s they used to take."""
