@@ -8,6 +8,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..responses import INTERNAL_HEADER
+from .invoke import CALL_ID_HEADER
+from .queue.base import QueueUnavailable
 
 SERVED_BY = f"fwatchdog-gateway/{__version__}"
 
@@ -37,4 +39,21 @@ def refusal(status: int, body: str) -> web.Response:
     ``X-OpenFaaS-Internal: gateway`` (retry policies tell platform failures apart by it)."""
     response = text(status, body)
     response.headers[INTERNAL_HEADER] = "gateway"
+    return response
+
+
+def unavailable(exc: QueueUnavailable, call_id: str | None) -> web.Response:
+    """503 while the queue cannot be reached: a JSON reason, ``Retry-After``, and for a
+    submission the call id it was written under (its outcome is unknown)."""
+    body: dict[str, object] = {
+        "error": "queue_unavailable",
+        "message": f"the queue is unavailable: {exc}; try again later",
+    }
+    if call_id is not None:
+        body["callId"] = call_id
+    response = json_response(503, body)
+    response.headers["Retry-After"] = "1"
+    response.headers[INTERNAL_HEADER] = "gateway"
+    if call_id is not None:
+        response.headers[CALL_ID_HEADER] = call_id
     return response

@@ -32,9 +32,8 @@ from aiohttp import web
 
 from ..config import parse_duration
 from ..proxy import forwarded_headers
-from ..responses import INTERNAL_HEADER
 from .activations import accepted_body, not_found_body, record_json, status_path
-from .answers import json_response, method_not_allowed, refusal, text
+from .answers import json_response, method_not_allowed, refusal, text, unavailable
 from .config import GatewayConfig
 from .invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, InvokeError, Invoker
 from .queue.base import (
@@ -136,8 +135,9 @@ class AsyncCalls:
         except QueueFull as exc:
             return _queue_full(exc)
         except QueueUnavailable as exc:
-            # The write may have landed: the caller gets the id to look it up or retry with.
-            return unavailable(exc, call.call_id)
+            # The write may have landed: the caller gets the id to look it up or retry with
+            # (the id of an earlier call holding the same Idempotency-Key, if that is it).
+            return unavailable(exc, exc.call_id or call.call_id)
         except QueueError as exc:
             return refusal(409, str(exc))
         return accepted(result.call_id, result.status)
@@ -424,23 +424,6 @@ def _as_status(status: str | None) -> Status | None:
         if known == status:
             return known
     return None
-
-
-def unavailable(exc: QueueUnavailable, call_id: str | None) -> web.Response:
-    """503 while the queue cannot be reached: a JSON reason, ``Retry-After``, and for a
-    submission the call id it was written under (its outcome is unknown)."""
-    body: dict[str, object] = {
-        "error": "queue_unavailable",
-        "message": f"the queue is unavailable: {exc}; try again later",
-    }
-    if call_id is not None:
-        body["callId"] = call_id
-    response = json_response(503, body)
-    response.headers["Retry-After"] = "1"
-    response.headers[INTERNAL_HEADER] = "gateway"
-    if call_id is not None:
-        response.headers[CALL_ID_HEADER] = call_id
-    return response
 
 
 def _too_large(limit: int) -> web.Response:

@@ -51,7 +51,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -62,7 +62,7 @@ from yarl import URL
 from .. import __version__
 from ..proxy import HOP_BY_HOP
 from ..settings import ConfigError
-from ._aio import first_of
+from ._aio import first_of, record_outcome
 from .queue.base import CallbackAttempt, CallbackJob, QueueBackend, QueueError
 from .retry import RetryPolicy, parse_retry_after
 
@@ -450,28 +450,34 @@ class CallbackDispatcher:
         if not task.cancelled() and task.exception() is not None:
             log.error("callback delivery crashed", exc_info=task.exception())
 
+    @staticmethod
+    async def _report(job: CallbackJob, report: Callable[[], Awaitable[bool]]) -> None:
+        await record_outcome(report, log, f"callback of call {job.call_id}")
+
     async def _deliver(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
         outcome = await deliver(session, job, self.settings)
         policy = self.settings.retry
         now = time.time()
         if outcome.delivered:
             self.delivered += 1
-            await self.queue.callback_delivered(job, outcome.attempt)
+            await self._report(job, lambda: self.queue.callback_delivered(job, outcome.attempt))
             return
         base = job.ended_at or job.created_at
         if outcome.permanent or job.attempt >= policy.max_attempts:
             log.warning("callback %s to %s failed: %s", job.call_id, job.url, outcome.attempt.error)
             self.failed += 1
-            await self.queue.callback_failed(job, outcome.attempt)
+            await self._report(job, lambda: self.queue.callback_failed(job, outcome.attempt))
             return
         delay = policy.backoff(job.attempt)
         if outcome.retry_after is not None:
             delay = max(outcome.retry_after, policy.initial_backoff)
         if policy.expired(base, now + delay):
             self.failed += 1
-            await self.queue.callback_failed(job, outcome.attempt)
+            await self._report(job, lambda: self.queue.callback_failed(job, outcome.attempt))
             return
-        await self.queue.callback_retry(job, outcome.attempt, now + delay)
+        await self._report(
+            job, lambda: self.queue.callback_retry(job, outcome.attempt, now + delay)
+        )
 
 
 def parse_allow(values: Iterable[str] | str) -> tuple[str, ...]:

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text
+from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text, unavailable
 from .metrics import GatewayMetrics, function_figures
-from .queue.base import ListQuery, QueueBackend
+from .queue.base import ListQuery, QueueBackend, QueueUnavailable
 from .registry import Function, FunctionRegistry
 from .retry import RetryPolicy
 from .worker import AsyncWorker
@@ -122,10 +122,14 @@ class Console:
             return method_not_allowed("GET, HEAD")
         figures = function_figures(self.metrics)
         functions = self.registry.list(None)
+        try:
+            queue = await self._queue()
+        except QueueUnavailable as exc:
+            return unavailable(exc, None)
         body = {
             "namespaces": sorted({fn.namespace for fn in functions}),
             "functions": [self._function(fn, figures.get(fn.key)) for fn in functions],
-            "queue": await self._queue(),
+            "queue": queue,
         }
         return json_response(200, body)
 

@@ -29,9 +29,16 @@ from multidict import CIMultiDict
 
 from ..proxy import HOP_BY_HOP, response_headers
 from ..responses import INTERNAL_HEADER
-from ._aio import first_of
+from ._aio import first_of, record_outcome
 from .invoke import Call, InvokeError, Invoker
-from .queue.base import AttemptResult, Headers, LeasedCall, QueueBackend, QueueError
+from .queue.base import (
+    AttemptResult,
+    Headers,
+    LeasedCall,
+    QueueBackend,
+    QueueError,
+    QueueUnavailable,
+)
 from .retry import RetryPolicy, decide, header
 
 log = logging.getLogger("watchdog.gateway.worker")
@@ -261,7 +268,7 @@ class AsyncWorker:
                     else:
                         self._start(call)
                 for call in over:
-                    await self.queue.release(call)
+                    await self._release(call)
                 if len(batch.calls) == free:
                     continue
                 wait = self.settings.poll_interval
@@ -288,6 +295,12 @@ class AsyncWorker:
 
     def unwatch(self, call_id: str) -> None:
         self._watchers.pop(call_id, None)
+
+    async def _release(self, call: LeasedCall) -> None:
+        try:
+            await self.queue.release(call)
+        except QueueError as exc:  # the lease then runs out and the call is due again
+            log.warning("handing back call %s failed: %s", call.call_id, exc)
 
     def adopt(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
         """Take over ``call``, whose first attempt is already running as ``attempt`` (a
@@ -362,13 +375,13 @@ class AsyncWorker:
         self, call: LeasedCall, result: AttemptResult, action: str, at: float = 0.0
     ) -> None:
         if action == "complete":
-            kept = await self.queue.complete(call, result)
+            kept = await self._report(call, lambda: self.queue.complete(call, result))
             self.completed += 1
         elif action == "retry":
-            kept = await self.queue.retry(call, result, at)
+            kept = await self._report(call, lambda: self.queue.retry(call, result, at))
             self.retried += 1
         else:
-            kept = await self.queue.fail(call, result)
+            kept = await self._report(call, lambda: self.queue.fail(call, result))
             self.failed += 1
         watcher = self._watchers.get(call.call_id)
         if watcher is not None and action != "retry":
@@ -380,6 +393,9 @@ class AsyncWorker:
                 call.attempt,
             )
 
+    async def _report(self, call: LeasedCall, report: Callable[[], Awaitable[bool]]) -> bool:
+        return await record_outcome(report, log, f"call {call.call_id}")
+
     async def _heartbeat(self, call: LeasedCall) -> None:
         period = self.settings.lease_for / 3
         while True:
@@ -388,5 +404,7 @@ class AsyncWorker:
                 if not await self.queue.extend(call, self.settings.lease_for):
                     log.warning("call %s: lease lost while running", call.call_id)
                     return
+            except QueueUnavailable as exc:  # keep trying; the lease has slack
+                log.warning("extending the lease of call %s failed: %s", call.call_id, exc)
             except Exception:  # noqa: BLE001 - keep trying; the lease has slack
                 log.exception("extending the lease of call %s failed", call.call_id)

@@ -49,7 +49,12 @@ class QueueClosed(QueueError):
 
 class QueueUnavailable(QueueError):
     """The store cannot be reached now (a networked backend's server is down or far away);
-    nothing was changed, the operation may be tried again."""
+    the operation may be tried again. A write that was under way may have landed all the
+    same: ``call_id``, when set, names the call the caller should look up or retry as."""
+
+    def __init__(self, message: str = "", *, call_id: str | None = None) -> None:
+        super().__init__(message)
+        self.call_id = call_id
 
 
 class QueueFull(QueueError):

@@ -27,6 +27,13 @@ a newer one whose record write has not landed yet waits briefly, then counts as 
 Durability: every method that changes state returns after JetStream acknowledged the write
 (publish acks, KV acks). Acks and naks of jobs are fire-and-forget: a lost one only makes the
 job come back after the consumer's ``ack_wait``, and the record decides again.
+
+Outages: the queue knows whether NATS is reachable, from the client's connection callbacks
+and from requests that time out, so a request to the gateway is not the one that finds out
+by waiting. While NATS is down every method raises :class:`QueueUnavailable` at once; a
+probe asks JetStream every _PROBE_EVERY seconds and marks it up when it answers. The methods
+a client waits on (accept, read, list, cancel) give each NATS answer _DEADLINE seconds, the
+workers' the usual _TIMEOUT.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import nats
 import nats.errors
@@ -122,26 +130,70 @@ _DONE_CALLBACKS = frozenset({"delivered", "failed", "skipped"})
 
 
 _NO_JETSTREAM = (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)
+_UNREACHABLE = (
+    TimeoutError,  # nats.errors.TimeoutError is one
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+)
+"""Failures that say NATS (or its JetStream) cannot be reached now: the queue is marked down."""
+
+_TIMEOUT = 5.0
+"""Seconds the workers' operations wait for each NATS answer."""
+_DEADLINE = 0.9
+"""Seconds the request-path operations wait for each NATS answer: a client waiting on the
+gateway gets its 503 within about a second when NATS stops answering."""
+_PROBE_EVERY = 0.25
+_PROBE_TIMEOUT = 0.5
+_request_path: ContextVar[bool] = ContextVar("nats_request_path", default=False)
+"""Set while a request-path operation runs (the deadline applies to everything it calls)."""
 
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _as_queue_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _as_queue_errors(
+    method: Callable[Concatenate[NatsQueue, P], Awaitable[R]],
+) -> Callable[Concatenate[NatsQueue, P], Awaitable[R]]:
     """Report NATS failures as :class:`QueueError`, the error every caller of a backend
-    handles: :class:`QueueUnavailable` when NATS is away or slow (try again later)."""
+    handles: :class:`QueueUnavailable` when NATS is away or slow (try again later). While
+    NATS is known to be down, fail at once; a failure that says it is down marks it so."""
 
     @functools.wraps(method)
-    async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def translated(self: NatsQueue, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._check_up()
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except (nats.errors.MaxPayloadError, nats.js.errors.BadRequestError) as exc:
             raise QueueError(f"NATS refused the write: {_reason(exc)}") from exc
-        except (TimeoutError, nats.errors.Error) as exc:
+        except _UNREACHABLE as exc:
+            self._mark_down(_reason(exc))
+            raise QueueUnavailable(f"NATS: {_reason(exc)}") from exc
+        except nats.errors.Error as exc:
             raise QueueUnavailable(f"NATS: {_reason(exc)}") from exc
 
     return translated
+
+
+def _on_request_path(
+    method: Callable[Concatenate[NatsQueue, P], Awaitable[R]],
+) -> Callable[Concatenate[NatsQueue, P], Awaitable[R]]:
+    """A method a client of the gateway waits on: every NATS answer it needs gets _DEADLINE
+    seconds (the contextvar reaches the helpers it calls, and tasks they start)."""
+
+    @functools.wraps(method)
+    async def bounded(self: NatsQueue, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        token = _request_path.set(True)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            _request_path.reset(token)
+
+    return bounded
 
 
 class _Timers:
@@ -221,6 +273,12 @@ class NatsQueue:
         self._js: JetStreamContext | None = None
         self._records: KeyValue | None = None
         self._idempotency: KeyValue | None = None
+        # The same, with _DEADLINE on every answer, for the request path.
+        self._fast: tuple[JetStreamContext, KeyValue, KeyValue] | None = None
+        self._up = False
+        self._down_reason = "not connected"
+        self._down = asyncio.Event()  # set when marked down: the probe starts asking
+        self._probe: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
         self._calls_event = asyncio.Event()
         self._callbacks_event = asyncio.Event()
@@ -258,6 +316,7 @@ class NatsQueue:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
                     name="fwatchdog-gateway",
                 )
         except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds
@@ -266,8 +325,14 @@ class NatsQueue:
             raise QueueUnavailable(f"cannot reach NATS at {self.url}: {reason}") from None
         self._nc = nc
         try:
-            self._js = nc.jetstream(timeout=5)
+            self._js = nc.jetstream(timeout=_TIMEOUT)
             await self._ensure_layout(self._js)
+            fast = nc.jetstream(timeout=_DEADLINE)
+            self._fast = (
+                fast,
+                await fast.key_value(self.records_bucket),
+                await fast.key_value(self.idempotency_bucket),
+            )
             self._subs = [
                 await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
                 await nc.subscribe(self._wake_callbacks, cb=self._wake(self._callbacks_event)),
@@ -286,6 +351,9 @@ class NatsQueue:
                 ) from None
             raise
         self._closed = False
+        self._up = True
+        self._down = asyncio.Event()
+        self._probe = asyncio.create_task(self._watch(), name="nats-probe")
 
     async def _ensure_layout(self, js: JetStreamContext) -> None:
         for stream, subject in (
@@ -335,11 +403,63 @@ class NatsQueue:
     async def _on_disconnected(self) -> None:
         if not self._closed:
             log.warning("NATS %s: disconnected, reconnecting", self.url)
+        self._mark_down("disconnected")
 
     async def _on_reconnected(self) -> None:
         self._errors_seen.clear()
         url = self._nc.connected_url if self._nc is not None else None
         log.warning("NATS: reconnected to %s", url.geturl() if url is not None else self.url)
+        # Up once JetStream answers too (after a restart it may need a moment): the probe.
+
+    async def _on_closed(self) -> None:
+        self._mark_down("connection closed")
+
+    # -- reachability ---------------------------------------------------------------------
+
+    def _mark_down(self, reason: str) -> None:
+        if self._up and not self._closed:
+            log.warning(
+                "NATS %s unreachable (%s): the queue answers 503 until it is back",
+                self.url,
+                reason,
+            )
+        self._up = False
+        self._down_reason = reason
+        self._down.set()
+
+    def _check_up(self) -> None:
+        """Fail at once while NATS is known to be unreachable, rather than wait for it."""
+        nc = self._parts()[0]
+        if self._up and not nc.is_connected:
+            self._mark_down("disconnected")  # before the callback says so
+        if not self._up:
+            raise QueueUnavailable(f"NATS at {self.url} is unreachable ({self._down_reason})")
+
+    async def _watch(self) -> None:
+        """While NATS is marked down, ask JetStream every _PROBE_EVERY seconds; mark it up
+        when it answers."""
+        while True:
+            await self._down.wait()
+            await asyncio.sleep(_PROBE_EVERY)
+            if not self._up and await self._answers():
+                self._down.clear()
+                self._up = True
+                log.warning("NATS %s reachable again: the queue is available", self.url)
+
+    async def _answers(self) -> bool:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        try:
+            await nc.jetstream(timeout=_PROBE_TIMEOUT).stream_info(self.calls_stream)
+        except _UNREACHABLE:
+            return False
+        except nats.errors.Error:
+            pass  # JetStream answered, if with an error: it is reachable
+        except Exception as exc:  # noqa: BLE001 - the probe must keep running
+            log.debug("NATS probe: %s", _reason(exc))
+            return False
+        return True
 
     @staticmethod
     def _wake(event: asyncio.Event) -> Callable[[Msg], Any]:
@@ -351,8 +471,12 @@ class NatsQueue:
     async def close(self) -> None:
         if self._closed:
             return
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         try:
-            await self._give_up_leases()
+            if self._up:  # else the leases simply expire: no waiting on an absent NATS
+                await self._give_up_leases()
         except Exception as exc:  # noqa: BLE001 - the leases then simply expire
             log.warning("giving up leases on close failed: %s", _reason(exc))
         self._closed = True
@@ -361,6 +485,8 @@ class NatsQueue:
         self._held_callbacks.clear()
         nc = self._nc
         self._nc = self._js = self._records = self._idempotency = None
+        self._fast = None
+        self._up = False
         if nc is not None:
             try:
                 await nc.drain()
@@ -404,15 +530,25 @@ class NatsQueue:
     # -- plumbing -------------------------------------------------------------------------
 
     def _parts(self) -> tuple[Client, JetStreamContext, KeyValue, KeyValue]:
+        """The connection, JetStream and the two buckets; on the request path, the ones
+        that give each answer _DEADLINE seconds."""
         if (
             self._closed
             or self._nc is None
             or self._js is None
             or self._records is None
             or self._idempotency is None
+            or self._fast is None
         ):
             raise QueueClosed("queue is not open")
+        if _request_path.get():
+            return self._nc, *self._fast
         return self._nc, self._js, self._records, self._idempotency
+
+    @staticmethod
+    def _timeout() -> float:
+        """Seconds to wait for one NATS answer (on the request path, _DEADLINE)."""
+        return _DEADLINE if _request_path.get() else _TIMEOUT
 
     async def _load(self, call_id: str) -> tuple[Record, int] | None:
         records = self._parts()[2]
@@ -475,7 +611,9 @@ class NatsQueue:
         # Not js.delete_msg: it asks the server to overwrite the message's bytes, too.
         request = json.dumps({"seq": seq, "no_erase": True}).encode()
         try:
-            await nc.request(f"$JS.API.STREAM.MSG.DELETE.{stream}", request, timeout=5)
+            await nc.request(
+                f"$JS.API.STREAM.MSG.DELETE.{stream}", request, timeout=self._timeout()
+            )
         except nats.errors.Error as exc:
             log.debug("dropping job %s/%d: %s", stream, seq, _reason(exc))
 
@@ -543,7 +681,7 @@ class NatsQueue:
         try:
             await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, inbox)
             while len(msgs) < batch:
-                msg = await sub.next_msg(timeout=5)
+                msg = await sub.next_msg(timeout=self._timeout())
                 if msg.headers and msg.headers.get("Status"):
                     break  # 404 no messages, 408 expired: nothing more now
                 msgs.append(msg)
@@ -582,6 +720,7 @@ class NatsQueue:
 
     # -- accepting ------------------------------------------------------------------------
 
+    @_on_request_path
     @_as_queue_errors
     async def enqueue(self, request: CallRequest) -> EnqueueResult:
         self._parts()
@@ -599,6 +738,8 @@ class NatsQueue:
             rec = self._new_record(request, now, delay)
             rec.due_at = now + delay
             await self._store_new(rec)
+        except QueueUnavailable:
+            raise  # releasing would wait on NATS too: the claim lapses after _ORPHAN_GRACE
         except QueueError:  # nothing stored (a NATS failure may have stored it: key kept)
             if claimed is not None:
                 await self._release_idempotency(*claimed)
@@ -606,6 +747,7 @@ class NatsQueue:
         await self._publish_wake(self._wake_calls)
         return EnqueueResult(request.call_id, True, "queued")
 
+    @_on_request_path
     @_as_queue_errors
     async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
         self._parts()
@@ -704,7 +846,13 @@ class NatsQueue:
             if holder and await self._load(holder) is not None:
                 return holder, None
             if holder and time.time() - claimed_at < _ORPHAN_GRACE:
-                return holder, None  # its record is being written right now
+                # Its record may be being written right now, or its write was lost (NATS
+                # went away): neither accepted nor refused yet. Not a 202 for a call that
+                # may never exist: ask the client to come back once the grace is over.
+                raise QueueUnavailable(
+                    f"the call {holder} holding this idempotency key is not stored yet",
+                    call_id=holder,
+                )
             # The holder's record was purged (or never written): the key is free again.
             try:
                 revision = await bucket.update(
@@ -722,6 +870,7 @@ class NatsQueue:
         except (nats.js.errors.Error, nats.errors.Error) as exc:
             log.debug("releasing idempotency key %s: %s", key, _reason(exc))
 
+    @_on_request_path
     @_as_queue_errors
     async def find_idempotent(self, function: str, key: str) -> str | None:
         bucket = self._parts()[3]
@@ -752,6 +901,7 @@ class NatsQueue:
         if depth >= self.max_depth:
             raise QueueFull(depth, self.retry_after)
 
+    @_on_request_path
     @_as_queue_errors
     async def depth(self) -> int:
         js = self._parts()[1]
@@ -806,7 +956,7 @@ class NatsQueue:
 
         async def put_back(job: _Job) -> None:
             try:
-                await nc.request(job.msg.reply, b"-NAK", timeout=5)
+                await nc.request(job.msg.reply, b"-NAK", timeout=_TIMEOUT)
             except nats.errors.TimeoutError:
                 pass  # it comes back after ack_wait
 
@@ -1025,6 +1175,7 @@ class NatsQueue:
         await self._publish_wake(self._wake_callbacks if terminal else self._wake_calls)
         return True
 
+    @_on_request_path
     @_as_queue_errors
     async def cancel(self, call_id: str) -> CancelOutcome:
         outcome: CancelOutcome = "not_found"
@@ -1168,6 +1319,7 @@ class NatsQueue:
 
     # -- records --------------------------------------------------------------------------
 
+    @_on_request_path
     @_as_queue_errors
     async def get(self, call_id: str) -> ActivationRecord | None:
         loaded = await self._load(call_id)
@@ -1249,6 +1401,7 @@ class NatsQueue:
         return len(doomed)
 
     # Defined last: inside the class body the name ``list`` is this method from here on.
+    @_on_request_path
     @_as_queue_errors
     async def list(self, query: ListQuery) -> ActivationPage:
         before: int | None = None
