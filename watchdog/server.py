@@ -28,6 +28,7 @@ from .process import ProcessTable
 from .proxy import abort_connection
 from .responses import sent_status, text_response
 from .signals import stop_on_signals
+from .targets import refuse_target
 
 log = logging.getLogger("watchdog.server")
 
@@ -201,22 +202,17 @@ class Watchdog:
 
 
 def _refuse_target(request: web.BaseRequest) -> web.Response | None:
-    """Only origin-form targets (``/path?query``) are served, in every mode, so no request can
-    steer http mode's upstream address: CONNECT gets 405, absolute-form and ``*`` get 400.
-    A request line without a version (``GET /``: HTTP/0.9, which aiohttp's parser accepts) gets
-    400 and a closed connection before anything runs: nothing this server does speaks 0.9."""
-    if request.version < (1, 0):
-        refusal = text_response(400, "HTTP/0.9 requests are not supported\n", time.monotonic())
-        refusal.force_close()
-        return refusal
-    if request.method == "CONNECT":
-        refusal = text_response(405, "CONNECT is not supported\n", time.monotonic())
-        refusal.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-        return refusal
-    if not request.raw_path.startswith("/"):
-        message = "The request target must be a path starting with /\n"
-        return text_response(400, message, time.monotonic())
-    return None
+    """Only origin-form targets are served, in every mode (:mod:`.targets`), so no request can
+    steer http mode's upstream address."""
+    refused = refuse_target(request.method, request.raw_path, request.version)
+    if refused is None:
+        return None
+    response = text_response(refused.status, refused.message + "\n", time.monotonic())
+    if refused.allow:
+        response.headers["Allow"] = refused.allow
+    if refused.close:
+        response.force_close()
+    return response
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

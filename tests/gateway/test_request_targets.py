@@ -36,6 +36,8 @@ TARGET_PROBES = [
     ("POST http://127.0.0.1:{port}/async-function/web HTTP/1.1", 400),
     ("GET http://x@127.0.0.1:{port}/function/web/inspect HTTP/1.1", 400),
     ("OPTIONS * HTTP/1.1", 400),
+    ("GET /function/web/inspect", 400),  # HTTP/0.9: no version
+    ("POST /async-function/web", 400),
 ]
 
 # Paths that carry another address after /function/NAME: the function gets them as its path.

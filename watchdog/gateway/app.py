@@ -30,6 +30,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..proxy import UpstreamError, read_whole_if_small, whole_response
+from ..targets import refuse_target
 from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
 from .console import cross_site, refuse_cross_site
@@ -313,16 +314,17 @@ class GatewayApp:
 
 
 def _refuse_target(request: web.BaseRequest) -> web.Response | None:
-    """Only origin-form targets (``/path?query``) are served, as by the watchdog: a function's
-    address comes from its configured URL alone, never from the request. CONNECT gets 405,
-    absolute-form (``GET http://host/``) and ``OPTIONS *`` get 400, before any route."""
-    if request.method == "CONNECT":
-        response = text(405, "CONNECT is not supported")
-        response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-        return response
-    if not request.raw_path.startswith("/"):
-        return text(400, "The request target must be a path starting with /")
-    return None
+    """Only origin-form targets are served, as by the watchdog (:mod:`..targets`): a
+    function's address comes from its configured URL alone, never from the request."""
+    refused = refuse_target(request.method, request.raw_path, request.version)
+    if refused is None:
+        return None
+    response = text(refused.status, refused.message)
+    if refused.allow:
+        response.headers["Allow"] = refused.allow
+    if refused.close:
+        response.force_close()
+    return response
 
 
 def _unauthorized() -> web.Response:
