@@ -63,7 +63,7 @@ from .. import __version__
 from ..proxy import HOP_BY_HOP
 from ..settings import ConfigError
 from ._aio import first_of, record_outcome
-from .queue.base import CallbackAttempt, CallbackJob, QueueBackend, QueueError
+from .queue.base import CallbackAttempt, CallbackJob, CallbackOutbox, QueueError
 from .retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger("watchdog.gateway.callbacks")
@@ -392,7 +392,7 @@ class CallbackDispatcher:
 
     def __init__(
         self,
-        queue: QueueBackend,
+        queue: CallbackOutbox,
         settings: CallbackSettings,
         *,
         session: aiohttp.ClientSession | None = None,

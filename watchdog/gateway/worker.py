@@ -33,9 +33,9 @@ from ._aio import first_of, record_outcome
 from .invoke import Call, InvokeError, Invoker
 from .queue.base import (
     AttemptResult,
+    CallRunQueue,
     Headers,
     LeasedCall,
-    QueueBackend,
     QueueError,
     QueueUnavailable,
 )
@@ -208,7 +208,7 @@ class AsyncWorker:
 
     def __init__(
         self,
-        queue: QueueBackend,
+        queue: CallRunQueue,
         invoker: AttemptRunner,
         *,
         policy_for: Callable[[str], RetryPolicy],

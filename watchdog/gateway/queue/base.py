@@ -276,22 +276,15 @@ class ActivationPage:
     """Opaque; pass it back as :attr:`ListQuery.cursor` for the next (older) page."""
 
 
+# The backend's concerns, one protocol each, so every component asks for only what it uses:
+# the submission routes a CallIntake, the worker a CallRunQueue, the callback sender a
+# CallbackOutbox, the record routes an ActivationStore. A backend (SQLite, NATS) is all four
+# plus its lifecycle: QueueBackend.
+
+
 @runtime_checkable
-class QueueBackend(Protocol):
-    """A durable queue of asynchronous calls with their activation records.
-
-    All methods are coroutines run on the gateway's event loop. Every method that changes
-    state returns only after the change is durable.
-    """
-
-    async def open(self) -> None:
-        """Open the store. Calls a previous owner left running become due again (at once
-        where the backend can tell the owner is gone, otherwise when their lease expires)."""
-        ...
-
-    async def close(self) -> None: ...
-
-    # -- accepting ------------------------------------------------------------------------
+class CallIntake(Protocol):
+    """Accepting calls: durable before the answer."""
 
     async def enqueue(self, request: CallRequest) -> EnqueueResult:
         """Store ``request`` durably and make it due after ``request.delay``.
@@ -323,7 +316,10 @@ class QueueBackend(Protocol):
         """Calls accepted and not yet finished (queued, running or retrying)."""
         ...
 
-    # -- running --------------------------------------------------------------------------
+
+@runtime_checkable
+class CallRunQueue(Protocol):
+    """Running calls: leases, attempts and their outcomes."""
 
     async def lease(
         self,
@@ -366,12 +362,10 @@ class QueueBackend(Protocol):
         """The call failed for good."""
         ...
 
-    async def cancel(self, call_id: str) -> CancelOutcome:
-        """Cancel a call that is not running and not finished (queued, or waiting for a
-        retry). ``running`` and ``finished`` say why it was not."""
-        ...
 
-    # -- callbacks ------------------------------------------------------------------------
+@runtime_checkable
+class CallbackOutbox(Protocol):
+    """Result deliveries to ``X-Callback-Url`` of finished calls."""
 
     async def lease_callbacks(self, *, owner: str, limit: int, lease_for: float) -> CallbackBatch:
         """Hand out up to ``limit`` due callback deliveries of finished calls."""
@@ -389,7 +383,15 @@ class QueueBackend(Protocol):
 
     async def callback_failed(self, job: CallbackJob, attempt: CallbackAttempt) -> bool: ...
 
-    # -- records --------------------------------------------------------------------------
+
+@runtime_checkable
+class ActivationStore(Protocol):
+    """Activation records: read, list, cancel, purge."""
+
+    async def cancel(self, call_id: str) -> CancelOutcome:
+        """Cancel a call that is not running and not finished (queued, or waiting for a
+        retry). ``running`` and ``finished`` say why it was not."""
+        ...
 
     async def get(self, call_id: str) -> ActivationRecord | None: ...
 
@@ -405,3 +407,20 @@ class QueueBackend(Protocol):
         """Delete records of calls that ended before ``ended_before`` and have no callback
         delivery left to do; returns how many."""
         ...
+
+
+@runtime_checkable
+class QueueBackend(CallIntake, CallRunQueue, CallbackOutbox, ActivationStore, Protocol):
+    """A durable queue of asynchronous calls with their activation records: every concern
+    above, plus opening and closing the store.
+
+    All methods are coroutines run on the gateway's event loop. Every method that changes
+    state returns only after the change is durable.
+    """
+
+    async def open(self) -> None:
+        """Open the store. Calls a previous owner left running become due again (at once
+        where the backend can tell the owner is gone, otherwise when their lease expires)."""
+        ...
+
+    async def close(self) -> None: ...
