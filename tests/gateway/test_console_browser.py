@@ -29,6 +29,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -314,3 +315,37 @@ def test_with_basic_auth_the_console_asks_for_credentials(
     browser.get(re.sub(r"^http://", "http://admin:s3cret@", gw.url) + "/ui/")
     wait_for(browser, lambda d: function_row(d, "cat.openfaas-fn")[1:2] == ["openfaas-fn"])
     assert text_of(browser, "error") == ""
+
+
+def test_it_works_from_the_keyboard_in_a_narrow_window(browser: WebDriver, world: World) -> None:
+    """Every form control has a name a screen reader reads out; Tab reaches the navigation and
+    Enter follows it; at 400 px nothing needs scrolling sideways."""
+    browser.set_window_size(400, 800)
+    try:
+        for page in ("#/", "#/invoke", "#/activations"):
+            browser.get(f"{world.gateway.url}/ui/{page}")
+            wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "main *"))
+            unnamed = browser.execute_script(
+                "return [...document.querySelectorAll('input, select, textarea, button')]"
+                ".filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
+                " && !e.textContent.trim()).map((e) => e.id || e.outerHTML)"
+            )
+            assert unnamed == [], (page, unnamed)
+            wide = browser.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert wide <= 1, (page, wide)
+        browser.get(f"{world.gateway.url}/ui/#/")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "nav a"))
+        links = browser.find_elements(By.CSS_SELECTOR, "nav a")
+        target = next(link for link in links if "activations" in link.get_attribute("href"))
+        body = browser.find_element(By.TAG_NAME, "body")
+        for _ in range(len(links) * 2 + 5):  # Tab until the link has the focus
+            if browser.switch_to.active_element == target:
+                break
+            body.send_keys(Keys.TAB)
+        assert browser.switch_to.active_element == target
+        target.send_keys(Keys.ENTER)
+        wait_for(browser, lambda d: d.current_url.endswith("#/activations"))
+    finally:
+        browser.set_window_size(WIDTH, HEIGHT)

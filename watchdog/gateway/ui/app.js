@@ -223,7 +223,7 @@ function invokePage(_, params) {
   const headers = el("textarea", { id: "inv-headers", placeholder: "Name: value (one a line)", rows: 3 });
   const bodyKind = el("select", { id: "inv-kind" }, ["text", "json", "file"].map((k) => el("option", { value: k, text: k })));
   const body = el("textarea", { id: "inv-body", rows: 6 });
-  const file = el("input", { id: "inv-file", type: "file", hidden: true });
+  const file = el("input", { id: "inv-file", type: "file", hidden: true, "aria-label": "Body file" });
   const sync = el("input", { type: "radio", name: "mode", id: "inv-sync", value: "sync", checked: true });
   const asyncMode = el("input", { type: "radio", name: "mode", id: "inv-async", value: "async" });
   const callback = el("input", { id: "inv-callback", type: "url", placeholder: "http://…" });
