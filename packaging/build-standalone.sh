@@ -39,8 +39,10 @@ mkdir -p "$(dirname "$out")"
 mv "$work/dist/fwatchdog" "$out"
 
 # PyInstaller only warns about a module it could not find: insist on every one of ours (the
-# spec's noarchive keeps them as files under _internal/).
+# spec's noarchive keeps them as files under _internal/; the source folder watchdog/ is the
+# package fwatchdog once installed).
 (cd "$src" && find watchdog -name '*.py') | while read -r module; do
-    [ -f "$out/_internal/${module%.py}.pyc" ] || { echo "$0: $module is not bundled" >&2; exit 1; }
+    bundled="$out/_internal/f${module%.py}.pyc"
+    [ -f "$bundled" ] || { echo "$0: $module is not bundled" >&2; exit 1; }
 done
 "$out/fwatchdog" --version

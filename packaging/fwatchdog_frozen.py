@@ -27,6 +27,6 @@ def restore_environment(env: MutableMapping[str, str]) -> None:
 if __name__ == "__main__":
     restore_environment(os.environ)
 
-    from watchdog.cli import main
+    from fwatchdog.cli import main
 
     raise SystemExit(main())
