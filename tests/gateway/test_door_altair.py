@@ -50,7 +50,7 @@ class AltairWorld:
 @pytest.fixture(scope="module")
 def altair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AltairWorld]:
     """One gateway, its Altair door on, in front of the HTTP fixture function as ``web``
-    (default namespace) and ``staged`` (namespace ``staging``)."""
+    (default namespace), ``staged`` (namespace ``staging``) and ``slow`` (300 ms timeout)."""
     directory = tmp_path_factory.mktemp("altair")
     launch = Launcher(directory)
     receiver = Receiver()
@@ -63,6 +63,7 @@ def altair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AltairWorld]:
                 functions:
                   web: {{url: "http://127.0.0.1:{upstream.port}"}}
                   staged: {{url: "http://127.0.0.1:{upstream.port}", namespace: staging}}
+                  slow: {{url: "http://127.0.0.1:{upstream.port}", timeout: 300ms}}
                 """
             )
         )
@@ -124,6 +125,12 @@ def test_invoke_relays_the_functions_status_and_headers(altair: AltairWorld) -> 
     assert reply.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
     teapot = altair.call("DELETE", "/spaces/acme/functions/web/invoke/status/418")
     assert teapot.status == 418 and teapot.text == "status\n"
+
+
+def test_the_gateways_own_refusals_are_in_altairs_shape(altair: AltairWorld) -> None:
+    reply = altair.call("GET", "/spaces/acme/functions/slow/invoke/slow?s=5")
+    assert "did not answer within its timeout" in _error(reply, 504)["message"]
+    assert reply.headers["X-OpenFaaS-Internal"] == "gateway" and reply.headers["X-Call-Id"]
 
 
 def test_a_fourth_level_is_no_route(altair: AltairWorld) -> None:

@@ -85,7 +85,7 @@ class AltairDoor:
 def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
     # Decoded as the handler decodes them: `%69nvoke` must not slip past as another kind.
     parts = _parts(rest)
-    if len(parts) >= 4 and parts[1] == "functions" and unquote(parts[3]) in (_INVOKE, _ASYNC):
+    if len(parts) >= 4 and parts[1] == "functions" and parts[3] in (_INVOKE, _ASYNC):
         return "invoke"
     return "open"
 
