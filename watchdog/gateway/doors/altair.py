@@ -2,19 +2,19 @@
 
 Routes, under ``/spaces/``:
 
-=================================================  ================================================
-Altair IoT Studio                                  here
-=================================================  ================================================
-``POST|GET|PUT|PATCH|DELETE``                      a synchronous call of the mapped function
-``SPACE/functions/NAME/invoke[/a/b/c][?query]``    through the gateway's invoke path: the function
-                                                   gets the method, ``/a/b/c`` (``/`` without)
-                                                   and the query; the caller gets its status,
-                                                   headers and body (other methods: ``405``)
-``POST SPACE/functions/NAME/async-invoke[/a/b/c]``  an asynchronous call on the queue, ``202`` at
-``[?query]`` with ``X-Callback-Url``                once; the result is POSTed to the callback URL
-                                                   with the function's body, every header it set
-                                                   and ``X-Function-Status`` (other methods: 405)
-=================================================  ================================================
+================================================  ===============================================
+Altair IoT Studio                                 here
+================================================  ===============================================
+``POST|GET|PUT|PATCH|DELETE``                     a synchronous call of the mapped function
+``SPACE/functions/NAME/invoke[/a/b/c][?query]``   through the gateway's invoke path: the function
+                                                  gets the method, ``/a/b/c`` (``/`` without) and
+                                                  the query; the caller gets its status, headers
+                                                  and body (other methods: ``405``)
+``POST SPACE/functions/NAME/async-invoke``        an asynchronous call on the queue, ``202`` at
+``[/a/b/c][?query]``, ``X-Callback-Url``          once; the result is POSTed to the callback URL
+                                                  with the function's body, every header it set
+                                                  and ``X-Function-Status`` (other methods: 405)
+================================================  ===============================================
 
 Names: a space that is a gateway namespace (some function is registered in it) is that
 namespace; any other space is the gateway's default namespace, so code written against one
@@ -40,7 +40,7 @@ from multidict import CIMultiDict
 
 from ...proxy import UpstreamError, abort_connection, forwarded_headers, relay
 from ...responses import INTERNAL_HEADER
-from ..answers import json_response
+from ..answers import SERVED_BY, json_response
 from ..async_api import CALL_ID, CALLBACK_HEADER, accepted, read_limited
 from ..invoke import CALL_ID_HEADER, CLIENT_GONE, Call, InvokeError, new_call_id
 from ..queue.base import CallRequest, QueueError, QueueFull, QueueUnavailable
@@ -205,6 +205,7 @@ class AltairApi:
                 upstream = invocation.upstream
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 response.headers.extend(invocation.response_headers())
+                response.headers["X-Served-By"] = SERVED_BY
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 try:
