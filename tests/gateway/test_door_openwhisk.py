@@ -350,7 +350,7 @@ def test_the_door_can_be_turned_off(launcher: Launcher) -> None:
     )
     reply = gw.request("POST", "/api/v1/namespaces/_/actions/cat?blocking=true", body=b"{}")
     assert reply.status == 404 and reply.text == "Not Found\n"
-    assert "Front door" not in gw.logs()
+    assert "Front door: openwhisk" not in gw.logs()
 
 
 def _basic(key: str) -> dict[str, str]:

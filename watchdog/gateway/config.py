@@ -99,6 +99,36 @@ def _allow(text: str) -> tuple[str, ...]:
     return parse_allow(text)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token
+_TOKENS_EXPECTED = "bearer tokens (letters, digits, - . _ ~ + /, then = padding)"
+
+
+def _bearer_tokens(text: str) -> tuple[str, ...]:
+    tokens = tuple(part.strip() for part in text.split(",") if part.strip())
+    if any(_TOKEN.fullmatch(token) is None for token in tokens):
+        raise Invalid(f"{_TOKENS_EXPECTED} separated by commas")
+    return tokens
+
+
+def _load_tokens(path: str, problems: list[str]) -> tuple[str, ...]:
+    """The tokens of ``altair_tokens_file``, one a line (blank lines and ``#`` comments
+    skipped)."""
+    if not path:
+        return ()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"altair_tokens_file={path!r} cannot be read: {exc}")
+        return ()
+    tokens = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not tokens or any(_TOKEN.fullmatch(token) is None for token in tokens):
+        problems.append(
+            f"altair_tokens_file={path!r} is invalid: expected {_TOKENS_EXPECTED}, one a line"
+        )
+        return ()
+    return tokens
+
+
 _RETRY_FIELDS = ("max_attempts", "initial_backoff", "max_backoff", "max_event_age", "retry_codes")
 FUNCTION_FLAG = "--function"
 _FUNCTION_KEYS = frozenset(
@@ -132,6 +162,8 @@ class GatewayConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     callback_policy: CallbackPolicy = field(default_factory=CallbackPolicy)
     credentials: tuple[str, str] | None = None
+    altair_file_tokens: tuple[str, ...] = ()
+    """The tokens read from ``altair_tokens_file``."""
     functions: tuple[Function, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -409,6 +441,33 @@ class GatewayConfig:
         flag="--openwhisk-wait",
         group=_D,
     )
+    altair_door: bool = setting(
+        "altair_door",
+        parse_bool,
+        "true",
+        "serve Altair IoT Studio's `invoke` and `async-invoke` under `/spaces/` (`false`: off)",
+        flag="--altair-door",
+        switch=True,
+        group=_D,
+    )
+    altair_tokens: tuple[str, ...] = setting(
+        "altair_tokens",
+        _bearer_tokens,
+        "",
+        "bearer tokens the Altair door accepts (comma-separated); unset, and no "
+        "`altair_tokens_file`: no token needed",
+        flag="--altair-tokens",
+        group=_D,
+    )
+    altair_tokens_file: str = setting(
+        "altair_tokens_file",
+        text,
+        "",
+        "a file of bearer tokens for the Altair door, one a line (a secret file)",
+        flag="--altair-tokens-file",
+        group=_D,
+        shown="—",
+    )
 
     @classmethod
     def from_args(cls, argv: Sequence[str], env: Mapping[str, str]) -> GatewayConfig:
@@ -442,6 +501,7 @@ class GatewayConfig:
         credentials = None
         if values["basic_auth"] or values["basic_auth_invoke"]:
             credentials = _load_credentials(env, values["secret_mount_path"], problems)
+        file_tokens = _load_tokens(values["altair_tokens_file"], problems)
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -449,19 +509,21 @@ class GatewayConfig:
             retry=retry,
             callback_policy=callback_policy,
             credentials=credentials,
+            altair_file_tokens=file_tokens,
             functions=functions,
             environ=MappingProxyType(dict(env)),
         )
 
     def summary(self) -> str:
         """The effective settings, for the start-up log line (never the password)."""
-        hidden = {"callback_secret"}
+        hidden = {"callback_secret", "altair_tokens"}
         parts = [
             f"{spec.attr}={getattr(self, spec.attr)!r}"
             for spec in declared(GatewayConfig)
             if spec.attr not in hidden
         ]
         parts.append(f"callback_secret={'set' if self.callback_secret else 'unset'}")
+        parts.append(f"altair_tokens={len(self.altair_tokens) + len(self.altair_file_tokens)}")
         parts.append(f"functions={len(self.functions)}")
         return " ".join(parts)
 

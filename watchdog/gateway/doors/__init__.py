@@ -1,15 +1,17 @@
 """Front doors: other platforms' APIs served by the gateway (one module per platform).
 
 - :mod:`.openwhisk`: Apache OpenWhisk's REST API, which DigitalOcean Functions serves.
+- :mod:`.altair`: Altair IoT Studio's ``/spaces/.../functions/.../invoke`` and ``async-invoke``.
 """
 
 from __future__ import annotations
 
 from ..app import Route
+from .altair import AltairDoor
 from .base import DoorRoute, DoorServices, FrontDoor, guarded
 from .openwhisk import OpenWhiskDoor
 
-DOORS: tuple[FrontDoor, ...] = (OpenWhiskDoor(),)
+DOORS: tuple[FrontDoor, ...] = (OpenWhiskDoor(), AltairDoor())
 
 
 def mount(services: DoorServices) -> tuple[list[Route], list[str]]:

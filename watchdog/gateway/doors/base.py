@@ -8,7 +8,8 @@ call: ``GET /system/activations/ID`` shows it, the metrics count it.
 Authentication stays the gateway's: every door route says which kind of route it is for a
 request (``invoke`` or ``records``) and the seam applies the gateway's basic auth to it
 exactly as to ``/function/`` (``basic_auth_invoke``) and ``/system/activations``
-(``basic_auth``), before the door's handler runs. A door only chooses how the refusal looks.
+(``basic_auth``), before the door's handler runs. A door only chooses how the refusal looks,
+and whether its own credentials, when it has some configured, stand in for the gateway's.
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ class DoorRoute:
     """A path prefix of a door and its handler (given the raw path after the prefix).
 
     ``kind_of`` classifies a request (method and the rest of the path) for authentication;
-    ``unauthorized`` is the 401 in the platform's own shape.
+    ``unauthorized`` is the 401 in the platform's own shape; ``accepts`` tells whether the
+    request carries the door's own credentials (configured by the operator), which then do
+    instead of the gateway's.
     """
 
     prefix: str
     handler: Handler
     kind_of: Callable[[web.BaseRequest, str], RouteKind]
     unauthorized: Callable[[web.BaseRequest], web.StreamResponse]
+    accepts: Callable[[web.BaseRequest], bool] | None = None
 
 
 class FrontDoor(Protocol):
@@ -81,7 +85,8 @@ def guarded(route: DoorRoute, services: DoorServices) -> Handler:
     async def handle(request: web.BaseRequest, rest: str) -> web.StreamResponse:
         kind = route.kind_of(request, rest)
         if services.needs_credentials(kind) and not services.authorized(request):
-            return route.unauthorized(request)
+            if route.accepts is None or not route.accepts(request):
+                return route.unauthorized(request)
         return await route.handler(request, rest)
 
     return handle
