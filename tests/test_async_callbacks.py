@@ -4,6 +4,7 @@ against a real receiver on loopback and a real SQLite queue."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +152,35 @@ def test_delivery_carries_the_response_every_header_and_a_signature(
     assert headers["Connection"] != "x"
     assert verify_signature(SECRET, headers[SIGNATURE_HEADER], got.body)
     assert [a.status_code for a in record.callback_log] == [200]
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_a_compressed_answer_is_delivered_with_its_encoding_unless_cut(
+    tmp_path: Path, receiver: Callable[..., Receiver], truncated: bool
+) -> None:
+    rec = receiver()
+    packed = gzip.compress(b"hello " * 100)
+
+    async def body() -> None:
+        queue = SqliteQueue(tmp_path / "q.db")
+        await queue.open()
+        try:
+            now = time.time()
+            headers = (("Content-Type", "text/plain"), ("Content-Encoding", "gzip"))
+            kept = packed[:10] if truncated else packed
+            result = AttemptResult(now, now, 200, headers, kept, truncated=truncated)
+            call_id = await _finished_call(queue, rec.url + "/hook", result)
+            await _deliver_until_settled(queue, call_id, _settings())
+        finally:
+            await queue.close()
+
+    run(body())
+    [got] = rec.wait_for(1)
+    if truncated:  # a cut of a gzip stream cannot be decoded: it goes as bytes, unlabelled
+        assert "Content-Encoding" not in got.headers and got.body == packed[:10]
+    else:
+        assert got.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(got.body) == b"hello " * 100
 
 
 def test_failed_deliveries_are_retried_honouring_retry_after(

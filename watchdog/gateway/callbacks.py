@@ -81,7 +81,7 @@ _ALWAYS_DENIED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("ff00::/8"),
     ipaddress.ip_network("255.255.255.255/32"),
 )
-_NOT_RELAYED = HOP_BY_HOP | {"content-length", "host", "content-encoding"}
+_NOT_RELAYED = HOP_BY_HOP | {"content-length", "host"}
 
 
 # -- signatures ---------------------------------------------------------------------------
@@ -301,7 +301,10 @@ class CallbackSettings:
 
 def callback_headers(job: CallbackJob, secret: bytes | None, now: float) -> list[tuple[str, str]]:
     """The headers of one delivery of ``job`` (the body is ``job.body`` or empty)."""
-    headers = [(k, v) for k, v in job.headers if k.lower() not in _NOT_RELAYED]
+    # The body is the function's bytes as they came (never decompressed), so its
+    # Content-Encoding goes with it, unless the record kept only a cut of the body.
+    dropped = _NOT_RELAYED | {"content-encoding"} if job.truncated else _NOT_RELAYED
+    headers = [(k, v) for k, v in job.headers if k.lower() not in dropped]
     failed_without_response = job.status_code is None
     started = job.started_at or job.created_at
     ended = job.ended_at or started
