@@ -61,10 +61,22 @@ class OwWorld:
         return record
 
 
+@pytest.fixture(scope="module", autouse=True)
+def openwhisk_client() -> None:
+    """The npm client as tests/package-lock.json pins it (``.ci/run`` installs it already; a
+    plain ``pytest`` on a fresh checkout installs it here, from the npm registry)."""
+    if not (NODE_MODULES / "openwhisk").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_MODULES.parent,
+            check=True,
+            timeout=300,
+        )
+
+
 def run_node(directory: Path, apihost: str, body: str, api_key: str = "x:y") -> Any:
     """Run ``body`` (the inside of an async function given ``ow``, the client) with node;
     its value, or the client's rejection as ``{"rejected": message, "statusCode"}``."""
-    assert (NODE_MODULES / "openwhisk").is_dir(), "run `cd tests && npm ci` first"
     script = directory / f"client{time.monotonic_ns()}.js"
     script.write_text(
         textwrap.dedent(
