@@ -25,18 +25,15 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
-import aiohttp
 from aiohttp import web
 
 from .. import __version__
-from ..proxy import UpstreamError, read_whole_if_small, whole_response
 from ..targets import refuse_target
-from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text
+from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
 from .console import cross_site, refuse_cross_site
 from .invoke import (
     CALL_ID_HEADER,
-    CLIENT_GONE,
     DURATION_HEADER,
     START_TIME_HEADER,
     Call,
@@ -46,6 +43,7 @@ from .invoke import (
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
+from .relay import answer_call
 
 log = logging.getLogger("watchdog.gateway")
 
@@ -189,55 +187,9 @@ class GatewayApp:
                     call = await Call.from_request(request, target)
             except TimeoutError:
                 return refusal(408, "request body not received within the timeout")
-            fn_key = function.key
-            async with self.invoker.invoke(function, call) as invocation:
-                response = web.StreamResponse(
-                    status=invocation.upstream.status, reason=invocation.upstream.reason
-                )
-                response.headers.extend(invocation.response_headers())
-                response.headers["X-Served-By"] = SERVED_BY
-                length = invocation.upstream.content_length
-                if length is not None:
-                    response.content_length = length
-                upstream = invocation.upstream
-                try:
-                    body = await read_whole_if_small(request, upstream)
-                except UpstreamError as exc:
-                    invocation.status = 502
-                    message = f"function {fn_key} broke off its response: {exc}"
-                    raise InvokeError(502, message, function=function) from None
-                if body is not None:
-                    return whole_response(response, body)
-                try:
-                    await response.prepare(request)
-                    if request.method != "HEAD":
-                        while True:
-                            try:
-                                chunk = await upstream.content.readany()
-                            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-                                # Status and headers are out: only an incomplete answer can
-                                # tell the caller that the function broke off.
-                                log.warning("function %s broke off its response: %s", fn_key, e)
-                                _abort(request)
-                                return response
-                            if not chunk:
-                                break
-                            await response.write(chunk)
-                    await response.write_eof()
-                except TimeoutError:
-                    log.warning("function %s timed out while answering", function.key)
-                    _abort(request)
-                    raise
-                except ConnectionError:
-                    # The caller went away (aiohttp's ClientConnectionResetError is also a
-                    # ConnectionError): nobody to answer.
-                    invocation.status = CLIENT_GONE
-                    _abort(request)
-                return response
+            return await answer_call(self.invoker, request, function, call)
         except InvokeError as exc:
             return _invoke_error(exc, call, request)
-        except TimeoutError:
-            return web.Response(status=504)  # never sent: the connection is cut already
 
     # -- system API -------------------------------------------------------------------------
 

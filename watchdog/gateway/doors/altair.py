@@ -38,13 +38,14 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ...proxy import UpstreamError, abort_connection, forwarded_headers, relay
+from ...proxy import forwarded_headers
 from ...responses import INTERNAL_HEADER
-from ..answers import SERVED_BY, json_response
+from ..answers import json_response
 from ..async_api import CALL_ID, CALLBACK_HEADER, accepted, read_limited
-from ..invoke import CALL_ID_HEADER, CLIENT_GONE, Call, InvokeError, new_call_id
+from ..invoke import CALL_ID_HEADER, Call, InvokeError, new_call_id
 from ..queue.base import CallRequest, QueueError, QueueFull, QueueUnavailable
 from ..registry import Function, is_valid_name
+from ..relay import answer_call
 from .base import DoorRoute, DoorServices, RouteKind
 
 PREFIX = "/spaces/"
@@ -201,30 +202,9 @@ class AltairApi:
         self._keep_credentials(call.headers)
         call.call_id = call_id
         try:
-            async with invoker.invoke(function, call) as invocation:
-                upstream = invocation.upstream
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                response.headers.extend(invocation.response_headers())
-                response.headers["X-Served-By"] = SERVED_BY
-                if upstream.content_length is not None:
-                    response.content_length = upstream.content_length
-                try:
-                    return await relay(request, upstream, response)
-                except UpstreamError as exc:
-                    invocation.status = 502
-                    message = f"function {function.key} broke off its response: {exc}"
-                    raise InvokeError(502, message, function=function) from None
-                except ConnectionError:
-                    invocation.status = CLIENT_GONE  # nobody left to answer
-                    abort_connection(request)
-                    return response
+            return await answer_call(invoker, request, function, call)
         except InvokeError as exc:
             return _invoke_error(exc, call_id)
-        except TimeoutError:
-            # The function's timeout ran out while its body was read: once the status is
-            # out, only a cut connection tells the caller the rest is not coming.
-            abort_connection(request)
-            return web.Response(status=504)
 
     # -- async-invoke ---------------------------------------------------------------------
 

@@ -1,0 +1,53 @@
+"""A synchronous call's answer streamed to its caller: the one way ``/function/`` and the front
+doors' synchronous routes (Altair's invoke, OpenWhisk's web actions) send a function's answer."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..proxy import UpstreamError, abort_connection, relay
+from .answers import SERVED_BY
+from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
+from .registry import Function
+
+log = logging.getLogger("watchdog.gateway")
+
+
+async def answer_call(
+    invoker: Invoker, request: web.BaseRequest, function: Function, call: Call
+) -> web.StreamResponse:
+    """Run ``call`` on ``function`` and send its status, headers and body to ``request``'s
+    client as they come (a small body in one write).
+
+    Once the status is out only a cut connection can tell the caller that the rest is not
+    coming: a function that breaks off or runs out of time mid-body is answered that way.
+
+    Raises:
+        InvokeError: the call was refused or failed before its answer started (the caller
+            answers it in its own shape).
+    """
+    try:
+        async with invoker.invoke(function, call) as invocation:
+            upstream = invocation.upstream
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(invocation.response_headers())
+            response.headers["X-Served-By"] = SERVED_BY
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            try:
+                return await relay(request, upstream, response)
+            except UpstreamError as exc:  # broke off before anything was sent
+                invocation.status = 502
+                message = f"function {function.key} broke off its response: {exc}"
+                raise InvokeError(502, message, function=function) from None
+            except ConnectionError:
+                # The caller went away (aiohttp's ClientConnectionResetError is one too).
+                invocation.status = CLIENT_GONE
+                abort_connection(request)
+                return response
+    except TimeoutError:
+        log.warning("function %s timed out while answering", function.key)
+        abort_connection(request)
+        return web.Response(status=504)  # never sent: the connection is cut already
