@@ -110,6 +110,47 @@ def _bearer_tokens(text: str) -> tuple[str, ...]:
     return tokens
 
 
+_FC_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
+
+
+def _fc_service(text: str) -> str:
+    value = text.strip()
+    if not _FC_SERVICE.fullmatch(value):
+        raise Invalid("an FC service name: letters, digits, _ and -, starting with a letter or _")
+    return value
+
+
+def _fc_access_keys(text: str) -> tuple[tuple[str, str], ...]:
+    """``ID:SECRET`` pairs separated by commas or newlines."""
+    pairs: list[tuple[str, str]] = []
+    for item in re.split(r"[,\n]", text):
+        if not item.strip():
+            continue
+        key_id, sep, secret = item.strip().partition(":")
+        if not sep or not key_id.strip() or not secret.strip():
+            raise Invalid("ID:SECRET pairs separated by commas, neither part empty")
+        pairs.append((key_id.strip(), secret.strip()))
+    return tuple(pairs)
+
+
+def _load_fc_keys(values: Mapping[str, Any], problems: list[str]) -> Mapping[str, str]:
+    """``fc_access_keys`` plus the pairs of ``fc_access_keys_file`` (one a line)."""
+    keys: dict[str, str] = {}
+    try:
+        keys.update(_fc_access_keys(values["fc_access_keys"]))
+    except Invalid as exc:
+        problems.append(f"fc_access_keys is invalid (value not shown): expected {exc}")
+    path = values["fc_access_keys_file"]
+    if path:
+        try:
+            keys.update(_fc_access_keys(Path(path).read_text()))
+        except OSError as exc:
+            problems.append(f"fc_access_keys_file={path!r} cannot be read ({exc.strerror or exc})")
+        except Invalid as exc:
+            problems.append(f"fc_access_keys_file={path!r} is invalid: expected {exc}")
+    return MappingProxyType(keys)
+
+
 def _load_tokens(path: str, problems: list[str]) -> tuple[str, ...]:
     """The tokens of ``altair_tokens_file``, one a line (blank lines and ``#`` comments
     skipped)."""
@@ -164,6 +205,8 @@ class GatewayConfig:
     credentials: tuple[str, str] | None = None
     altair_file_tokens: tuple[str, ...] = ()
     """The tokens read from ``altair_tokens_file``."""
+    fc_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Function Compute access keys (id to secret): ``fc_access_keys`` plus the file's."""
     functions: tuple[Function, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -468,6 +511,43 @@ class GatewayConfig:
         group=_D,
         shown="—",
     )
+    fc_door: bool = setting(
+        "fc_door",
+        parse_bool,
+        "true",
+        "serve Alibaba Function Compute's invoke and task API under `/2016-08-15/` and "
+        "`/2023-03-30/` (`false`: off)",
+        flag="--fc-door",
+        switch=True,
+        group=_D,
+    )
+    fc_default_service: str = setting(
+        "fc_default_service",
+        _fc_service,
+        "default",
+        "the FC service that is the gateway's namespace (`--namespace`); any other service "
+        "`S` is namespace `S`",
+        flag="--fc-default-service",
+        group=_D,
+    )
+    fc_access_keys: str = setting(
+        "fc_access_keys",
+        text,  # parsed by _load_fc_keys, whose errors never show the secrets
+        "",
+        "`ID:SECRET,...`: FC door requests must be signed (`Authorization: FC ID:SIGNATURE`) "
+        "with one of these keys (unset, and no `fc_access_keys_file`: not checked)",
+        flag="--fc-access-keys",
+        group=_D,
+    )
+    fc_access_keys_file: str = setting(
+        "fc_access_keys_file",
+        text,
+        "",
+        "a file of `ID:SECRET` lines, keys added to `fc_access_keys` (a secret file)",
+        flag="--fc-access-keys-file",
+        group=_D,
+        shown="—",
+    )
 
     @classmethod
     def from_args(cls, argv: Sequence[str], env: Mapping[str, str]) -> GatewayConfig:
@@ -502,6 +582,7 @@ class GatewayConfig:
         if values["basic_auth"] or values["basic_auth_invoke"]:
             credentials = _load_credentials(env, values["secret_mount_path"], problems)
         file_tokens = _load_tokens(values["altair_tokens_file"], problems)
+        fc_keys = _load_fc_keys(values, problems)
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -510,13 +591,14 @@ class GatewayConfig:
             callback_policy=callback_policy,
             credentials=credentials,
             altair_file_tokens=file_tokens,
+            fc_keys=fc_keys,
             functions=functions,
             environ=MappingProxyType(dict(env)),
         )
 
     def summary(self) -> str:
         """The effective settings, for the start-up log line (never the password)."""
-        hidden = {"callback_secret", "altair_tokens"}
+        hidden = {"callback_secret", "altair_tokens", "fc_access_keys"}
         parts = [
             f"{spec.attr}={getattr(self, spec.attr)!r}"
             for spec in declared(GatewayConfig)
@@ -524,6 +606,7 @@ class GatewayConfig:
         ]
         parts.append(f"callback_secret={'set' if self.callback_secret else 'unset'}")
         parts.append(f"altair_tokens={len(self.altair_tokens) + len(self.altair_file_tokens)}")
+        parts.append(f"fc_keys={len(self.fc_keys)}")
         parts.append(f"functions={len(self.functions)}")
         return " ".join(parts)
 

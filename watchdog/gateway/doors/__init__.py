@@ -2,6 +2,7 @@
 
 - :mod:`.openwhisk`: Apache OpenWhisk's REST API, which DigitalOcean Functions serves.
 - :mod:`.altair`: Altair IoT Studio's ``/spaces/.../functions/.../invoke`` and ``async-invoke``.
+- :mod:`.fc`: Alibaba Cloud Function Compute's invoke and task API (FC 2.0 and 3.0).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from ..app import Route
 from .altair import AltairDoor
 from .base import DoorRoute, DoorServices, FrontDoor, guarded
+from .fc import FcDoor
 from .openwhisk import OpenWhiskDoor
 
-DOORS: tuple[FrontDoor, ...] = (OpenWhiskDoor(), AltairDoor())
+DOORS: tuple[FrontDoor, ...] = (OpenWhiskDoor(), FcDoor(), AltairDoor())
 
 
 def mount(services: DoorServices) -> tuple[list[Route], list[str]]:
