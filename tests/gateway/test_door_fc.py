@@ -57,7 +57,8 @@ class FcWorld:
 
 def fc_world(launch: Launcher, directory: Path, *args: str, **env: str) -> RunningWatchdog:
     """A gateway in front of ``cat`` (echoes the payload), ``fail`` (exits 3: a 500),
-    ``echo`` (an HTTP function that sets headers) and ``tools`` in namespace ``staging``."""
+    ``echo`` (an HTTP function that sets headers), ``lost`` (answers 404) and ``tools`` in
+    namespace ``staging``."""
     cat = launch.watchdog(fprocess="cat")
     fail = launch.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}")
     upstream = launch.upstream()
@@ -69,6 +70,7 @@ def fc_world(launch: Launcher, directory: Path, *args: str, **env: str) -> Runni
               cat: {{url: "http://127.0.0.1:{cat.port}"}}
               fail: {{url: "http://127.0.0.1:{fail.port}", max_attempts: 1}}
               echo: {{url: "http://127.0.0.1:{upstream.port}/echo"}}
+              lost: {{url: "http://127.0.0.1:{upstream.port}/nothing"}}
               tools: {{url: "http://127.0.0.1:{cat.port}", namespace: staging}}
             """
         )
@@ -113,13 +115,25 @@ def test_log_type_tail_answers_an_empty_log_result(fc: FcWorld) -> None:
     assert base64.b64decode(answer.headers["X-Fc-Log-Result"]) == b""
 
 
-def test_a_failing_function_keeps_its_status_and_carries_the_error_type(fc: FcWorld) -> None:
+def test_a_failing_function_raises_fcerror_with_its_status_and_error_type(fc: FcWorld) -> None:
+    with pytest.raises(fc2.FcError) as failed:
+        fc.client().invoke_function("default", "fail", payload=b"{}")
+    assert failed.value.status_code == 500
+    assert failed.value.err_code == "UnhandledInvocationError"
+    assert "exit status 3" in failed.value.message
+    with pytest.raises(fc2.FcError) as handled:
+        fc.client().invoke_function("default", "lost", payload=b"{}")
+    assert handled.value.status_code == 404
+    assert handled.value.err_code == "HandledInvocationError"
     reply = fc.gateway.request(
         "POST", "/2016-08-15/services/default/functions/fail/invocations", body=b"{}"
     )
-    assert reply.status == 500
-    assert reply.headers["X-Fc-Error-Type"] == "UnhandledInvocationError"
-    assert "exit status 3" in reply.text and reply.headers["X-Fc-Request-Id"]
+    assert reply.status == 500 and reply.headers["X-Fc-Error-Type"] == "UnhandledInvocationError"
+    assert json.loads(reply.body) == {
+        "ErrorCode": "UnhandledInvocationError",
+        "ErrorMessage": "exit status 3\n",  # the function's text body, in FC's error shape
+    }
+    assert reply.headers["X-Call-Id"] and reply.headers["X-Fc-Request-Id"]
 
 
 def test_an_asynchronous_invoke_is_queued_and_is_an_ordinary_call(fc: FcWorld) -> None:

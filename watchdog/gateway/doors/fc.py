@@ -11,9 +11,10 @@ Function Compute                                                  here
                                                                   ``POST /`` with the body
                                                                   through the invoke path; its
                                                                   status, headers and body are
-                                                                  the answer (``X-Fc-Error-Type:
-                                                                  UnhandledInvocationError`` on
-                                                                  a 5xx)
+                                                                  the answer; a status >= 400
+                                                                  adds ``X-Fc-Error-Type`` (a
+                                                                  body that is not JSON goes in
+                                                                  FC's error shape)
 ``X-Fc-Invocation-Type: Async``                                   the call is queued: ``202``,
                                                                   empty body, ``X-Fc-Request-Id``
                                                                   = its call id
@@ -398,11 +399,11 @@ class FcApi:
             return _invoke_error(InvokeError(504, f"function {function.name!r} timed out"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             return _invoke_error(InvokeError(502, f"function {function.name!r} broke off: {exc}"))
-        response = web.Response(status=status, body=data)
-        response.headers.extend(headers)
-        if status >= 500:
-            response.headers[ERROR_TYPE] = "UnhandledInvocationError"
-        return response
+        if status < 400:
+            response = web.Response(status=status, body=data)
+            response.headers.extend(headers)
+            return response
+        return _function_error(status, headers, data)
 
     async def _enqueue(
         self,
@@ -658,6 +659,25 @@ async def _read_upto(upstream: aiohttp.ClientResponse, limit: int) -> bytes | No
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.Response:
+    """A function's error answer: its status and headers with ``X-Fc-Error-Type``
+    (``HandledInvocationError`` for a 4xx, ``UnhandledInvocationError`` for a 5xx); its body
+    as it is when it is JSON, else in FC's error shape (``ErrorMessage``: the body as text),
+    because the SDK parses an error status's body as JSON and crashes on any other."""
+    kind = "HandledInvocationError" if status < 500 else "UnhandledInvocationError"
+    try:
+        json.loads(body)
+        response = web.Response(status=status, body=body)
+        response.headers.extend(headers)
+    except ValueError:
+        response = json_response(status, {"ErrorCode": kind, "ErrorMessage": encode_body(body)[0]})
+        for name, value in headers.items():
+            if name.lower() != "content-type":
+                response.headers.add(name, value)
+    response.headers[ERROR_TYPE] = kind
+    return response
 
 
 def _invoke_error(exc: InvokeError) -> web.Response:
