@@ -372,6 +372,7 @@ def test_the_door_can_be_turned_off(launcher: Launcher) -> None:
     gateway = launcher.gateway("--function", f"cat=http://127.0.0.1:{cat.port}", "--fc-door=false")
     reply = gateway.request("POST", "/2023-03-30/functions/cat/invocations", body=b"{}")
     assert reply.status == 404 and reply.text == "Not Found\n"
+    assert "Front door: fc" not in gateway.logs() and "Front door: openwhisk" in gateway.logs()
 
 
 @pytest.mark.parametrize(
