@@ -57,8 +57,8 @@ class FcWorld:
 
 def fc_world(launch: Launcher, directory: Path, *args: str, **env: str) -> RunningWatchdog:
     """A gateway in front of ``cat`` (echoes the payload), ``fail`` (exits 3: a 500),
-    ``echo`` (an HTTP function that sets headers), ``lost`` (answers 404) and ``tools`` in
-    namespace ``staging``."""
+    ``echo`` (an HTTP function that sets headers), ``lost`` (answers 404), ``inspect`` (shows
+    the request it got) and ``tools`` in namespace ``staging``."""
     cat = launch.watchdog(fprocess="cat")
     fail = launch.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}")
     upstream = launch.upstream()
@@ -71,6 +71,7 @@ def fc_world(launch: Launcher, directory: Path, *args: str, **env: str) -> Runni
               fail: {{url: "http://127.0.0.1:{fail.port}", max_attempts: 1}}
               echo: {{url: "http://127.0.0.1:{upstream.port}/echo"}}
               lost: {{url: "http://127.0.0.1:{upstream.port}/nothing"}}
+              inspect: {{url: "http://127.0.0.1:{upstream.port}/inspect"}}
               tools: {{url: "http://127.0.0.1:{cat.port}", namespace: staging}}
             """
         )
@@ -105,6 +106,21 @@ def test_a_synchronous_invoke_answers_the_functions_status_headers_and_body(fc: 
     assert re.search(
         r'gateway_function_invocation_total\{[^}]*function_name="cat.openfaas-fn"', metrics
     )
+
+
+def test_the_function_gets_the_payload_and_the_request_id_but_not_the_signature(
+    fc: FcWorld,
+) -> None:
+    answer = fc.client("akid", "secret").invoke_function(
+        "default", "inspect", payload=b"12345", headers={"X-Fc-Request-Id": "req-7", "X-Mine": "1"}
+    )
+    seen = json.loads(answer.data)
+    headers = {name.lower(): value for name, value in seen["headers"]}
+    assert seen["method"] == "POST" and seen["raw_path"] == "/inspect/"
+    assert seen["body_length"] == 5 and headers["content-type"] == "application/json"
+    assert headers["x-fc-request-id"] == "req-7" and headers["x-mine"] == "1"
+    assert "authorization" not in headers and "x-fc-invocation-type" not in headers
+    assert answer.headers["X-Fc-Request-Id"] == "req-7"
 
 
 def test_log_type_tail_answers_an_empty_log_result(fc: FcWorld) -> None:
@@ -171,6 +187,17 @@ def test_an_async_delay_defers_the_call_and_a_stop_cancels_it(fc: FcWorld) -> No
     assert task["status"] == "Stopped" and task["events"][-1]["status"] == "Stopped"
     again = fc.gateway.request("PUT", f"{TASKS}/{call_id}")
     assert again.status == 400 and json.loads(again.body)["ErrorCode"] == "InvalidArgument"
+    # FC 3.0's stop
+    later = fc.client().invoke_function(
+        "default",
+        "cat",
+        payload=b"",
+        headers={"x-fc-invocation-type": "Async", "x-fc-async-delay": "600"},
+    )
+    task_id = later.headers["X-Fc-Request-Id"]
+    v3 = f"/2023-03-30/functions/cat/async-tasks/{task_id}"
+    assert fc.gateway.request("PUT", f"{v3}/stop").status == 200
+    assert fc.get_json(v3)[1]["status"] == "Stopped"
 
 
 def test_a_named_task_is_read_back_until_it_succeeded(fc: FcWorld) -> None:
