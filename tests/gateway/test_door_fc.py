@@ -363,6 +363,7 @@ def test_with_basic_auth_the_task_routes_need_credentials(
     world.client().invoke_function("default", "cat", payload=b"g", headers=headers)  # open
     refused = gateway.request("GET", f"{TASKS}/guarded_1")
     assert refused.status == 401 and json.loads(refused.body)["ErrorCode"] == "AccessDenied"
+    assert refused.headers["X-Fc-Request-Id"] and "Basic" in refused.headers["WWW-Authenticate"]
     encoded = gateway.request("GET", TASKS.replace("stateful", "%73tateful") + "/guarded_1")
     assert encoded.status == 401  # decoded before it is classified, as when it is routed
     stop = gateway.request("PUT", f"{TASKS}/guarded_1")

@@ -189,15 +189,15 @@ def kind_of(version: Version, request: web.BaseRequest, rest: str) -> RouteKind:
 
 
 def error(status: int, code: str, message: str) -> web.Response:
-    """FC's error body (the SDK raises ``FcError`` from it; it crashes on any other)."""
-    response = json_response(status, {"ErrorCode": code, "ErrorMessage": message})
-    response.headers[REQUEST_ID] = uuid.uuid4().hex
-    return response
+    """FC's error body (the SDK raises ``FcError`` from it; it crashes on any other).
+    :meth:`FcApi.handle` adds ``X-Fc-Request-Id``."""
+    return json_response(status, {"ErrorCode": code, "ErrorMessage": message})
 
 
 def unauthorized(request: web.BaseRequest) -> web.StreamResponse:
     response = error(401, "AccessDenied", "this route needs the gateway's basic-auth credentials")
     response.headers["WWW-Authenticate"] = 'Basic realm="Restricted"'
+    response.headers[REQUEST_ID] = request_id(request)
     return response
 
 
