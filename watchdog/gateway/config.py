@@ -144,8 +144,8 @@ def _load_fc_keys(values: Mapping[str, Any], problems: list[str]) -> Mapping[str
     if path:
         try:
             keys.update(_fc_access_keys(Path(path).read_text()))
-        except OSError as exc:
-            problems.append(f"fc_access_keys_file={path!r} cannot be read ({exc.strerror or exc})")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"fc_access_keys_file={path!r} cannot be read: {exc}")
         except Invalid as exc:
             problems.append(f"fc_access_keys_file={path!r} is invalid: expected {exc}")
     return MappingProxyType(keys)

@@ -61,7 +61,7 @@ from multidict import CIMultiDict
 
 from ...proxy import forwarded_headers
 from ..activations import encode_body
-from ..answers import json_response
+from ..answers import SERVED_BY, json_response
 from ..async_api import read_limited
 from ..invoke import CALL_ID_HEADER, Call, InvokeError
 from ..queue.base import (
@@ -399,11 +399,14 @@ class FcApi:
             return _invoke_error(InvokeError(504, f"function {function.name!r} timed out"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             return _invoke_error(InvokeError(502, f"function {function.name!r} broke off: {exc}"))
+        # Whole, not streamed (relay.answer_call): an error answer's body may be rewritten.
         if status < 400:
             response = web.Response(status=status, body=data)
             response.headers.extend(headers)
-            return response
-        return _function_error(status, headers, data)
+        else:
+            response = _function_error(status, headers, data)
+        response.headers["X-Served-By"] = SERVED_BY
+        return response
 
     async def _enqueue(
         self,
