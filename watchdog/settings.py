@@ -50,6 +50,7 @@ class Setting:
     switch: bool = False  # a bare --flag means true
     group: str = ""
     shown: str = ""
+    secret: bool = False  # never logged: the start-up line says only whether it is set
     attr: str = ""  # the field's name, filled in by declared()
 
     @property
@@ -70,10 +71,11 @@ def setting(
     switch: bool = False,
     group: str = "",
     shown: str = "",
+    secret: bool = False,
 ) -> Any:
     """Declare a setting as a dataclass field. ``env`` lists the variable names, space
     separated, the first present winning (an empty string: flag only)."""
-    spec = Setting(tuple(env.split()), parse, default, help, flag, switch, group, shown)
+    spec = Setting(tuple(env.split()), parse, default, help, flag, switch, group, shown, secret)
     return field(metadata={_KEY: spec})
 
 

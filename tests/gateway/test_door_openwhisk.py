@@ -114,7 +114,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
     """One gateway with its OpenWhisk door in front of: ``cat`` (echoes the parameters, a
     JSON object), ``hello`` (plain text), ``fail`` (exits 3: a 500), ``gated`` (answers once
     a file exists), ``stuck`` (never within its 300 ms) and ``demo-echo`` in namespace
-    ``staging`` (package ``demo``)."""
+    ``staging`` (package ``demo``), and ``web`` (the HTTP fixture function: ``/inspect``)."""
     directory = tmp_path_factory.mktemp("ow")
     launch = Launcher(directory)
     try:
@@ -122,6 +122,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
         gate_script = directory / "gate.py"
         gate_script.write_text(GATE)
         cat = launch.watchdog(fprocess="cat")
+        web = launch.upstream()
         env = launch.watchdog(fprocess="env")
         hello = launch.watchdog(fprocess="echo hello")
         fail = launch.watchdog(fprocess=f"{PYTHON} {FIXTURES / 'fail.py'}")
@@ -136,6 +137,7 @@ def ow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwWorld]:
                 f"""\
                 functions:
                   cat: {{url: "http://127.0.0.1:{cat.port}"}}
+                  web: {{url: "http://127.0.0.1:{web.port}"}}
                   hello: {{url: "http://127.0.0.1:{hello.port}"}}
                   fail: {{url: "http://127.0.0.1:{fail.port}", max_attempts: 1}}
                   gated: {{url: "http://127.0.0.1:{gated.port}"}}
@@ -329,6 +331,64 @@ def _count(ow: OwWorld) -> int:
     return int(json.loads(reply.body)["activations"])
 
 
+# -- web actions --------------------------------------------------------------------------
+
+
+def _activation_count(gateway: RunningWatchdog) -> int:
+    return len(json.loads(gateway.request("GET", "/system/activations?limit=200").body)["items"])
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_a_web_action_gets_the_request_as_it_came_and_keeps_no_record(
+    ow: OwWorld, method: str
+) -> None:
+    before = _activation_count(ow.gateway)
+    body = b'{"a": 1}' if method in ("POST", "PUT") else None
+    reply = ow.gateway.request(
+        method,
+        "/api/v1/web/_/default/web/inspect/a%2Fb?x=1&y=%20",
+        body=body,
+        headers={"X-Web-Test": "yes"},
+    )
+    assert reply.status == 200, reply.text
+    seen = json.loads(reply.body)
+    assert (seen["method"], seen["raw_path"]) == (method, "/inspect/a%2Fb?x=1&y=%20")
+    assert ["X-Web-Test", "yes"] in seen["headers"]
+    assert seen["body_length"] == len(body or b"")
+    assert _activation_count(ow.gateway) == before
+
+
+@pytest.mark.parametrize(
+    ("extension", "content_type"),
+    [
+        (".json", "application/json"),
+        (".text", "text/plain"),
+        (".html", "text/html"),
+        (".svg", "image/svg+xml"),
+        (".http", "application/octet-stream"),
+        ("", "application/octet-stream"),
+    ],
+)
+def test_a_web_actions_extension_sets_the_content_type(
+    ow: OwWorld, extension: str, content_type: str
+) -> None:
+    reply = ow.gateway.request(
+        "POST",
+        f"/api/v1/web/staging/demo/echo{extension}",
+        body=b"from the web",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert reply.status == 200 and reply.body == b"from the web"  # demo/echo is cat
+    assert reply.headers["Content-Type"].startswith(content_type)
+
+
+def test_an_unknown_web_action_is_openwhisks_404(ow: OwWorld) -> None:
+    for path in ("/api/v1/web/_/default/nope", "/api/v1/web/_/default", "/api/v1/web/_/x/web"):
+        reply = ow.gateway.request("GET", path)
+        assert reply.status == 404, path
+        assert json.loads(reply.body)["error"] == NOT_FOUND
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "message"),
     [
@@ -425,6 +485,32 @@ def test_with_basic_auth_invoke_the_invoke_route_needs_credentials(
     encoded = gw.request("POST", "/api/v1/namespaces/_/%61ctions/cat?blocking=true", body=b"{}")
     assert encoded.status == 401
     assert run_node(tmp_path, apihost, body, api_key="admin:s3cret") == {"a": 1}
+
+
+def test_with_api_keys_the_door_takes_a_key_and_web_actions_stay_public(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    cat = launcher.watchdog(fprocess="cat")
+    key = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAs"
+    gw = launcher.gateway("--function", f"cat=http://127.0.0.1:{cat.port}", openwhisk_api_keys=key)
+    apihost = f"http://127.0.0.1:{gw.port}"
+    refused = run_node(tmp_path, apihost, "return await ow.actions.invoke({name: 'cat'})")
+    assert refused["statusCode"] == 401
+    listed = gw.request("GET", "/api/v1/namespaces/_/activations", headers=_basic("x:y"))
+    assert listed.status == 401 and "OpenWhisk" in listed.headers["WWW-Authenticate"]
+    body = "return await ow.actions.invoke({name: 'cat', blocking: true, params: {k: 1}})"
+    record = run_node(tmp_path, apihost, body, api_key=key)
+    assert record["response"]["result"] == {"k": 1}
+    got = run_node(
+        tmp_path,
+        apihost,
+        f"return await ow.activations.get('{record['activationId']}')",
+        api_key=key,
+    )
+    assert got["activationId"] == record["activationId"]
+    web = gw.request("POST", "/api/v1/web/_/default/cat", body=b"public")
+    assert (web.status, web.body) == (200, b"public")
+    assert key.split(":")[1] not in gw.logs()
 
 
 @pytest.mark.parametrize(

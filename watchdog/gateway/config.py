@@ -25,6 +25,7 @@ from ..settings import (
     CommandParser,
     ConfigError,
     Invalid,
+    Setting,
     UsageError,
     add_flags,
     declared,
@@ -168,6 +169,16 @@ def _load_tokens(path: str, problems: list[str]) -> tuple[str, ...]:
         )
         return ()
     return tokens
+
+
+def _api_keys(text: str) -> tuple[str, ...]:
+    """OpenWhisk's ``UUID:KEY`` API keys, comma-separated."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    for key in keys:
+        user, colon, secret = key.partition(":")
+        if not (colon and user and secret) or any(ch.isspace() for ch in key):
+            raise Invalid("API keys such as UUID:KEY, separated by commas")
+    return keys
 
 
 _RETRY_FIELDS = ("max_attempts", "initial_backoff", "max_backoff", "max_event_age", "retry_codes")
@@ -447,6 +458,7 @@ class GatewayConfig:
         "HMAC-SHA256 key for `X-Callback-Signature` (unset: unsigned)",
         flag="--callback-secret",
         group=_A,
+        secret=True,
     )
     callback_allow: tuple[str, ...] = setting(
         "callback_allow",
@@ -484,6 +496,16 @@ class GatewayConfig:
         flag="--openwhisk-wait",
         group=_D,
     )
+    openwhisk_api_keys: tuple[str, ...] = setting(
+        "openwhisk_api_keys",
+        _api_keys,
+        "",
+        "`UUID:KEY` API keys the OpenWhisk door accepts as Basic auth (comma-separated); "
+        "unset: no key needed",
+        flag="--openwhisk-api-keys",
+        group=_D,
+        secret=True,
+    )
     altair_door: bool = setting(
         "altair_door",
         parse_bool,
@@ -501,6 +523,7 @@ class GatewayConfig:
         "`altair_tokens_file`: no token needed",
         flag="--altair-tokens",
         group=_D,
+        secret=True,
     )
     altair_tokens_file: str = setting(
         "altair_tokens_file",
@@ -538,6 +561,7 @@ class GatewayConfig:
         "with one of these keys (unset, and no `fc_access_keys_file`: not checked)",
         flag="--fc-access-keys",
         group=_D,
+        secret=True,
     )
     fc_access_keys_file: str = setting(
         "fc_access_keys_file",
@@ -598,17 +622,20 @@ class GatewayConfig:
 
     def summary(self) -> str:
         """The effective settings, for the start-up log line (never the password)."""
-        hidden = {"callback_secret", "altair_tokens", "fc_access_keys"}
-        parts = [
-            f"{spec.attr}={getattr(self, spec.attr)!r}"
-            for spec in declared(GatewayConfig)
-            if spec.attr not in hidden
-        ]
-        parts.append(f"callback_secret={'set' if self.callback_secret else 'unset'}")
-        parts.append(f"altair_tokens={len(self.altair_tokens) + len(self.altair_file_tokens)}")
+        parts = [f"{spec.attr}={self._shown(spec)}" for spec in declared(GatewayConfig)]
+        parts.append(f"altair_file_tokens={len(self.altair_file_tokens)}")
         parts.append(f"fc_keys={len(self.fc_keys)}")
         parts.append(f"functions={len(self.functions)}")
         return " ".join(parts)
+
+    def _shown(self, spec: Setting) -> str:
+        """A setting's value for the log; a secret only as set or unset (a count for lists)."""
+        value = getattr(self, spec.attr)
+        if not spec.secret:
+            return repr(value)
+        if isinstance(value, tuple):
+            return str(len(value))
+        return "set" if value else "unset"
 
 
 PROG = "fwatchdog gateway"

@@ -16,10 +16,15 @@ log = logging.getLogger("watchdog.gateway")
 
 
 async def answer_call(
-    invoker: Invoker, request: web.BaseRequest, function: Function, call: Call
+    invoker: Invoker,
+    request: web.BaseRequest,
+    function: Function,
+    call: Call,
+    content_type: str | None = None,
 ) -> web.StreamResponse:
     """Run ``call`` on ``function`` and send its status, headers and body to ``request``'s
-    client as they come (a small body in one write).
+    client as they come (a small body in one write); ``content_type`` replaces the
+    function's.
 
     Once the status is out only a cut connection can tell the caller that the rest is not
     coming: a function that breaks off or runs out of time mid-body is answered that way.
@@ -34,6 +39,8 @@ async def answer_call(
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(invocation.response_headers())
             response.headers["X-Served-By"] = SERVED_BY
+            if content_type is not None:
+                response.headers["Content-Type"] = content_type
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             try:

@@ -16,6 +16,12 @@ OpenWhisk                                           here
 ``GET namespaces/NS/activations/ID``                the record in OpenWhisk's shape
 ``GET namespaces/NS/activations/ID/result``         ``{"result", "success", "status"}``
 ``GET namespaces/NS/activations/ID/logs``           ``{"logs": []}`` (the gateway has no logs)
+``ANY web/NS/PKG/NAME[.EXT][/PATH][?QUERY]``        a web action: a synchronous call of the mapped
+                                                    function with the request as it came (method,
+                                                    ``/PATH``, query, headers, body), no record;
+                                                    ``.json``, ``.text``, ``.html``, ``.svg`` set
+                                                    the answer's Content-Type, ``.http`` (or no
+                                                    extension) keeps the function's
 ==================================================  ==============================================
 
 Names: namespace ``_`` is the gateway's default namespace, any other the gateway namespace of
@@ -31,13 +37,16 @@ Answer to result: a JSON object answer is the result as it is; any other answer 
 
 Ids: calls made here have 32-hex ids; the gateway's other calls (UUIDs) are shown with their
 dashes removed, and found again by either form. Records appear once the call has ended
-(OpenWhisk writes them then); ``/system/activations/ID`` shows every state. Web actions
-(``/api/v1/web/...``) are not served yet.
+(OpenWhisk writes them then); ``/system/activations/ID`` shows every state. Web actions keep no
+record, as on DigitalOcean; the gateway's metrics count them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import json
 import re
 import uuid
@@ -52,7 +61,7 @@ from ...proxy import forwarded_headers
 from ..activations import encode_body, headers_object
 from ..answers import json_response
 from ..async_api import read_limited
-from ..invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, InvokeError
+from ..invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, Call, InvokeError
 from ..queue.base import (
     TERMINAL,
     ActivationRecord,
@@ -63,6 +72,7 @@ from ..queue.base import (
     QueueUnavailable,
 )
 from ..registry import Function, is_valid_name
+from ..relay import answer_call
 from .base import DoorRoute, DoorServices, RouteKind
 
 PREFIX = "/api/v1/"
@@ -76,6 +86,14 @@ DEFAULT_LIMIT = 30
 RECHECK = 1.0
 """Seconds between looks at the record while a blocking call waits: another gateway sharing
 the queue may run the call, and only this gateway's worker tells its waiters."""
+
+WEB_CONTENT_TYPES = {
+    "json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "html": "text/html; charset=utf-8",
+    "svg": "image/svg+xml",
+    "http": None,  # the function's own
+}
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -104,12 +122,14 @@ class OpenWhiskDoor:
 
     def routes(self, services: DoorServices) -> list[DoorRoute]:
         api = OpenWhiskApi(services)
-        return [DoorRoute(PREFIX, api.handle, kind_of, unauthorized)]
+        return [DoorRoute(PREFIX, api.handle, kind_of, unauthorized, accepts=api.has_key)]
 
 
 def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
     # Decoded as the handler decodes them: `%61ctions` must not slip past as another kind.
     parts = _parts(rest)
+    if parts[:1] == ["web"]:
+        return "invoke"
     if len(parts) >= 3 and parts[0] == "namespaces":
         if parts[2] == "actions" and request.method == "POST":
             return "invoke"
@@ -145,9 +165,33 @@ class OpenWhiskApi:
         self.config = services.config
         self.queue = services.queue
         self.worker = services.worker
+        self.keys = tuple(key.encode() for key in self.config.openwhisk_api_keys)
+
+    def has_key(self, request: web.BaseRequest) -> bool:
+        """The request's Basic auth is one of ``openwhisk_api_keys`` (none set: False)."""
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic" or not self.keys:
+            return False
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        # Every key compared, in constant time: no early exit tells which came close.
+        return any([hmac.compare_digest(given, key) for key in self.keys])
+
+    def _allowed(self, request: web.BaseRequest, rest: str) -> bool:
+        """With keys set, the API's invoke and record routes take a key, or the gateway's own
+        credentials; web actions stay public, as on OpenWhisk."""
+        if not self.keys or kind_of(request, rest) == "open" or _parts(rest)[:1] == ["web"]:
+            return True
+        if self.has_key(request):
+            return True
+        return self.config.credentials is not None and self.services.authorized(request)
 
     async def handle(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         rid = request_id(request)
+        if not self._allowed(request, rest):
+            return unauthorized(request)
         try:
             response = await self._route(request, rest, rid)
         except BadParameter as exc:
@@ -162,6 +206,8 @@ class OpenWhiskApi:
     async def _route(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
         query = rest.partition("?")[2]
         parts = _parts(rest)
+        if parts[:1] == ["web"]:
+            return await self._web_action(request, rest, rid)
         if len(parts) < 3 or parts[0] != "namespaces":
             return error(404, NOT_FOUND, rid)
         namespace = self._namespace(parts[1])
@@ -211,6 +257,39 @@ class OpenWhiskApi:
         if not is_valid_name(name):
             return None
         return self.services.registry.get(name, namespace)
+
+    # -- web actions ----------------------------------------------------------------------
+
+    async def _web_action(
+        self, request: web.BaseRequest, rest: str, rid: str
+    ) -> web.StreamResponse:
+        """``web/NS/PKG/NAME[.EXT][/PATH]``: the request, as it came, to the function's
+        ``/PATH``; its answer streamed back (no record, as DigitalOcean keeps none)."""
+        raw_path, mark, query = rest.partition("?")
+        segments = raw_path.split("/")
+        if len(segments) < 4:
+            return error(404, NOT_FOUND, rid)
+        name, content_type = _web_name(unquote(segments[3]))
+        namespace = self._namespace(unquote(segments[1]))
+        package = unquote(segments[2])
+        found = None if namespace is None else self._function(namespace, [package, name])
+        if found is None:
+            return error(404, NOT_FOUND, rid)
+        function = found
+        target = "/" + "/".join(segments[4:]) + (mark + query if query else "")
+        invoker = self.services.invoker
+        try:
+            async with asyncio.timeout(invoker.timeout_of(function)):
+                call = await Call.from_request(request, target)
+        except TimeoutError:
+            return error(408, "The request body was not received within the timeout.", rid)
+        if self.services.needs_credentials("invoke") or self.has_key(request):
+            call.headers.popall("Authorization", None)  # the gateway's or the door's
+        try:
+            response = await answer_call(invoker, request, function, call, content_type)
+        except InvokeError as exc:
+            return error(exc.status, exc.message, rid)
+        return response
 
     # -- invoke ---------------------------------------------------------------------------
 
@@ -583,3 +662,11 @@ def _method_not_allowed(allow: str, rid: str) -> web.Response:
     response = error(405, "The requested method is not allowed.", rid)
     response.headers["Allow"] = allow
     return response
+
+
+def _web_name(last: str) -> tuple[str, str | None]:
+    """The action's name and the Content-Type its extension asks for (None: the function's)."""
+    name, dot, extension = last.rpartition(".")
+    if dot and extension in WEB_CONTENT_TYPES:
+        return name, WEB_CONTENT_TYPES[extension]
+    return last, None
