@@ -3,9 +3,9 @@
     python -m bench all [--quick]          # every scenario; table into bench/README.md
     python -m bench http fork gateway      # some of them (JSON only, README untouched)
 
-Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6). Each load is
-wrk on loopback, bounded in time; every process started is reaped at the end, on errors and
-Ctrl-C too. Results go to bench/results/<date>-<time>.json.
+Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6), prefork (7).
+Each load is wrk on loopback, bounded in time; every process started is reaped at the end, on
+errors and Ctrl-C too. Results go to bench/results/<date>-<time>.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import report, wrk
 from .procs import terminated_on_sigterm
 from .report import Run
-from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, startup
+from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, prefork, startup
 from .scenarios.common import Settings
 
 Scenario = Callable[[Run, Settings, Path], None]
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Scenario] = {
     "gateway": gateway_sync.run,
     "async": async_calls.run,
     "startup": startup.run,
+    "prefork": prefork.run,
 }
 
 # Figures of the Go OpenFaaS watchdogs on this machine class (shared/reference/performance.md).
@@ -38,6 +39,10 @@ OF_WATCHDOG_HTTP_RPS = 14_100
 OF_WATCHDOG_HTTP_P99_MS = 4.8
 CLASSIC_FORK_RPS = 1_980
 FLAT_RSS_MB = 5.0
+# Issue 14's targets for prefork, as multiples of the classic watchdog in the same run.
+PREFORK_TEMPLATE_RATIO = 10
+PREFORK_HEAVY_RATIO = 50
+PREFORK_CHILD_USS_MB = 4.0
 FLAT_FDS = 2
 
 
@@ -141,6 +146,7 @@ def add_checks(run: Run, settings: Settings) -> None:
         )
         rss = ready.peak_rss_mb or 0
         run.check("idle RSS ≤ 35 MB", f"{rss:.1f} MB", rss <= 35)
+    add_prefork_checks(run)
     for steady in run.steady:
         if steady["fds_before"] == "":
             continue
@@ -155,6 +161,33 @@ def add_checks(run: Run, settings: Settings) -> None:
             f"{grown:+.1f} MB, {fds:+d} fds after {steady['requests']:,} requests",
             grown <= FLAT_RSS_MB and fds <= allowed,
         )
+
+
+def add_prefork_checks(run: Run) -> None:
+    targets = (
+        (prefork.TEMPLATE, "template", PREFORK_TEMPLATE_RATIO),
+        (prefork.HEAVY, "heavy imports", PREFORK_HEAVY_RATIO),
+    )
+    for scenario, what, ratio in targets:
+        for concurrency in prefork.CONCURRENCIES:
+            subject = run.find(scenario, "fwatchdog, prefork=true", concurrency)
+            classic = run.limit_for(subject) if subject else None
+            if subject and classic and classic.rps:
+                measured = subject.rps / classic.rps
+                run.check(
+                    f"prefork, {what}, c{concurrency}: ≥ {ratio}× the classic watchdog (same run)",
+                    f"{subject.rps:,.1f} / {classic.rps:,.1f} req/s = {measured:.1f}×",
+                    measured >= ratio,
+                )
+    for row in run.measurements:
+        if row.scenario == prefork.MEMORY and "USS of one running child" in row.path:
+            uss = row.peak_rss_mb or 0
+            what = row.path.split(":")[0]
+            run.check(
+                f"prefork, {what}: USS of one running child ≤ {PREFORK_CHILD_USS_MB:g} MB",
+                f"{uss:.2f} MB",
+                uss <= PREFORK_CHILD_USS_MB,
+            )
 
 
 def add_notes(run: Run, settings: Settings) -> None:
