@@ -74,12 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     path = report.save(result)
     table = report.render(result, path.name)
     print(table)
-    if "all" in args.scenarios:
-        report.update_readme(result, path, "quick" if args.quick else "full")
+    block = _readme_block(args.scenarios, args.quick)
+    if block:
+        report.update_readme(result, path, block)
         print(f"\nwritten: {path} and {report.README}", file=sys.stderr)
     else:
         print(f"\nwritten: {path}", file=sys.stderr)
     return 0
+
+
+def _readme_block(scenarios: list[str], quick: bool) -> str | None:
+    """The README table a run replaces: ``all`` runs, and ``prefork`` alone (issue 14's)."""
+    if "all" in scenarios:
+        return "quick" if quick else "full"
+    if scenarios == ["prefork"] and not quick:
+        return "prefork"
+    return None
 
 
 def add_checks(run: Run, settings: Settings) -> None:
@@ -206,7 +216,18 @@ def add_notes(run: Run, settings: Settings) -> None:
         "Targets quoting Go watchdogs compare with figures measured on this machine class on "
         "another day (shared/reference/performance.md), not in this run."
     )
-    if settings.drain_calls < 100_000:
+    if any(row.scenario.startswith("7 prefork") for row in run.measurements):
+        run.notes.append(
+            f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes, {prefork.TEMPLATE_SECONDS:g} s "
+            f"per load for the template, {prefork.HEAVY_SECONDS:g} s for the heavy handler (a "
+            "spawned one costs about 0.3 s of CPU), no warm-up beyond the zygote's; 'vs limit' "
+            "is vs the Go classic watchdog 0.3.9 (shared/anchors) in this run, same fprocess "
+            "(the interpreter itself, not a shim); fwatchdog in serializing mode, as the "
+            "project's python3 template. CPU ms/req counts the zygote with the watchdog."
+        )
+    if settings.drain_calls < 100_000 and any(
+        row.scenario == "5 async drain" for row in run.measurements
+    ):
         run.notes.append(
             f"--quick drains {settings.drain_calls:,} queued calls; the full run drains 100,000."
         )

@@ -3,7 +3,7 @@
 Every child is started in its own session through :class:`Children`, which reaps them all on
 exit, errors and Ctrl-C included: SIGTERM to the child, SIGKILL to its process group after a
 grace period. :class:`Meter` reads a process's CPU seconds (its own plus its fork server's,
-not the handlers') and samples its peak RSS while a load runs.
+not the handlers'; and its prefork zygote's) and samples its peak RSS while a load runs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
+from watchdog.prefork import ZYGOTE_SCRIPT
 
 MB = 1024 * 1024
 
@@ -189,14 +190,20 @@ def wait_port(service: Service, timeout: float = 20) -> None:
 
 
 def _helpers(proc: psutil.Process) -> list[psutil.Process]:
+    """The watchdog's fork server and prefork zygote: they do its forking, so their CPU is its
+    cost per request as the Go watchdogs' forks are theirs."""
     found = []
     for child in proc.children():
         try:
-            if child.name() == FORK_SERVER_NAME:
+            if child.name() == FORK_SERVER_NAME or is_zygote(child):
                 found.append(child)
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def is_zygote(proc: psutil.Process) -> bool:
+    return any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in proc.cmdline())
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from watchdog.prefork import ZYGOTE_SCRIPT
-
-from ..procs import MB, Children, Service, base_env, free_port, get_text, wait_http
+from ..procs import MB, Children, Service, base_env, free_port, get_text, is_zygote, wait_http
 from ..report import Measurement, Run
 from .common import Settings, measure
 
@@ -244,7 +242,7 @@ def _memory_rows(result: Run, run_dir: Path, handler: Handler) -> None:
 
 def _zygote(watchdog_pid: int) -> psutil.Process:
     for child in psutil.Process(watchdog_pid).children():
-        if any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in child.cmdline()):
+        if is_zygote(child):
             return child
     raise RuntimeError("no zygote running")
 
