@@ -218,12 +218,15 @@ def add_notes(run: Run, settings: Settings) -> None:
     )
     if any(row.scenario.startswith("7 prefork") for row in run.measurements):
         run.notes.append(
-            f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes, {prefork.TEMPLATE_SECONDS:g} s "
-            f"per load for the template, {prefork.HEAVY_SECONDS:g} s for the heavy handler (a "
-            "spawned one costs about 0.3 s of CPU), no warm-up beyond the zygote's; 'vs limit' "
-            "is vs the Go classic watchdog 0.3.9 (shared/anchors) in this run, same fprocess "
-            "(the interpreter itself, not a shim); fwatchdog in serializing mode, as the "
-            "project's python3 template. CPU ms/req counts the zygote with the watchdog."
+            f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes to three servers running side "
+            f"by side; the template: {prefork.TEMPLATE_SECONDS:g} s loads in "
+            f"{prefork.TEMPLATE_ROUNDS} interleaved rounds, the round of median req/s shown; "
+            f"the heavy handler (a spawned one costs about 0.3 s of CPU): one round of "
+            f"{prefork.HEAVY_SECONDS:g} s loads, requests unanswered after "
+            f"{prefork.HEAVY_TIMEOUT:g} s counted as errors. 'vs limit' is vs the Go classic "
+            "watchdog 0.3.9 (shared/anchors) in this run, same fprocess (the interpreter "
+            "itself, not a shim); fwatchdog in serializing mode, as the project's python3 "
+            "template. CPU ms/req counts the zygote with the watchdog."
         )
     if settings.drain_calls < 100_000 and any(
         row.scenario == "5 async drain" for row in run.measurements

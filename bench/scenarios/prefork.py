@@ -39,9 +39,12 @@ HEAVY = "7 prefork heavy imports"
 MEMORY = "7 prefork memory"
 CONCURRENCIES = (1, 16)
 TEMPLATE_SECONDS = 5
+TEMPLATE_ROUNDS = 3
 # A spawned heavy handler costs about 0.3 s of CPU: at concurrency 16 on 2 busy cores a round
-# of requests takes several seconds, and wrk counts only the requests answered in its run.
-HEAVY_SECONDS = 15
+# of 16 requests takes several seconds (8 s seen at a load average of 9), and wrk counts only
+# the requests answered in its run. Its ratios are large enough for one round.
+HEAVY_SECONDS = 20
+HEAVY_TIMEOUT = 30
 BODY = 16
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_FILES = REPO / "tests" / "fixtures" / "prefork"
@@ -61,6 +64,8 @@ class Handler:
     fprocess: str
     sleeping_fprocess: str
     seconds: float
+    rounds: int
+    timeout: float  # seconds before wrk counts a request as an error
     note: str = ""
 
 
@@ -68,8 +73,10 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
     python = os.path.realpath(sys.executable)  # not a shim: the interpreter itself
     template = _template_handler(run_dir, python)
     heavy, import_cpu = _heavy_handler(run_dir, python)
+    full = settings.seconds >= TEMPLATE_SECONDS  # --quick: one round
     for handler in (template, heavy):
-        _load_rows(result, run_dir, handler, max(settings.seconds, handler.seconds))
+        seconds = max(settings.seconds, handler.seconds)
+        _load_rows(result, run_dir, handler, seconds, handler.rounds if full else 1)
     for row in result.measurements:
         if row.scenario == HEAVY:
             row.extra["handler_import_cpu_ms"] = round(import_cpu * 1000, 1)
@@ -85,7 +92,8 @@ def _template_handler(run_dir: Path, python: str) -> Handler:
     sleeping = _copy_template(run_dir / "template-sleeping")
     (sleeping / "function" / "handler.py").write_text(SLEEPING_HANDLER)
     fprocess = f"{python} {folder / 'index.py'}"
-    return Handler(TEMPLATE, fprocess, f"{python} {sleeping / 'index.py'}", TEMPLATE_SECONDS)
+    sleeping_fprocess = f"{python} {sleeping / 'index.py'}"
+    return Handler(TEMPLATE, fprocess, sleeping_fprocess, TEMPLATE_SECONDS, TEMPLATE_ROUNDS, 10)
 
 
 def _copy_template(folder: Path) -> Path:
@@ -119,6 +127,8 @@ def _heavy_handler(run_dir: Path, python: str) -> tuple[Handler, float]:
         f"{python} {folder / 'heavy.py'}",
         f"{python} {folder / 'heavy_sleeping.py'}",
         HEAVY_SECONDS,
+        1,
+        HEAVY_TIMEOUT,
         f"{functions:,} functions in {modules} modules, import {cpu * 1000:.0f} ms CPU",
     )
     return handler, cpu
@@ -151,28 +161,47 @@ def _import_cpu(python: str, folder: Path) -> float:
 # -- the loads ------------------------------------------------------------------------------
 
 
-def _load_rows(result: Run, run_dir: Path, handler: Handler, seconds: float) -> None:
-    subjects = [
-        ("classic watchdog (Go)", None),
-        ("fwatchdog, no prefork", "false"),
-        ("fwatchdog, prefork=true", "true"),
-    ]
-    for label, prefork in subjects:
-        if prefork is None and not CLASSIC.is_file():
-            print(f"   {CLASSIC} not found: classic rows skipped", file=sys.stderr)
-            continue
-        with Children(run_dir) as children:
-            if prefork is None:
-                server = _classic(children, run_dir, handler.fprocess)
-            else:
-                server = _fwatchdog(children, handler.fprocess, prefork)
+SUBJECTS = (
+    ("classic watchdog (Go)", None),
+    ("fwatchdog, no prefork", "false"),
+    ("fwatchdog, prefork=true", "true"),
+)
+
+
+def _load_rows(result: Run, run_dir: Path, handler: Handler, seconds: float, rounds: int) -> None:
+    """The three servers run side by side (idle but for the one loaded); rounds interleave
+    them, so a change in the shared machine's load moves all three: each row is the round of
+    median requests/s, the others' in ``rounds_rps``."""
+    with Children(run_dir) as children:
+        servers = _servers(children, run_dir, handler)
+        by_row: dict[tuple[str, int], list[Measurement]] = {}
+        for _ in range(rounds):
             for concurrency in CONCURRENCIES:
-                path = f"{label}; {handler.note}" if handler.note and prefork is None else label
-                row = measure(
-                    handler.scenario, path, server.pid, server.url + "/", concurrency,
-                    seconds, method="POST", body_size=BODY, limit=prefork is None,
-                )  # fmt: skip
-                result.add(row)
+                for label, server in servers:
+                    row = measure(
+                        handler.scenario, label, server.pid, server.url + "/", concurrency,
+                        seconds, method="POST", body_size=BODY, limit=label == SUBJECTS[0][0],
+                        timeout=handler.timeout,
+                    )  # fmt: skip
+                    by_row.setdefault((label, concurrency), []).append(row)
+    for (label, _), rows in by_row.items():
+        row = sorted(rows, key=lambda r: r.rps)[len(rows) // 2]
+        row.extra["rounds_rps"] = [r.rps for r in rows]
+        if handler.note and row.limit:
+            row.path = f"{label}; {handler.note}"
+        result.add(row)
+
+
+def _servers(children: Children, run_dir: Path, handler: Handler) -> list[tuple[str, Service]]:
+    servers = []
+    for label, prefork in SUBJECTS:
+        if prefork is not None:
+            servers.append((label, _fwatchdog(children, handler.fprocess, prefork)))
+        elif CLASSIC.is_file():
+            servers.append((label, _classic(children, run_dir, handler.fprocess)))
+        else:
+            print(f"   {CLASSIC} not found: classic rows skipped", file=sys.stderr)
+    return servers
 
 
 def _classic(children: Children, run_dir: Path, fprocess: str) -> Service:
