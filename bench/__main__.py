@@ -201,21 +201,23 @@ def add_prefork_checks(run: Run) -> None:
 
 
 def add_notes(run: Run, settings: Settings) -> None:
-    run.notes.append(
-        f"Each load: wrk -t1, {settings.seconds:g} s, after a {settings.warmup_seconds:g} s "
-        "warm-up; a limit and its subject are measured back to back at the same concurrency. "
-        "wrk, the servers and other engineers' work share the cores, so absolute figures "
-        "drift (±10% and more); the ratios and CPU per request hold better."
-    )
+    if any(not row.scenario.startswith("7 prefork") for row in run.measurements):
+        run.notes.append(
+            f"Each load: wrk -t1, {settings.seconds:g} s, after a {settings.warmup_seconds:g} s "
+            "warm-up; a limit and its subject are measured back to back at the same "
+            "concurrency. wrk, the servers and other engineers' work share the cores, so "
+            "absolute figures drift (±10% and more); the ratios and CPU per request hold better."
+        )
     run.notes.append(
         "CPU ms/req = CPU seconds per 1,000 requests of the metered process: the watchdog (plus "
-        "its fork server fw-spawner, not the handlers), the gateway, or the upstream for "
-        "'directly' rows; for spawn loops, the spawning process."
+        "its fork server fw-spawner and prefork zygote, not the handlers), the gateway, or the "
+        "upstream for 'directly' rows; for spawn loops, the spawning process."
     )
-    run.notes.append(
-        "Targets quoting Go watchdogs compare with figures measured on this machine class on "
-        "another day (shared/reference/performance.md), not in this run."
-    )
+    if run.checks and any(not c.target.startswith("prefork") for c in run.checks):
+        run.notes.append(
+            "Targets quoting Go watchdogs compare with figures measured on this machine class "
+            "on another day (shared/reference/performance.md), not in this run."
+        )
     if any(row.scenario.startswith("7 prefork") for row in run.measurements):
         run.notes.append(
             f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes to three servers running side "
@@ -226,7 +228,8 @@ def add_notes(run: Run, settings: Settings) -> None:
             f"{prefork.HEAVY_TIMEOUT:g} s counted as errors. 'vs limit' is vs the Go classic "
             "watchdog 0.3.9 (shared/anchors) in this run, same fprocess (the interpreter "
             "itself, not a shim); fwatchdog in serializing mode, as the project's python3 "
-            "template. CPU ms/req counts the zygote with the watchdog."
+            "template. wrk, the servers and other engineers' work share the 2 cores: absolute "
+            "figures drift with the load average (in the header), the ratios less."
         )
     if settings.drain_calls < 100_000 and any(
         row.scenario == "5 async drain" for row in run.measurements
