@@ -219,24 +219,30 @@ def add_notes(run: Run, settings: Settings) -> None:
             "on another day (shared/reference/performance.md), not in this run."
         )
     if any(row.scenario.startswith("7 prefork") for row in run.measurements):
-        run.notes.append(
-            f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes to three servers running side "
-            f"by side; the template: {prefork.TEMPLATE_SECONDS:g} s loads in "
-            f"{prefork.TEMPLATE_ROUNDS} interleaved rounds, the round of median req/s shown; "
-            f"the heavy handler (a spawned one costs about 0.3 s of CPU): one round of "
-            f"{prefork.HEAVY_SECONDS:g} s loads, requests unanswered after "
-            f"{prefork.HEAVY_TIMEOUT:g} s counted as errors. 'vs limit' is vs the Go classic "
-            "watchdog 0.3.9 (shared/anchors) in this run, same fprocess (the interpreter "
-            "itself, not a shim); fwatchdog in serializing mode, as the project's python3 "
-            "template. wrk, the servers and other engineers' work share the 2 cores: absolute "
-            "figures drift with the load average (in the header), the ratios less."
-        )
+        run.notes.append(prefork_note(settings))
     if settings.drain_calls < 100_000 and any(
         row.scenario == "5 async drain" for row in run.measurements
     ):
         run.notes.append(
             f"--quick drains {settings.drain_calls:,} queued calls; the full run drains 100,000."
         )
+
+
+def prefork_note(settings: Settings) -> str:
+    full = settings.seconds >= prefork.TEMPLATE_SECONDS
+    divisor = 1 if full else 2  # --quick: loads half as long (whole seconds, as wrk takes)
+    rounds = f"{prefork.TEMPLATE_ROUNDS} interleaved rounds" if full else "one round"
+    return (
+        f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes to three servers running side by "
+        f"side; the template: {prefork.TEMPLATE_SECONDS // divisor:g} s loads in {rounds}, the "
+        f"round of median req/s shown; the heavy handler (a spawned one costs about 0.3 s of "
+        f"CPU): one round of {prefork.HEAVY_SECONDS // divisor:g} s loads, requests unanswered "
+        f"after {prefork.HEAVY_TIMEOUT:g} s counted as errors. 'vs limit' is vs the Go classic "
+        "watchdog 0.3.9 (shared/anchors) in this run, same fprocess (the interpreter itself, "
+        "not a shim); fwatchdog in serializing mode, as the project's python3 template. wrk, "
+        "the servers and other engineers' work share the 2 cores: absolute figures drift with "
+        "the load average (in the header), the ratios less."
+    )
 
 
 if __name__ == "__main__":

@@ -73,9 +73,9 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
     python = os.path.realpath(sys.executable)  # not a shim: the interpreter itself
     template = _template_handler(run_dir, python)
     heavy, import_cpu = _heavy_handler(run_dir, python)
-    full = settings.seconds >= TEMPLATE_SECONDS  # --quick: one round
+    full = settings.seconds >= TEMPLATE_SECONDS  # --quick: one round of loads half as long
     for handler in (template, heavy):
-        seconds = max(settings.seconds, handler.seconds)
+        seconds = handler.seconds if full else handler.seconds // 2
         _load_rows(result, run_dir, handler, seconds, handler.rounds if full else 1)
     for row in result.measurements:
         if row.scenario == HEAVY:
