@@ -74,7 +74,9 @@ def test_every_request_gets_fresh_state_stdio_env_and_argv(start_watchdog) -> No
         assert seen["body"] == "the body"
         assert seen["fds"] == []  # nothing beyond stdin, stdout and stderr
         assert any(str(arg).endswith(ZYGOTE_SCRIPT.name) for arg in seen["parent"])  # type: ignore[attr-defined]
-        assert seen["name"] == "__main__"
+        # __main__ as `python probe.py` makes it: the absolute path, the module in sys.modules.
+        assert seen["name"] == "__main__" and seen["file"] == str(PREFORK / "probe.py")
+        assert seen["package"] is None and seen["in_sys_modules"] is True
         assert seen["pgid_is_pid"] is True
         assert seen["argv"] == [str(PREFORK / "probe.py")]
         env = seen["env"]
@@ -97,6 +99,9 @@ def test_exit_codes_and_uncaught_exceptions(start_watchdog) -> None:
     assert reply.status == 500 and "exit status 1" in reply.text
     wd.wait_for_log("RuntimeError: handler failed on purpose")
     assert "Traceback (most recent call last)" in wd.logs()
+    # As the interpreter prints it: the handler's frames only, none of the zygote's.
+    assert f'File "{PREFORK / "exits.py"}", line' in wd.logs()
+    assert ZYGOTE_SCRIPT.name not in wd.logs() and "runpy" not in wd.logs()
 
 
 def test_exec_timeout_kills_a_stubborn_child_and_its_grandchild(start_watchdog) -> None:
