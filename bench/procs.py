@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from watchdog.forkserver import NAME as FORK_SERVER_NAME
 from watchdog.prefork import ZYGOTE_SCRIPT
 
 MB = 1024 * 1024
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -37,12 +37,10 @@ def free_port() -> int:
 
 
 def fwatchdog_command() -> list[str]:
-    """The installed ``fwatchdog`` script next to this interpreter, as users run it."""
-    script = Path(sys.executable).parent / "fwatchdog"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("fwatchdog")
-    return [found] if found else [sys.executable, "-m", "watchdog"]
+    """``python -m watchdog`` of this checkout (``base_env`` puts it on PYTHONPATH): what
+    ``fwatchdog`` runs. Not the installed script: an editable install maps the package to
+    whichever worktree installed it, and another worktree's code would be measured."""
+    return [sys.executable, "-m", "watchdog"]
 
 
 @dataclass
@@ -118,6 +116,9 @@ def base_env(run_dir: Path, **settings: str) -> dict[str, str]:
     tmp.mkdir(exist_ok=True)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # The checkout this bench belongs to, whatever is installed (an editable install of
+        # another worktree would otherwise be what is measured), as the tests do.
+        "PYTHONPATH": str(CHECKOUT),
         "TMPDIR": str(tmp),
         "healthcheck_interval": "0",
         **settings,
