@@ -3,9 +3,9 @@
     python -m bench all [--quick]          # every scenario; table into bench/README.md
     python -m bench http fork gateway      # some of them (JSON only, README untouched)
 
-Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6). Each load is
-wrk on loopback, bounded in time; every process started is reaped at the end, on errors and
-Ctrl-C too. Results go to bench/results/<date>-<time>.json.
+Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6), prefork (7).
+Each load is wrk on loopback, bounded in time; every process started is reaped at the end, on
+errors and Ctrl-C too. Results go to bench/results/<date>-<time>.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import report, wrk
 from .procs import terminated_on_sigterm
 from .report import Run
-from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, startup
+from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, prefork, startup
 from .scenarios.common import Settings
 
 Scenario = Callable[[Run, Settings, Path], None]
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Scenario] = {
     "gateway": gateway_sync.run,
     "async": async_calls.run,
     "startup": startup.run,
+    "prefork": prefork.run,
 }
 
 # Figures of the Go OpenFaaS watchdogs on this machine class (shared/reference/performance.md).
@@ -38,6 +39,10 @@ OF_WATCHDOG_HTTP_RPS = 14_100
 OF_WATCHDOG_HTTP_P99_MS = 4.8
 CLASSIC_FORK_RPS = 1_980
 FLAT_RSS_MB = 5.0
+# Issue 14's targets for prefork, as multiples of the classic watchdog in the same run.
+PREFORK_TEMPLATE_RATIO = 10
+PREFORK_HEAVY_RATIO = 50
+PREFORK_CHILD_USS_MB = 4.0
 FLAT_FDS = 2
 
 
@@ -69,12 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     path = report.save(result)
     table = report.render(result, path.name)
     print(table)
-    if "all" in args.scenarios:
-        report.update_readme(result, path, "quick" if args.quick else "full")
+    block = _readme_block(args.scenarios, args.quick)
+    if block:
+        report.update_readme(result, path, block)
         print(f"\nwritten: {path} and {report.README}", file=sys.stderr)
     else:
         print(f"\nwritten: {path}", file=sys.stderr)
     return 0
+
+
+def _readme_block(scenarios: list[str], quick: bool) -> str | None:
+    """The README table a run replaces: ``all`` runs, and ``prefork`` alone (issue 14's)."""
+    if "all" in scenarios:
+        return "quick" if quick else "full"
+    if scenarios == ["prefork"] and not quick:
+        return "prefork"
+    return None
 
 
 def add_checks(run: Run, settings: Settings) -> None:
@@ -141,6 +156,7 @@ def add_checks(run: Run, settings: Settings) -> None:
         )
         rss = ready.peak_rss_mb or 0
         run.check("idle RSS ≤ 35 MB", f"{rss:.1f} MB", rss <= 35)
+    add_prefork_checks(run)
     for steady in run.steady:
         if steady["fds_before"] == "":
             continue
@@ -157,26 +173,76 @@ def add_checks(run: Run, settings: Settings) -> None:
         )
 
 
-def add_notes(run: Run, settings: Settings) -> None:
-    run.notes.append(
-        f"Each load: wrk -t1, {settings.seconds:g} s, after a {settings.warmup_seconds:g} s "
-        "warm-up; a limit and its subject are measured back to back at the same concurrency. "
-        "wrk, the servers and other engineers' work share the cores, so absolute figures "
-        "drift (±10% and more); the ratios and CPU per request hold better."
+def add_prefork_checks(run: Run) -> None:
+    targets = (
+        (prefork.TEMPLATE, "template", PREFORK_TEMPLATE_RATIO),
+        (prefork.HEAVY, "heavy imports", PREFORK_HEAVY_RATIO),
     )
+    for scenario, what, ratio in targets:
+        for concurrency in prefork.CONCURRENCIES:
+            subject = run.find(scenario, "fwatchdog, prefork=true", concurrency)
+            classic = run.limit_for(subject) if subject else None
+            if subject and classic and classic.rps:
+                measured = subject.rps / classic.rps
+                run.check(
+                    f"prefork, {what}, c{concurrency}: ≥ {ratio}× the classic watchdog (same run)",
+                    f"{subject.rps:,.1f} / {classic.rps:,.1f} req/s = {measured:.1f}×",
+                    measured >= ratio,
+                )
+    for row in run.measurements:
+        if row.scenario == prefork.MEMORY and "USS of one running child" in row.path:
+            uss = row.peak_rss_mb or 0
+            what = row.path.split(":")[0]
+            run.check(
+                f"prefork, {what}: USS of one running child ≤ {PREFORK_CHILD_USS_MB:g} MB",
+                f"{uss:.2f} MB",
+                uss <= PREFORK_CHILD_USS_MB,
+            )
+
+
+def add_notes(run: Run, settings: Settings) -> None:
+    if any(not row.scenario.startswith("7 prefork") for row in run.measurements):
+        run.notes.append(
+            f"Each load: wrk -t1, {settings.seconds:g} s, after a {settings.warmup_seconds:g} s "
+            "warm-up; a limit and its subject are measured back to back at the same "
+            "concurrency. wrk, the servers and other engineers' work share the cores, so "
+            "absolute figures drift (±10% and more); the ratios and CPU per request hold better."
+        )
     run.notes.append(
         "CPU ms/req = CPU seconds per 1,000 requests of the metered process: the watchdog (plus "
-        "its fork server fw-spawner, not the handlers), the gateway, or the upstream for "
-        "'directly' rows; for spawn loops, the spawning process."
+        "its fork server fw-spawner and prefork zygote, not the handlers), the gateway, or the "
+        "upstream for 'directly' rows; for spawn loops, the spawning process."
     )
-    run.notes.append(
-        "Targets quoting Go watchdogs compare with figures measured on this machine class on "
-        "another day (shared/reference/performance.md), not in this run."
-    )
-    if settings.drain_calls < 100_000:
+    if run.checks and any(not c.target.startswith("prefork") for c in run.checks):
+        run.notes.append(
+            "Targets quoting Go watchdogs compare with figures measured on this machine class "
+            "on another day (shared/reference/performance.md), not in this run."
+        )
+    if any(row.scenario.startswith("7 prefork") for row in run.measurements):
+        run.notes.append(prefork_note(settings))
+    if settings.drain_calls < 100_000 and any(
+        row.scenario == "5 async drain" for row in run.measurements
+    ):
         run.notes.append(
             f"--quick drains {settings.drain_calls:,} queued calls; the full run drains 100,000."
         )
+
+
+def prefork_note(settings: Settings) -> str:
+    full = settings.seconds >= prefork.TEMPLATE_SECONDS
+    divisor = 1 if full else 2  # --quick: loads half as long (whole seconds, as wrk takes)
+    rounds = f"{prefork.TEMPLATE_ROUNDS} interleaved rounds" if full else "one round"
+    return (
+        f"7 prefork: wrk -t1 POSTs of {prefork.BODY} bytes to three servers running side by "
+        f"side; the template: {prefork.TEMPLATE_SECONDS // divisor:g} s loads in {rounds}, the "
+        f"round of median req/s shown; the heavy handler (a spawned one costs about 0.3 s of "
+        f"CPU): one round of {prefork.HEAVY_SECONDS // divisor:g} s loads, requests unanswered "
+        f"after {prefork.HEAVY_TIMEOUT:g} s counted as errors. 'vs limit' is vs the Go classic "
+        "watchdog 0.3.9 (shared/anchors) in this run, same fprocess (the interpreter itself, "
+        "not a shim); fwatchdog in serializing mode, as the project's python3 template. wrk, "
+        "the servers and other engineers' work share the 2 cores: absolute figures drift with "
+        "the load average (in the header), the ratios less."
+    )
 
 
 if __name__ == "__main__":

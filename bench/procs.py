@@ -3,14 +3,13 @@
 Every child is started in its own session through :class:`Children`, which reaps them all on
 exit, errors and Ctrl-C included: SIGTERM to the child, SIGKILL to its process group after a
 grace period. :class:`Meter` reads a process's CPU seconds (its own plus its fork server's,
-not the handlers') and samples its peak RSS while a load runs.
+not the handlers'; and its prefork zygote's) and samples its peak RSS while a load runs.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,8 +24,10 @@ from pathlib import Path
 import psutil
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
+from watchdog.prefork import ZYGOTE_SCRIPT
 
 MB = 1024 * 1024
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -36,12 +37,10 @@ def free_port() -> int:
 
 
 def fwatchdog_command() -> list[str]:
-    """The installed ``fwatchdog`` script next to this interpreter, as users run it."""
-    script = Path(sys.executable).parent / "fwatchdog"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("fwatchdog")
-    return [found] if found else [sys.executable, "-m", "watchdog"]
+    """``python -m watchdog`` of this checkout (``base_env`` puts it on PYTHONPATH): what
+    ``fwatchdog`` runs. Not the installed script: an editable install maps the package to
+    whichever worktree installed it, and another worktree's code would be measured."""
+    return [sys.executable, "-m", "watchdog"]
 
 
 @dataclass
@@ -117,6 +116,9 @@ def base_env(run_dir: Path, **settings: str) -> dict[str, str]:
     tmp.mkdir(exist_ok=True)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # The checkout this bench belongs to, whatever is installed (an editable install of
+        # another worktree would otherwise be what is measured), as the tests do.
+        "PYTHONPATH": str(CHECKOUT),
         "TMPDIR": str(tmp),
         "healthcheck_interval": "0",
         **settings,
@@ -189,14 +191,20 @@ def wait_port(service: Service, timeout: float = 20) -> None:
 
 
 def _helpers(proc: psutil.Process) -> list[psutil.Process]:
+    """The watchdog's fork server and prefork zygote: they do its forking, so their CPU is its
+    cost per request as the Go watchdogs' forks are theirs."""
     found = []
     for child in proc.children():
         try:
-            if child.name() == FORK_SERVER_NAME:
+            if child.name() == FORK_SERVER_NAME or is_zygote(child):
                 found.append(child)
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def is_zygote(proc: psutil.Process) -> bool:
+    return any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in proc.cmdline())
 
 
 @dataclass(frozen=True)

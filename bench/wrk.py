@@ -113,8 +113,10 @@ def run(
     method: str = "GET",
     body_size: int = 0,
     headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> WrkResult:
-    """One bounded wrk run (one thread) against ``url``, which must be on loopback."""
+    """One bounded wrk run (one thread) against ``url``, which must be on loopback; a request
+    unanswered after ``timeout`` seconds counts as an error."""
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError(f"refusing to load anything but loopback: {url}")
     wrk = ensure_wrk()
@@ -123,11 +125,11 @@ def run(
     try:
         duration = max(1, round(seconds))
         completed = subprocess.run(
-            [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+            [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", f"{timeout:g}s"]
             + ["-s", script.name, url],
             capture_output=True,
             text=True,
-            timeout=duration + 30,
+            timeout=duration + timeout + 30,
         )
     finally:
         Path(script.name).unlink(missing_ok=True)

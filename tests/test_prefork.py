@@ -13,6 +13,7 @@ import psutil
 import pytest
 from conftest import FIXTURES, PYTHON, RunningWatchdog, leftovers, watchdog_env
 
+from watchdog.forkserver import NAME as FORK_SERVER_NAME
 from watchdog.prefork import ZYGOTE_SCRIPT
 
 PREFORK = FIXTURES / "prefork"
@@ -31,6 +32,14 @@ def zygote_pid(wd: RunningWatchdog) -> int:
         if any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in proc.cmdline()):
             return proc.pid
     raise AssertionError("no zygote running")
+
+
+def has_zygote(wd: RunningWatchdog) -> bool:
+    try:
+        zygote_pid(wd)
+    except AssertionError:
+        return False
+    return True
 
 
 def wait_until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -65,7 +74,9 @@ def test_every_request_gets_fresh_state_stdio_env_and_argv(start_watchdog) -> No
         assert seen["body"] == "the body"
         assert seen["fds"] == []  # nothing beyond stdin, stdout and stderr
         assert any(str(arg).endswith(ZYGOTE_SCRIPT.name) for arg in seen["parent"])  # type: ignore[attr-defined]
-        assert seen["name"] == "__main__"
+        # __main__ as `python probe.py` makes it: the absolute path, the module in sys.modules.
+        assert seen["name"] == "__main__" and seen["file"] == str(PREFORK / "probe.py")
+        assert seen["package"] is None and seen["in_sys_modules"] is True
         assert seen["pgid_is_pid"] is True
         assert seen["argv"] == [str(PREFORK / "probe.py")]
         env = seen["env"]
@@ -88,6 +99,9 @@ def test_exit_codes_and_uncaught_exceptions(start_watchdog) -> None:
     assert reply.status == 500 and "exit status 1" in reply.text
     wd.wait_for_log("RuntimeError: handler failed on purpose")
     assert "Traceback (most recent call last)" in wd.logs()
+    # As the interpreter prints it: the handler's frames only, none of the zygote's.
+    assert f'File "{PREFORK / "exits.py"}", line' in wd.logs()
+    assert ZYGOTE_SCRIPT.name not in wd.logs() and "runpy" not in wd.logs()
 
 
 def test_exec_timeout_kills_a_stubborn_child_and_its_grandchild(start_watchdog) -> None:
@@ -133,6 +147,32 @@ def test_a_broken_import_falls_back_to_spawning(start_watchdog) -> None:
     reply = wd.request("POST", "/")
     assert reply.status == 500 and "exit status 1" in reply.text
     assert 'event="warmup_failed"} 1.0' in wd.metrics()
+
+
+def test_health_and_the_first_request_do_not_wait_for_the_warm_up(start_watchdog, tmp_path) -> None:
+    gate = tmp_path / "gate"  # the zygote's warm-up blocks until this file exists
+    wd: RunningWatchdog = start_watchdog(
+        fprocess=f"{PYTHON} {PREFORK / 'slow_warmup.py'}", prefork="true", PREFORK_GATE=str(gate)
+    )
+    # start_watchdog returned on /_/health 200, with the zygote started but not warm.
+    wait_until(lambda: has_zygote(wd))
+    assert 'event="warm"' not in wd.metrics()
+    first = json.loads(wd.request("POST", "/").text)
+    assert first["comm"] == FORK_SERVER_NAME  # spawned while the zygote warms up
+    assert 'event="warm"' not in wd.metrics() and "warm in" not in wd.logs()
+
+    gate.touch()
+    wait_until(lambda: 'fwatchdog_prefork_events_total{event="warm"} 1.0' in wd.metrics())
+    warm = json.loads(wd.request("POST", "/").text)
+    assert any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in warm["cmdline"])
+
+
+def test_the_child_waits_for_its_threads_and_runs_atexit_as_python_does(start_watchdog) -> None:
+    script = PREFORK / "lingering.py"
+    fresh = subprocess.run([PYTHON, str(script)], capture_output=True, timeout=30, check=True)
+    assert fresh.stdout == b"main done\nthread finished\natexit ran\n"
+    wd = start_warm(start_watchdog, "lingering.py")
+    assert wd.request("POST", "/").body == fresh.stdout
 
 
 @pytest.mark.parametrize("fprocess", ["cat", "python3", f"{PYTHON} --help-env x.py"])

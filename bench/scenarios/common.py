@@ -43,6 +43,7 @@ def measure(
     body_size: int = 0,
     headers: dict[str, str] | None = None,
     limit: bool = False,
+    timeout: float = 10,
 ) -> Measurement:
     """One bounded wrk run against ``url`` while metering process ``pid``'s CPU and RSS."""
     wait_idle(pid)
@@ -54,6 +55,7 @@ def measure(
             method=method,
             body_size=body_size,
             headers=headers,
+            timeout=timeout,
         )
     usage = meter.usage
     assert usage is not None

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from conftest import PYTHON, Reply, free_port
 
+from watchdog.prefork import ZYGOTE_SCRIPT
 from watchdog.testing import call, load_handler
 
 from .helpers import dev_env, fwatchdog, fwatchdog_input
@@ -187,6 +188,53 @@ def test_up_invoke_watch_logs_and_clean_shutdown(project: Path, up: Up) -> None:
     gone, alive = psutil.wait_procs(family, timeout=5)
     assert not alive, f"left behind: {alive}"
     assert not (project / ".fwatchdog" / "up.json").exists()
+
+
+def zygotes(up: Up) -> list[int]:
+    found = []
+    for proc in up.descendants():
+        try:
+            if any(arg.endswith(ZYGOTE_SCRIPT.name) for arg in proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_for_new_zygote(up: Up, old: int = 0) -> int:
+    """The pid of the one prefork zygote under ``up`` once it is not ``old``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = zygotes(up)
+        if len(found) == 1 and found[0] != old:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no new zygote (old: {old}, now: {zygotes(up)}):\n{up.output()}")
+
+
+def test_up_runs_the_python3_template_with_prefork_and_watch_restarts_it(tmp_path: Path) -> None:
+    # The template's Dockerfile sets ENV prefork="true"; up takes the image's environment.
+    fwatchdog(tmp_path, "new", "classic", "--lang", "python3", "-q")
+    running = Up(tmp_path, "--watch")
+    try:
+        running.wait_for_output("watching")
+        assert running.request("POST", "/function/classic", b"Bob").text == "Hello, Bob!\n"
+        before = wait_for_new_zygote(running)
+
+        (tmp_path / "classic" / "handler.py").write_text(
+            "def handle(req):\n    return f'Edited, {req}!'\n"
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            edited = running.request("POST", "/function/classic", b"Bob")
+            if edited.text == "Edited, Bob!\n":
+                break
+            time.sleep(0.2)
+        assert (edited.status, edited.text) == (200, "Edited, Bob!\n"), running.output()
+        assert "classic: change detected, restarting" in running.output()
+        wait_for_new_zygote(running, old=before)  # the new handler's own zygote
+    finally:
+        running.kill()
 
 
 def test_up_reports_a_function_that_cannot_start(tmp_path: Path) -> None:
