@@ -110,7 +110,7 @@ class AsyncCalls:
         try:
             function = self.invoker.resolve(unquote(segment))
             directives = self._directives(request)
-            call_id = _call_id(request)
+            call_id = client_call_id(request)
         except InvokeError as exc:
             return refusal(exc.status, exc.message)
         except BadRequest as exc:
@@ -281,7 +281,7 @@ class AsyncCalls:
         hand it to the worker."""
         try:
             callback_url = self._callback_url(request)
-            call_id = _call_id(request)
+            call_id = client_call_id(request)
         except BadRequest as exc:
             return refusal(400, str(exc))
         body = await read_limited(request, self.config.max_async_body)
@@ -351,8 +351,13 @@ def prefer_wait(values: list[str]) -> float | None:
     return None
 
 
-def _call_id(request: web.BaseRequest) -> str:
-    """The caller's ``X-Call-Id`` if it is a safe one, else a new id."""
+def client_call_id(request: web.BaseRequest) -> str:
+    """The caller's ``X-Call-Id`` if it is a safe one, else a new id (the front doors that
+    take one use this too).
+
+    Raises:
+        BadRequest: the caller's id is not a safe one.
+    """
     given = request.headers.get(CALL_ID_HEADER)
     if given is None:
         return new_call_id()

@@ -41,8 +41,8 @@ from multidict import CIMultiDict
 from ...proxy import forwarded_headers
 from ...responses import INTERNAL_HEADER
 from ..answers import json_response
-from ..async_api import CALL_ID, CALLBACK_HEADER, accepted, read_limited
-from ..invoke import CALL_ID_HEADER, Call, InvokeError, new_call_id
+from ..async_api import CALLBACK_HEADER, BadRequest, accepted, client_call_id, read_limited
+from ..invoke import CALL_ID_HEADER, Call, InvokeError
 from ..queue.base import CallRequest, QueueError, QueueFull, QueueUnavailable
 from ..registry import Function, is_valid_name
 from ..relay import answer_call
@@ -160,7 +160,10 @@ class AltairApi:
         path = _custom_path(parts[4:])
         function = self._function(space, name)
         query = rest.partition("?")[2]
-        call_id = _call_id(request)
+        try:
+            call_id = client_call_id(request)
+        except BadRequest as exc:
+            raise Refused(400, str(exc)) from None
         if route == _INVOKE:
             target = path + (f"?{query}" if query else "")
             return await self._invoke(request, function, target, call_id)
@@ -271,18 +274,6 @@ def _custom_path(levels: Sequence[str]) -> str:
     if any(level == "" or unquote(level) in (".", "..") for level in kept):
         raise Refused(400, "The custom path may not have empty, '.' or '..' levels")
     return "/" + "/".join(kept) + ("/" if trailing and kept else "")
-
-
-def _call_id(request: web.BaseRequest) -> str:
-    """The caller's ``X-Call-Id`` if it is a safe one, else a new id."""
-    given = request.headers.get(CALL_ID_HEADER)
-    if given is None:
-        return new_call_id()
-    if CALL_ID.fullmatch(given) is None:
-        raise Refused(
-            400, f"{CALL_ID_HEADER}: expected at most 128 letters, digits and . _ : -", value=given
-        )
-    return given
 
 
 def _invoke_error(exc: InvokeError, call_id: str) -> web.Response:
