@@ -47,7 +47,9 @@ BEFORE_KILL = 24
 LEASE = "15s"
 """Longer than an election (up to ~10 s) plus a third of itself: a result waiting to be saved
 keeps its lease although renewing it fails while there is no leader."""
-STREAMS = (f"{PREFIX}_calls", f"{PREFIX}_callbacks", f"KV_{PREFIX}_records")
+STREAMS = tuple(f"{PREFIX}_{name}" for name in ("calls", "callbacks")) + tuple(
+    f"KV_{PREFIX}_{name}" for name in ("records", "idempotency")
+)
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
                     seen = gateways[g].request("GET", f"/system/activations/{delayed[g]}")
                     assert json.loads(seen.body)["status"] == "cancelled", seen.text
             finally:
+                return_at = time.monotonic()
                 _bring_back(lost, how)
             cluster.wait_formed(timeout=max(1.0, deadline - time.monotonic()))
             back_at = time.monotonic()
@@ -269,17 +272,21 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
             clients.stop.set()
             for thread in threads:
                 thread.result(timeout=CLIENT_TIMEOUT * 2)
-        returned = [o for o in clients.outcomes if o.sent >= back_at]
-        assert returned and all(o.status == 202 for o in returned), returned
+        returned = [o for o in clients.outcomes if o.sent >= return_at]
+        refused_after = [o for o in returned if o.status != 202]
+        if how == "kill":  # the restarted node catches up as a follower: no one notices
+            assert not refused_after, refused_after
+        # A thawed node may still think it leads, and its return can cost another short
+        # election (nats-server's doing): refused as above, at once, then accepted again.
 
-        refused = clients.refused()
+        refused = [o for o in clients.refused() if o.sent < return_at]
         assert refused, "no submission was refused: the loss went unnoticed"
         outage = (min(o.answered for o in refused), max(o.answered for o in refused))
         first = {}
         for o in clients.outcomes:
             first.setdefault(o.key, o)
         final = {o.key: o.call_id for o in clients.outcomes if o.status == 202}
-        for o in refused:
+        for o in refused + refused_after:
             if o.key not in final:
                 final[o.key] = _resubmit(clients, o, deadline)
         ids = set(final.values())
@@ -289,7 +296,8 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
             f" ({len(refused)} refused, slowest answer"
             f" {max(o.answered - o.sent for o in clients.outcomes):.2f}s); leaders elected"
             f" {elected_at - lost_at:.1f}s after the {how}, both gateways accepting"
-            f" {resumed_at - elected_at:.1f}s later; {len(ids)} calls accepted"
+            f" {resumed_at - elected_at:.1f}s later; {len(refused_after)} refused after the"
+            f" node's return; {len(ids)} calls accepted"
         )
 
         # Every accepted call runs and calls back; nothing else runs; none runs twice.

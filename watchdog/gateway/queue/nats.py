@@ -146,11 +146,11 @@ _NOT_READY = (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.
 """Failures while setting up that mean JetStream is not ready yet (a cluster still forming,
 its meta leader not elected): :meth:`NatsQueue.open` waits and tries again."""
 _START_LOG_EVERY = 5.0
-_PING_INTERVAL = 2
+_PING_INTERVAL = 1
 _MAX_PINGS_OUT = 2
 """A NATS node that stops answering (frozen, cut off) is given up after this many
-unanswered pings, _PING_INTERVAL seconds apart, and the client moves to another node: the
-nats-py default takes four minutes."""
+unanswered pings, _PING_INTERVAL seconds apart (2-3 s), and the client moves to another node
+(nats-py's defaults take four minutes; a stream's replicas elect a new leader in seconds)."""
 
 _TIMEOUT = 5.0
 """Seconds the workers' operations wait for each NATS answer."""
