@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,10 +245,3 @@ def nats_cluster(workdir: Path, size: int = 3, *, start: bool = True) -> Iterato
     finally:
         cluster.stop()
 
-
-def reachable(node: ClusterNode) -> bool:
-    try:
-        node.jsz(timeout=0.5)
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-    return True
