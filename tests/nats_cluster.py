@@ -244,4 +244,3 @@ def nats_cluster(workdir: Path, size: int = 3, *, start: bool = True) -> Iterato
         yield cluster
     finally:
         cluster.stop()
-
