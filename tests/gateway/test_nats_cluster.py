@@ -196,6 +196,12 @@ def _all_records(gateway: RunningWatchdog) -> list[dict[str, Any]]:
         cursor = f"&cursor={page['nextCursor']}"
 
 
+def _span(outcomes: list[Outcome]) -> str:
+    if not outcomes:
+        return ""
+    return f" (for {max(o.answered for o in outcomes) - min(o.answered for o in outcomes):.1f}s)"
+
+
 def _lose(node: ClusterNode, how: str) -> None:
     if how == "kill":
         node.kill()
@@ -297,7 +303,7 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
             f" {max(o.answered - o.sent for o in clients.outcomes):.2f}s); leaders elected"
             f" {elected_at - lost_at:.1f}s after the {how}, both gateways accepting"
             f" {resumed_at - elected_at:.1f}s later; {len(refused_after)} refused after the"
-            f" node's return; {len(ids)} calls accepted"
+            f" node's return{_span(refused_after)}; {len(ids)} calls accepted"
         )
 
         # Every accepted call runs and calls back; nothing else runs; none runs twice.

@@ -142,9 +142,10 @@ _UNREACHABLE = (
     nats.js.errors.NoStreamResponseError,
 )
 """Failures that say NATS (or its JetStream) cannot be reached now: the queue is marked down."""
-_NOT_READY = (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoServersError)
+_NOT_READY = (*_UNREACHABLE, nats.errors.NoServersError)
 """Failures while setting up that mean JetStream is not ready yet (a cluster still forming,
-its meta leader not elected): :meth:`NatsQueue.open` waits and tries again."""
+its meta leader not elected; a node lost meanwhile): :meth:`NatsQueue.open` waits and tries
+again, unless the server has no JetStream at all (:func:`_no_jetstream`)."""
 _START_LOG_EVERY = 5.0
 _PING_INTERVAL = 1
 _MAX_PINGS_OUT = 2
@@ -404,10 +405,6 @@ class NatsQueue:
                         f"NATS at {self.url}: cannot set up the streams and buckets {self.prefix}_*"
                     ) from None
                 await asyncio.sleep(_PROBE_EVERY)
-            except nats.errors.NoRespondersError:
-                raise QueueUnavailable(
-                    f"NATS at {self.url} has no JetStream (start nats-server with -js)"
-                ) from None
             except nats.errors.Error as exc:
                 raise QueueUnavailable(
                     f"NATS at {self.url}: cannot set up the streams and buckets {self.prefix}_*:"
