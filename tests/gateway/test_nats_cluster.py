@@ -5,7 +5,8 @@ The node is killed with SIGKILL (or frozen with SIGSTOP) and later restarted on 
 and store (or thawed). While JetStream has no leader for the streams and buckets every
 answer is a ``503`` with ``Retry-After`` within the clients' 3-s timeout (never a 500, never
 a hang); ``202`` comes back after the election; records and cancellation work from both
-gateways; the node's return causes no error. Afterwards every accepted call has run and
+gateways; the node's return causes no error (a thawed node may cost one more short election,
+answered the same way). Afterwards every accepted call has run and
 called back, nothing ran that was not accepted, and no call ran twice: a result that could
 not be saved during the election is kept and saved after it, under a lease renewed
 meanwhile. Each run prints a ``FAILOVER`` line with the measured seconds of ``503``.
