@@ -316,7 +316,11 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
         answered_before = {c for c, ends in twice.items() if min(ends) < lost_wall}
         assert not answered_before, f"answered before the {how}, then ran again: {answered_before}"
         assert not twice, f"ran twice: {twice}"
-        assert Counter(r.headers["X-Call-Id"] for r in callbacks.requests).keys() == ids
+        delivered = Counter(r.headers["X-Call-Id"] for r in callbacks.requests)
+        assert delivered.keys() == ids
+        # Callbacks are at-least-once (a delivery whose outcome could not be recorded within
+        # its lease is made again): reported, not asserted.
+        print(f"FAILOVER callbacks delivered twice: {sum(n - 1 for n in delivered.values())}")
         for gateway in gateways:
             assert gateway.proc.poll() is None
             assert "Traceback" not in gateway.logs(), gateway.logs()
