@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,76 @@ def _bring_back(node: ClusterNode, how: str) -> None:
         node.thaw()
 
 
+@dataclass(frozen=True)
+class Timeline:
+    lost_wall: float  # time.time(), to compare with the handler's end times
+    lost: float  # the rest monotonic
+    elected: float
+    resumed: float
+    returned: float
+
+
+def _alive(threads: list[Future[None]]) -> None:
+    """Raise what ended a client thread (a 500, a timeout), if one did."""
+    for thread in threads:
+        if thread.done():
+            thread.result()
+            raise AssertionError("a client stopped")
+
+
+def _lose_and_return(
+    how: str,
+    cluster: NatsCluster,
+    lost: ClusterNode,
+    clients: Clients,
+    threads: list[Future[None]],
+    delayed: list[str],
+    deadline: float,
+) -> Timeline:
+    """With the clients running: lose ``lost``, check the routes until new leaders are
+    elected, wait for both gateways to accept again, cancel ``delayed`` across gateways,
+    bring the node back and wait for ten acceptances after the cluster formed again."""
+    gateways = clients.gateways
+    while len(clients.accepted()) < BEFORE_KILL:
+        assert time.monotonic() < deadline
+        _alive(threads)
+        time.sleep(0.005)
+    lost_wall, lost_at = time.time(), time.monotonic()
+    _lose(lost, how)
+    try:
+        some = clients.accepted()[0].call_id
+        while not _new_leaders(cluster, lost.name):
+            _check_routes(gateways, some, delayed)
+            assert time.monotonic() < deadline, "no new leaders elected"
+            _alive(threads)
+            time.sleep(0.1)
+        elected_at = time.monotonic()
+        # Both gateways accept again, with the node still away.
+        while {o.gateway for o in clients.accepted(since=elected_at)} != {0, 1}:
+            assert time.monotonic() < deadline, "not accepted again"
+            _alive(threads)
+            time.sleep(0.02)
+        resumed_at = time.monotonic()
+        for g in range(2):  # cancelled from the gateway that did not accept it
+            cancel = gateways[1 - g].request(
+                "DELETE", f"/system/activations/{delayed[g]}", timeout=CLIENT_TIMEOUT
+            )
+            assert cancel.status == 200, cancel.text
+            assert json.loads(cancel.body)["status"] == "cancelled"
+            seen = gateways[g].request("GET", f"/system/activations/{delayed[g]}")
+            assert json.loads(seen.body)["status"] == "cancelled", seen.text
+    finally:
+        return_at = time.monotonic()
+        _bring_back(lost, how)
+    cluster.wait_formed(timeout=max(1.0, deadline - time.monotonic()))
+    back_at = time.monotonic()
+    while len(clients.accepted(since=back_at)) < 10:
+        assert time.monotonic() < deadline
+        _alive(threads)
+        time.sleep(0.02)
+    return Timeline(lost_wall, lost_at, elected_at, resumed_at, return_at)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["kill", "freeze"])
 def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
@@ -241,57 +311,22 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
         lost = cluster.node(cluster.wait_stream_leader(STREAMS[0]))
         with ThreadPoolExecutor(SUBMITTERS) as pool:
             threads = [pool.submit(clients.run, worker) for worker in range(SUBMITTERS)]
-            while len(clients.accepted()) < BEFORE_KILL:
-                assert time.monotonic() < deadline and not any(t.done() for t in threads)
-                time.sleep(0.005)
-            lost_wall, lost_at = time.time(), time.monotonic()
-            _lose(lost, how)
             try:
-                some = clients.accepted()[0].call_id
-                while not _new_leaders(cluster, lost.name):
-                    _check_routes(gateways, some, delayed)
-                    assert time.monotonic() < deadline, "no new leaders elected"
-                    assert not any(t.done() for t in threads)
-                    time.sleep(0.1)
-                elected_at = time.monotonic()
-                # Both gateways accept again, with the node still away.
-                while {o.gateway for o in clients.accepted(since=elected_at)} != {0, 1}:
-                    assert time.monotonic() < deadline, "not accepted again"
-                    assert not any(t.done() for t in threads)
-                    time.sleep(0.02)
-                resumed_at = time.monotonic()
-                for g in range(2):  # cancelled from the gateway that did not accept it
-                    cancel = gateways[1 - g].request(
-                        "DELETE", f"/system/activations/{delayed[g]}", timeout=CLIENT_TIMEOUT
-                    )
-                    assert cancel.status == 200, cancel.text
-                    assert json.loads(cancel.body)["status"] == "cancelled"
-                    seen = gateways[g].request("GET", f"/system/activations/{delayed[g]}")
-                    assert json.loads(seen.body)["status"] == "cancelled", seen.text
+                times = _lose_and_return(how, cluster, lost, clients, threads, delayed, deadline)
             finally:
-                return_at = time.monotonic()
-                _bring_back(lost, how)
-            cluster.wait_formed(timeout=max(1.0, deadline - time.monotonic()))
-            back_at = time.monotonic()
-            while len(clients.accepted(since=back_at)) < 10:  # the node's return: no errors
-                assert time.monotonic() < deadline and not any(t.done() for t in threads)
-                time.sleep(0.02)
-            clients.stop.set()
+                clients.stop.set()  # the clients stop also when the test fails
             for thread in threads:
                 thread.result(timeout=CLIENT_TIMEOUT * 2)
-        returned = [o for o in clients.outcomes if o.sent >= return_at]
+        returned = [o for o in clients.outcomes if o.sent >= times.returned]
         refused_after = [o for o in returned if o.status != 202]
         if how == "kill":  # the restarted node catches up as a follower: no one notices
             assert not refused_after, refused_after
         # A thawed node may still think it leads, and its return can cost another short
         # election (nats-server's doing): refused as above, at once, then accepted again.
 
-        refused = [o for o in clients.refused() if o.sent < return_at]
+        refused = [o for o in clients.refused() if o.sent < times.returned]
         assert refused, "no submission was refused: the loss went unnoticed"
         outage = (min(o.answered for o in refused), max(o.answered for o in refused))
-        first = {}
-        for o in clients.outcomes:
-            first.setdefault(o.key, o)
         final = {o.key: o.call_id for o in clients.outcomes if o.status == 202}
         for o in refused + refused_after:
             if o.key not in final:
@@ -302,8 +337,8 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
             f"\nFAILOVER ({how} {lost.name}): 503s for {outage[1] - outage[0]:.1f}s"
             f" ({len(refused)} refused, slowest answer"
             f" {max(o.answered - o.sent for o in clients.outcomes):.2f}s); leaders elected"
-            f" {elected_at - lost_at:.1f}s after the {how}, both gateways accepting"
-            f" {resumed_at - elected_at:.1f}s later; {len(refused_after)} refused after the"
+            f" {times.elected - times.lost:.1f}s after the {how}, both gateways accepting"
+            f" {times.resumed - times.elected:.1f}s later; {len(refused_after)} refused after the"
             f" node's return{_span(refused_after)}; {len(ids)} calls accepted"
         )
 
@@ -313,7 +348,7 @@ def test_losing_the_leading_node_answers_503_then_202_and_runs_every_call_once(
         ran = _runs(runs)
         assert set(ran) == ids, ("ran, not accepted", set(ran) - ids, "missing", ids - set(ran))
         twice = {call_id: ends for call_id, ends in ran.items() if len(ends) > 1}
-        answered_before = {c for c, ends in twice.items() if min(ends) < lost_wall}
+        answered_before = {c for c, ends in twice.items() if min(ends) < times.lost_wall}
         assert not answered_before, f"answered before the {how}, then ran again: {answered_before}"
         assert not twice, f"ran twice: {twice}"
         delivered = Counter(r.headers["X-Call-Id"] for r in callbacks.requests)
