@@ -135,8 +135,8 @@ def test_records_too_large_for_nats_are_refused_or_cut(nats_server: NatsServer) 
 
 def test_an_unreachable_server_is_reported_at_open() -> None:
     async def body() -> None:
-        q = NatsQueue(f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
-        with pytest.raises(QueueUnavailable, match="cannot reach NATS"):
+        q = NatsQueue(f"nats://127.0.0.1:{free_port()}", connect_timeout=1, start_timeout=1)
+        with pytest.raises(QueueUnavailable, match="cannot reach NATS.*nats_start_timeout=1s"):
             await q.open()
 
     run(body())

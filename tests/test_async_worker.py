@@ -18,7 +18,13 @@ from async_helpers import HttpAttemptRunner, Receiver, run
 from conftest import FIXTURES, PYTHON, ROOT, free_port
 
 from watchdog.gateway.callbacks import CallbackDispatcher, CallbackSettings
-from watchdog.gateway.queue.base import ActivationRecord, CallRequest
+from watchdog.gateway.queue.base import (
+    ActivationRecord,
+    AttemptResult,
+    CallRequest,
+    LeasedCall,
+    QueueUnavailable,
+)
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.retry import RetryPolicy
 from watchdog.gateway.worker import AsyncWorker, WorkerSettings
@@ -308,6 +314,53 @@ def test_a_call_outlasting_its_lease_runs_once_while_its_worker_lives(
 
     assert [r.attempts for r in run(body())] == [1, 1]
     assert len(_runs(state)) == 2
+
+
+class _SavingFails(SqliteQueue):
+    """A real SQLite queue whose first ``failures`` saves of a result fail as a NATS outage
+    does (QueueUnavailable), while the rest of the queue keeps working."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.extended_while_failing = 0
+
+    async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise QueueUnavailable("NATS: NoStreamResponseError: nats: no response from stream")
+        return await super().complete(lease, result)
+
+    async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
+        if self.failures > 0:
+            self.extended_while_failing += 1
+        return await super().extend(lease, lease_for)
+
+
+def test_a_result_waiting_to_be_saved_keeps_its_lease_and_does_not_run_again(
+    tmp_path: Path, start_watchdog: Callable[..., object]
+) -> None:
+    """The function answered, saving its result fails for longer than the lease (four tries,
+    about 2.75 s, on a 0.3-s lease) and a second worker is looking: the lease is renewed
+    until the result is saved, so the call is not handed over and run again."""
+    url = _flaky(start_watchdog)
+    state = tmp_path / "state"
+    queue = _SavingFails(tmp_path / "q.db", failures=4)
+
+    async def body() -> list[ActivationRecord]:
+        await queue.open()
+        try:
+            request = CallRequest("flaky", query=f"state={quote(str(state))}")
+            ids = [(await queue.enqueue(request)).call_id]
+            settings = WorkerSettings(concurrency=1, lease_for=0.3, poll_interval=0.05)
+            return await _work_until_done(queue, {"flaky": url}, ids, settings=settings, workers=2)
+        finally:
+            await queue.close()
+
+    records = run(body())
+    assert [(r.status, r.attempts) for r in records] == [("succeeded", 1)]
+    assert len(_runs(state)) == 1
+    assert queue.extended_while_failing > 0
 
 
 def test_calls_running_when_the_worker_process_is_killed_complete_after_a_restart(

@@ -116,12 +116,15 @@ def test_an_unreachable_nats_stops_the_gateway_with_one_line(
     launcher: Launcher, tmp_path: Path
 ) -> None:
     port = free_port()  # nothing listens there
+    url = f"nats://127.0.0.1:{port}"
     gateway = launcher.gateway(
-        "--queue", "nats", "--nats-url", f"nats://127.0.0.1:{port}", wait=False
+        *("--queue", "nats", "--nats-url", url, "--nats-start-timeout", "1500ms"), wait=False
     )
     assert gateway.proc.wait(30) == 1
     logs = gateway.logs()
-    assert f"cannot start the gateway: cannot reach NATS at nats://127.0.0.1:{port}" in logs
+    assert f"waiting for NATS at {url}" in logs  # said while it waited
+    assert f"cannot start the gateway: cannot reach NATS at {url}" in logs
+    assert "within nats_start_timeout=1.5s" in logs
     assert "Traceback" not in logs
 
 

@@ -343,6 +343,15 @@ class GatewayConfig:
         flag="--nats-replicas",
         group=_N,
     )
+    nats_start_timeout: float = setting(
+        "nats_start_timeout",
+        positive_duration,
+        "30s",
+        "at start, how long the gateway waits for NATS to accept connections and for "
+        "JetStream to be ready (a cluster forming), logging while it waits",
+        flag="--nats-start-timeout",
+        group=_N,
+    )
     async_lease: float = setting(
         "async_lease",
         positive_duration,

@@ -46,6 +46,8 @@ log = logging.getLogger("watchdog.gateway.worker")
 DEFAULT_RESULT_LIMIT = 1 << 20
 _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length"}
 _WATCHDOG_REFUSALS = frozenset({429, 502, 503})
+_RENEW_AGAIN = 1.0
+"""Seconds before trying again to renew a lease after a failure (a NATS outage)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,16 +345,25 @@ class AsyncWorker:
 
     async def _settle(self, call: LeasedCall, attempt: Awaitable[InvokeResult]) -> None:
         """Await the attempt while heartbeating the lease, then end the call as policy says."""
-        policy = self.policy_for(call.request.function)
         started = time.time()
+        # The lease is renewed until the outcome is recorded, not only while the call runs:
+        # saving it may wait out a NATS outage, and a lease that ran out meanwhile would run
+        # a call whose function has answered again.
         heartbeat = asyncio.create_task(self._heartbeat(call))
+        try:
+            await self._attempt_and_end(call, attempt, started)
+        finally:
+            heartbeat.cancel()
+
+    async def _attempt_and_end(
+        self, call: LeasedCall, attempt: Awaitable[InvokeResult], started: float
+    ) -> None:
+        policy = self.policy_for(call.request.function)
         try:
             outcome = await attempt
         except Exception as exc:  # noqa: BLE001 - an invoker bug must not lose the call
             log.exception("invoking call %s failed", call.call_id)
             outcome = InvokeResult(platform_failure(started, f"gateway error: {exc!r}"))
-        finally:
-            heartbeat.cancel()
         result = outcome.result
         decision = decide(
             policy,
@@ -398,13 +409,18 @@ class AsyncWorker:
 
     async def _heartbeat(self, call: LeasedCall) -> None:
         period = self.settings.lease_for / 3
+        wait = period
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(wait)
+            failing = wait < period
+            wait = min(period, _RENEW_AGAIN)  # after a failure, soon: the lease is running out
             try:
                 if not await self.queue.extend(call, self.settings.lease_for):
                     log.warning("call %s: lease lost while running", call.call_id)
                     return
+                wait = period
             except QueueUnavailable as exc:  # keep trying; the lease has slack
-                log.warning("extending the lease of call %s failed: %s", call.call_id, exc)
+                if not failing:  # once per outage, not once a second
+                    log.warning("extending the lease of call %s failed: %s", call.call_id, exc)
             except Exception:  # noqa: BLE001 - keep trying; the lease has slack
                 log.exception("extending the lease of call %s failed", call.call_id)

@@ -29,6 +29,7 @@ def _nats(config: GatewayConfig) -> Built:
         config.nats_url,
         prefix=config.nats_prefix,
         replicas=config.nats_replicas,
+        start_timeout=config.nats_start_timeout,
         max_depth=config.max_queue_depth,
     )
     return queue, f"{config.nats_url} (streams and buckets {config.nats_prefix}_*)"

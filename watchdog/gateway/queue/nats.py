@@ -129,7 +129,6 @@ _CALLBACK_INTERRUPTED = "delivery interrupted: the gateway stopped or the lease 
 _DONE_CALLBACKS = frozenset({"delivered", "failed", "skipped"})
 
 
-_NO_JETSTREAM = (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)
 _UNREACHABLE = (
     TimeoutError,  # nats.errors.TimeoutError is one
     nats.errors.NoRespondersError,
@@ -138,8 +137,21 @@ _UNREACHABLE = (
     nats.errors.ConnectionReconnectingError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
+    # A stream (or bucket) has no leader: a JetStream node died and its replicas have not
+    # elected a new one yet (seconds). Nothing else works meanwhile either.
+    nats.js.errors.NoStreamResponseError,
 )
 """Failures that say NATS (or its JetStream) cannot be reached now: the queue is marked down."""
+_NOT_READY = (*_UNREACHABLE, nats.errors.NoServersError)
+"""Failures while setting up that mean JetStream is not ready yet (a cluster still forming,
+its meta leader not elected; a node lost meanwhile): :meth:`NatsQueue.open` waits and tries
+again, unless the server has no JetStream at all (:func:`_no_jetstream`)."""
+_START_LOG_EVERY = 5.0
+_PING_INTERVAL = 1
+_MAX_PINGS_OUT = 2
+"""A NATS node that stops answering (frozen, cut off) is given up after this many
+unanswered pings, _PING_INTERVAL seconds apart (2-3 s), and the client moves to another node
+(nats-py's defaults take four minutes; a stream's replicas elect a new leader in seconds)."""
 
 _TIMEOUT = 5.0
 """Seconds the workers' operations wait for each NATS answer."""
@@ -238,7 +250,9 @@ class NatsQueue:
             :class:`~.base.QueueFull`; 0 = unbounded.
         retry_after: the ``Retry-After`` suggested when the queue is full, in seconds.
         replicas: JetStream replicas of every stream and bucket (1 on a single server).
-        connect_timeout: how long :meth:`open` tries to reach NATS.
+        connect_timeout: how long one attempt to connect to a NATS server may take.
+        start_timeout: how long :meth:`open` waits for NATS to accept connections and for
+            its JetStream to set up the streams and buckets (a cluster still forming).
     """
 
     def __init__(
@@ -250,6 +264,7 @@ class NatsQueue:
         retry_after: float = 1.0,
         replicas: int = 1,
         connect_timeout: float = 5.0,
+        start_timeout: float = 30.0,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
             raise ValueError(
@@ -261,6 +276,7 @@ class NatsQueue:
         self.retry_after = retry_after
         self.replicas = replicas
         self.connect_timeout = connect_timeout
+        self.start_timeout = start_timeout
         self.calls_stream = f"{prefix}_calls"
         self.callbacks_stream = f"{prefix}_callbacks"
         self.records_bucket = f"{prefix}_records"
@@ -291,6 +307,7 @@ class NatsQueue:
         self._depth_seen: tuple[int, float] | None = None
         self._known: dict[str, tuple[Record, int]] = {}  # see _update(keep=True)
         self._connect_error: Exception | None = None
+        self._waiting_for = ""
         self._errors_seen: set[str] = set()
         self._last_purge: float | None = None  # monotonic
         self._wakes_due: set[str] = set()
@@ -300,19 +317,62 @@ class NatsQueue:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect and set up the streams and buckets, waiting up to ``start_timeout`` for
+        NATS to accept connections and for JetStream to be ready (logging while it waits)."""
         if not self._closed:
             raise QueueError("queue already open")
         self._calls_event = asyncio.Event()
         self._callbacks_event = asyncio.Event()
         self._connect_error = None
+        self._subs = []
+        self._waiting_for = "connecting"
+        deadline = time.monotonic() + self.start_timeout
+        waiting = asyncio.create_task(self._log_waiting(), name="nats-start-log")
+        try:
+            nc = await self._connect(deadline)
+            self._nc = nc
+            try:
+                await self._set_up(nc, deadline)
+            except BaseException:
+                await nc.close()
+                self._nc = None
+                raise
+        finally:
+            waiting.cancel()
+        self._closed = False
+        self._up = True
+        self._down = asyncio.Event()
+        self._probe = asyncio.create_task(self._watch(), name="nats-probe")
+
+    async def _log_waiting(self) -> None:
+        """While :meth:`open` waits, say so now and then (after a first moment: a ready NATS
+        takes milliseconds), naming what it waits for."""
+        await asyncio.sleep(1.0)
+        while True:
+            log.warning(
+                "waiting for NATS at %s (%s), up to nats_start_timeout=%gs",
+                self.url,
+                self._waiting_for,
+                self.start_timeout,
+            )
+            await asyncio.sleep(_START_LOG_EVERY)
+
+    def _gave_up(self, what: str) -> QueueUnavailable:
+        return QueueUnavailable(
+            f"{what} within nats_start_timeout={self.start_timeout:g}s ({self._waiting_for})"
+        )
+
+    async def _connect(self, deadline: float) -> Client:
         try:
             # nats-py retries the first connection forever when reconnects are unlimited.
-            async with asyncio.timeout(self.connect_timeout):
-                nc = await nats.connect(
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await nats.connect(
                     [server.strip() for server in self.url.split(",") if server.strip()],
                     connect_timeout=self.connect_timeout,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
+                    ping_interval=_PING_INTERVAL,
+                    max_outstanding_pings=_MAX_PINGS_OUT,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -321,39 +381,52 @@ class NatsQueue:
                 )
         except Exception as exc:  # noqa: BLE001 - nats-py raises several kinds
             cause = self._connect_error if isinstance(exc, TimeoutError) else exc
-            reason = _reason(cause) if cause is not None else "timed out"
-            raise QueueUnavailable(f"cannot reach NATS at {self.url}: {reason}") from None
-        self._nc = nc
-        try:
-            self._js = nc.jetstream(timeout=_TIMEOUT)
-            await self._ensure_layout(self._js)
-            fast = nc.jetstream(timeout=_DEADLINE)
-            self._fast = (
-                fast,
-                await fast.key_value(self.records_bucket),
-                await fast.key_value(self.idempotency_bucket),
-            )
-            self._subs = [
-                await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
-                await nc.subscribe(self._wake_callbacks, cb=self._wake(self._callbacks_event)),
-            ]
-        except BaseException as exc:
-            await nc.close()
-            self._nc = None
-            if isinstance(exc, _NO_JETSTREAM):
-                raise QueueUnavailable(
-                    f"NATS at {self.url} has no JetStream (start nats-server with -js)"
-                ) from None
-            if isinstance(exc, nats.errors.Error | TimeoutError):
+            self._waiting_for = _reason(cause) if cause is not None else "timed out"
+            raise self._gave_up(f"cannot reach NATS at {self.url}") from None
+
+    async def _set_up(self, nc: Client, deadline: float) -> None:
+        """Make (or find) the streams and buckets; while JetStream is not ready (a cluster
+        without a meta leader, or too few nodes for the replicas), try again until
+        ``deadline``."""
+        self._waiting_for = "JetStream to set up the streams and buckets"
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await self._set_up_once(nc, max(0.5, min(_TIMEOUT, left)))
+                return
+            except _NOT_READY as exc:
+                if _no_jetstream(exc):
+                    raise QueueUnavailable(
+                        f"NATS at {self.url} has no JetStream (start nats-server with -js)"
+                    ) from None
+                self._waiting_for = f"JetStream not ready: {_reason(exc)}"
+                if time.monotonic() + _PROBE_EVERY >= deadline:
+                    raise self._gave_up(
+                        f"NATS at {self.url}: cannot set up the streams and buckets {self.prefix}_*"
+                    ) from None
+                await asyncio.sleep(_PROBE_EVERY)
+            except nats.errors.Error as exc:
                 raise QueueUnavailable(
                     f"NATS at {self.url}: cannot set up the streams and buckets {self.prefix}_*:"
                     f" {_reason(exc)}"
                 ) from None
-            raise
-        self._closed = False
-        self._up = True
-        self._down = asyncio.Event()
-        self._probe = asyncio.create_task(self._watch(), name="nats-probe")
+
+    async def _set_up_once(self, nc: Client, timeout: float) -> None:
+        js = nc.jetstream(timeout=timeout)
+        await self._ensure_layout(js)
+        self._js = nc.jetstream(timeout=_TIMEOUT)
+        self._records = await self._js.key_value(self.records_bucket)
+        self._idempotency = await self._js.key_value(self.idempotency_bucket)
+        fast = nc.jetstream(timeout=_DEADLINE)
+        self._fast = (
+            fast,
+            await fast.key_value(self.records_bucket),
+            await fast.key_value(self.idempotency_bucket),
+        )
+        self._subs = [
+            await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
+            await nc.subscribe(self._wake_callbacks, cb=self._wake(self._callbacks_event)),
+        ]
 
     async def _ensure_layout(self, js: JetStreamContext) -> None:
         for stream, subject in (
@@ -380,8 +453,8 @@ class NatsQueue:
                     filter_subject=subject,
                 ),
             )
-        self._records = await self._bucket(js, self.records_bucket)
-        self._idempotency = await self._bucket(js, self.idempotency_bucket)
+        for bucket in (self.records_bucket, self.idempotency_bucket):
+            await self._bucket(js, bucket)
 
     async def _bucket(self, js: JetStreamContext, name: str) -> KeyValue:
         try:
@@ -447,19 +520,28 @@ class NatsQueue:
                 log.warning("NATS %s reachable again: the queue is available", self.url)
 
     async def _answers(self) -> bool:
+        """JetStream answers for every stream and bucket, and each has a leader (after a
+        node's death its replicas take seconds to elect one; until then writes fail)."""
         nc = self._nc
         if nc is None or not nc.is_connected:
             return False
+        js = nc.jetstream(timeout=_PROBE_TIMEOUT)
+        streams = (
+            self.calls_stream,
+            self.callbacks_stream,
+            f"KV_{self.records_bucket}",
+            f"KV_{self.idempotency_bucket}",
+        )
         try:
-            await nc.jetstream(timeout=_PROBE_TIMEOUT).stream_info(self.calls_stream)
+            infos = await asyncio.gather(*(js.stream_info(name) for name in streams))
         except _UNREACHABLE:
             return False
         except nats.errors.Error:
-            pass  # JetStream answered, if with an error: it is reachable
+            return True  # JetStream answered, if with an error: it is reachable
         except Exception as exc:  # noqa: BLE001 - the probe must keep running
             log.debug("NATS probe: %s", _reason(exc))
             return False
-        return True
+        return all(info.cluster is None or info.cluster.leader for info in infos)
 
     @staticmethod
     def _wake(event: asyncio.Event) -> Callable[[Msg], Any]:
@@ -1436,6 +1518,14 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
     except TimeoutError:
         pass
+
+
+def _no_jetstream(exc: BaseException) -> bool:
+    """No JetStream API answers at this server (nats-py reports its 503 "no responders" as
+    a ServiceUnavailableError without a JetStream error code): not enabled, not "not ready",
+    which JetStream says itself."""
+    no_code = isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.err_code is None
+    return no_code or isinstance(exc, nats.errors.NoRespondersError)
 
 
 def _reason(exc: BaseException) -> str:
