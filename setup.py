@@ -7,5 +7,6 @@ from setuptools import find_packages, setup
 SOURCE = "watchdog"
 PACKAGE = "fwatchdog"
 
-packages = [PACKAGE + name[len(SOURCE) :] for name in find_packages(include=[SOURCE, f"{SOURCE}.*"])]
+found = find_packages(include=[SOURCE, f"{SOURCE}.*"])
+packages = [PACKAGE + name[len(SOURCE) :] for name in found]
 setup(packages=[*packages, f"{PACKAGE}.devtools.bundled"])

@@ -92,3 +92,59 @@ def test_the_go_watchdogs_spellings_still_work() -> None:
     for flag in ("-version", "--version", "version"):
         result = fwatchdog(flag)
         assert result.returncode == 0 and result.stdout.startswith("fwatchdog "), flag
+
+
+def test_a_value_that_failed_is_reported_once() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "watchdog"],
+        env={"PYTHONPATH": str(ROOT), "fprocess": 'a "b', "port": "abc", "metrics_port": "8080"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines  # fprocess and port: no "fprocess is required", no clash
+    assert "fprocess='a \"b'" in lines[0] and "port='abc'" in lines[1]
+
+
+def test_gateway_values_may_start_with_a_dash_and_every_problem_is_reported() -> None:
+    result = fwatchdog("gateway", "--callback-secret", "-s3cret", "--namespace", "-x", "--port")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert any("--namespace='-x' is invalid" in line for line in lines), lines
+    assert any("--port" in line for line in lines), lines
+    assert "-s3cret" not in result.stderr  # accepted as the secret, not taken for a flag
+    assert all(line.startswith("fwatchdog gateway: configuration error: ") for line in lines)
+
+
+def test_a_secrets_value_is_never_repeated_in_an_error() -> None:
+    result = fwatchdog("gateway", "--altair-tokens", "my secret token")
+    assert result.returncode == 2
+    assert "--altair-tokens (value not shown) is invalid" in result.stderr
+    assert "my secret" not in result.stderr
+
+
+def test_an_empty_queue_path_is_the_default_place() -> None:
+    env = {"HOME": "/nonexistent", "queue_path": ""}
+    assert GatewayConfig.from_args([], env).queue_path.endswith("fwatchdog/queue.db")
+    assert GatewayConfig.from_args(["--queue-path="], env).queue_path.endswith("queue.db")
+
+
+def test_go_help_spelling_and_the_healthcheck_import_nothing_heavy() -> None:
+    assert fwatchdog("gateway", "-help").returncode == 0
+    assert fwatchdog("-help").returncode == 0
+    probe = (
+        "import sys\n"
+        "from watchdog.cli import main\n"
+        "main(['-run-healthcheck']); main(['--version'])\n"
+        "print(sorted(m for m in ('aiohttp', 'yaml', 'psutil') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(ROOT), "TMPDIR": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip().endswith("[]"), result.stdout + result.stderr

@@ -33,12 +33,34 @@ EXIT_START = 1
 log = logging.getLogger("watchdog")
 
 
+VERSION_ARGS = ("-version", "--version", "version")
+HEALTHCHECK_ARGS = ("-run-healthcheck", "--run-healthcheck")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # The container's own paths first, without building the whole command line (which
+    # imports the gateway, the client and the developer tools): the bare entry point, and
+    # what Docker's HEALTHCHECK runs every few seconds.
+    if not args:
+        return run_watchdog(os.environ)
+    if args == [args[0]] and args[0] in VERSION_ARGS:
+        print(f"fwatchdog {__version__}")
+        return 0
+    if args == [args[0]] and args[0] in HEALTHCHECK_ARGS:
+        return _run_healthcheck(os.environ)
+    gateway_problems: list[str] = []
+    if args[0] == "gateway":
+        from .gateway.config import join_flag_values
+
+        gateway_args, gateway_problems = join_flag_values(args[1:])
+        args = ["gateway", *gateway_args]
     parser = build_parser()
     try:
         parsed, unknown = parser.parse_known_args(args)
     except UsageError as exc:
+        if args[0] == "gateway":  # reported like the gateway's other problems
+            return _gateway_problems([f"{exc} (see {exc.prog} --help)"])
         return _usage_error(exc.prog, str(exc))
     command = getattr(parsed, "command", None)
     if unknown and command != "gateway":
@@ -53,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed.run_healthcheck:
         return _run_healthcheck(os.environ)
     if command == "gateway":
-        return run_gateway(vars(parsed), unknown, os.environ)
+        return run_gateway(vars(parsed), unknown, os.environ, gateway_problems)
     if command in ("invoke", "activations"):
         return run_client(command, parsed, os.environ)
     if command is not None:
@@ -85,7 +107,10 @@ def build_parser() -> CommandParser:
         help="exit 0 if the watchdog's lock file exists (for Docker's HEALTHCHECK)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_gateway_arguments(commands.add_parser("gateway", help="run the gateway"))
+    # The gateway takes no abbreviations (--p is no --port), as before; the other commands
+    # keep argparse's.
+    gateway = commands.add_parser("gateway", help="run the gateway", allow_abbrev=False)
+    add_gateway_arguments(gateway)
     client.add_invoke_arguments(commands.add_parser("invoke", help="call a function"))
     client.add_activations_arguments(
         commands.add_parser("activations", help="records of asynchronous calls")
@@ -100,13 +125,9 @@ def _watchdog_variables() -> str:
     lines = ["environment variables of the watchdog:"]
     for spec in declared(WatchdogConfig):
         names = " or ".join(spec.env)
-        meaning = plain(f"{_first_sentence(spec.help)} (default {spec.default_text})")
+        meaning = plain(f"{spec.help} (default {spec.default_text})")
         lines.append(f"  {names:<36} {meaning}")
     return "\n".join(lines)
-
-
-def _first_sentence(text: str) -> str:
-    return text.split(";")[0].split(". ")[0]
 
 
 def _usage_error(prog: str, message: str) -> int:
@@ -155,20 +176,30 @@ def _serve(config: WatchdogConfig) -> int:
     return 0
 
 
-def run_gateway(flags: Mapping[str, object], unknown: Sequence[str], env: Mapping[str, str]) -> int:
-    """``fwatchdog gateway [flags]``: parse flags over ``env`` and serve until told to stop."""
+def run_gateway(
+    flags: Mapping[str, object],
+    unknown: Sequence[str],
+    env: Mapping[str, str],
+    problems: Sequence[str] = (),
+) -> int:
+    """``fwatchdog gateway [flags]``: parse flags over ``env`` and serve until told to stop;
+    ``problems`` found in the command line already are reported with the rest."""
     from .gateway.config import GatewayConfig, unknown_arguments
 
     try:
-        config = GatewayConfig.from_flags(flags, env, unknown_arguments(unknown))
+        config = GatewayConfig.from_flags(flags, env, [*problems, *unknown_arguments(unknown)])
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"fwatchdog gateway: configuration error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _gateway_problems(exc.problems)
     from .logs import setup_logging
 
     setup_logging(config.log_format)
     return _serve_gateway(config)
+
+
+def _gateway_problems(problems: Sequence[str]) -> int:
+    for problem in problems:
+        print(f"fwatchdog gateway: configuration error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _serve_gateway(config: GatewayConfig) -> int:

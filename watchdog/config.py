@@ -284,8 +284,8 @@ class WatchdogConfig:
     def from_env(cls, env: Mapping[str, str]) -> WatchdogConfig:
         """Parse and validate ``env``; raise :class:`ConfigError` listing every problem."""
         values, problems = resolve(declared(cls), env)
-        if values["healthcheck_interval"] is None:
-            values["healthcheck_interval"] = values["write_timeout"]
+        if values.get("healthcheck_interval", 0.0) is None:
+            values["healthcheck_interval"] = values.get("write_timeout", 30.0)
         problems += _cross_checks(values, env)
         if problems:
             raise ConfigError(problems)

@@ -93,24 +93,29 @@ def resolve(
 ) -> tuple[dict[str, Any], list[str]]:
     """Parse every setting from ``flags`` (by attribute) over ``env`` over its default.
 
-    Returns the parsed values by attribute and one line per problem; a setting that failed
-    keeps its default so later checks see a value of the right type.
+    Returns the parsed values by attribute and one line per problem. A setting that failed
+    is left out of the values, so checks across settings can tell it from a value that is
+    truly absent and do not report it twice; a secret's value is never repeated.
     """
     values: dict[str, Any] = {}
     problems: list[str] = []
     given = flags or {}
     for spec in specs:
         source, raw = _source(spec, env, given)
-        default = None if spec.default is None else spec.parse(spec.default)
         if raw is None:
-            values[spec.attr] = default
+            values[spec.attr] = default_of(spec)
             continue
         try:
             values[spec.attr] = spec.parse(raw)
         except Invalid as exc:
-            values[spec.attr] = default
-            problems.append(f"{source}={raw!r} is invalid: expected {exc}")
+            shown = f"{source} (value not shown)" if spec.secret else f"{source}={raw!r}"
+            problems.append(f"{shown} is invalid: expected {exc}")
     return values, problems
+
+
+def default_of(spec: Setting) -> Any:
+    """The parsed default (None for a setting unset by default)."""
+    return None if spec.default is None else spec.parse(spec.default)
 
 
 def _source(
@@ -137,8 +142,9 @@ class CommandParser(argparse.ArgumentParser):
     the caller reports it its own way (the gateway with its other configuration problems)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)  # --port must not be matched by --p
         super().__init__(*args, **kwargs)
+        if self.add_help:  # the Go tools' spelling, as the old command line took it
+            self.add_argument("-help", action="help", help=argparse.SUPPRESS)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(self.prog, message)

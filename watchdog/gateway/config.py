@@ -29,6 +29,7 @@ from ..settings import (
     UsageError,
     add_flags,
     declared,
+    default_of,
     int_in,
     one_of,
     parse_bool,
@@ -586,10 +587,12 @@ class GatewayConfig:
     def from_args(cls, argv: Sequence[str], env: Mapping[str, str]) -> GatewayConfig:
         """Parse the flags in ``argv`` over the variables in ``env`` (see :meth:`from_flags`)."""
         try:
-            parsed, unknown = add_arguments(CommandParser(prog=PROG)).parse_known_args(argv)
+            parser = add_arguments(CommandParser(prog=PROG, allow_abbrev=False))
+            args, missing = join_flag_values(argv)
+            parsed, unknown = parser.parse_known_args(args)
         except UsageError as exc:
             raise ConfigError([str(exc)]) from None
-        return cls.from_flags(vars(parsed), env, unknown_arguments(unknown))
+        return cls.from_flags(vars(parsed), env, [*missing, *unknown_arguments(unknown)])
 
     @classmethod
     def from_flags(
@@ -602,11 +605,15 @@ class GatewayConfig:
             ConfigError: listing every problem found, ``problems`` first.
         """
         given = {key: value for key, value in flags.items() if isinstance(value, str)}
-        values, found = resolve(declared(cls), env, given)
+        specs = declared(cls)
+        values, found = resolve(specs, env, given)
         problems = [*problems, *found]
+        # A setting that failed is reported already: its default stands in for the checks
+        # that follow (the retry policy, the functions file), which need every value.
+        values = {spec.attr: default_of(spec) for spec in specs} | values
         retry = _retry_policy(values, problems)
         callback_policy = _callback_policy(values, problems)
-        if values["queue_path"] is None:
+        if not values["queue_path"]:  # unset or empty: the default place
             values["queue_path"] = str(default_queue_path(env))
         if values["nats_url"] is None:
             values["nats_url"] = _openfaas_nats_url(env, problems)
@@ -668,6 +675,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     add_flags(parser, declared(GatewayConfig))
     return parser
+
+
+def join_flag_values(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--flag VALUE`` as ``--flag=VALUE`` for every flag that takes a value, so a value that
+    starts with ``-`` (a secret, ``-5s``) is read as the value, as Go's flag package and the
+    gateway always did. Returns the arguments and a problem for each flag left without a
+    value (reported with the rest, not alone)."""
+    takes_value = {FUNCTION_FLAG} | {
+        spec.flag for spec in declared(GatewayConfig) if spec.flag and not spec.switch
+    }
+    joined: list[str] = []
+    problems: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg not in takes_value:
+            joined.append(arg)
+        elif (value := next(args, None)) is None:
+            problems.append(f"{arg} needs a value")
+        else:
+            joined.append(f"{arg}={value}")
+    return joined, problems
 
 
 def unknown_arguments(unknown: Sequence[str]) -> list[str]:
