@@ -15,20 +15,21 @@ import asyncio
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import psutil
 import uvloop
 
+from watchdog.gateway.config import default_retry_policy
 from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
 from watchdog.gateway.queue.base import CallRequest, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.registry import Function, InMemoryRegistry
-from watchdog.gateway.retry import RetryPolicy
-from watchdog.gateway.worker import AsyncWorker, GatewayInvoker, WorkerSettings
+from watchdog.gateway.worker import AsyncWorker, InvokePathRunner, WorkerSettings
 
 from .procs import MB, Children, terminated_on_sigterm
 
@@ -64,11 +65,12 @@ async def drain(args: argparse.Namespace, queue: QueueBackend, url: str) -> dict
         path = Invoker(
             registry, session, GatewayMetrics(), namespace="openfaas-fn", default_timeout=30
         )
+        policy = replace(default_retry_policy(), initial_backoff=0.1, max_backoff=1)
         worker = AsyncWorker(
             queue,
-            GatewayInvoker(path),
-            policy_for=lambda name: RetryPolicy(initial_backoff=0.1, max_backoff=1),
-            settings=WorkerSettings(concurrency=args.concurrency),
+            InvokePathRunner(path),
+            policy_for=lambda name: policy,
+            settings=WorkerSettings(concurrency=args.concurrency, lease_for=30.0),
         )
         started = time.perf_counter()
         task = asyncio.create_task(worker.run(stop))

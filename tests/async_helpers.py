@@ -7,20 +7,23 @@ import http.server
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from watchdog.gateway.config import GatewayConfig, default_retry_policy
 from watchdog.gateway.invoke import InvokeError, function_url
 from watchdog.gateway.queue.base import LeasedCall, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
+from watchdog.gateway.retry import RetryPolicy
 from watchdog.gateway.worker import (
     DEFAULT_RESULT_LIMIT,
     InvokeResult,
+    WorkerSettings,
     classify,
     platform_failure,
     read_capped,
@@ -200,3 +203,15 @@ class HttpAttemptRunner:
         except (aiohttp.ClientError, OSError) as exc:
             error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
             return InvokeResult(platform_failure(started, error))
+
+
+def retry_policy(**changes: Any) -> RetryPolicy:
+    """The gateway's default retry policy (from its declarations) with ``changes``."""
+    return replace(default_retry_policy(), **changes)
+
+
+def worker_settings(**changes: Any) -> WorkerSettings:
+    """Worker settings with the gateway's defaults (from its declarations), then ``changes``."""
+    defaults = GatewayConfig.from_args([], {"HOME": "/nonexistent"})
+    base = WorkerSettings(concurrency=defaults.async_concurrency, lease_for=defaults.async_lease)
+    return replace(base, **changes)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from async_helpers import Receiver, run
+from async_helpers import Receiver, retry_policy, run
 from conftest import free_port
 
 from watchdog.config import ConfigError
@@ -24,11 +24,10 @@ from watchdog.gateway.callbacks import (
 )
 from watchdog.gateway.queue.base import ActivationRecord, AttemptResult, CallRequest
 from watchdog.gateway.queue.sqlite import SqliteQueue
-from watchdog.gateway.retry import RetryPolicy
 
 pytest_plugins = ("async_fixtures",)
 SECRET = b"s3cret"
-FAST = RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
+FAST = retry_policy(max_attempts=3, initial_backoff=0.05, max_backoff=0.1)
 
 
 def test_signature_covers_timestamp_and_body() -> None:

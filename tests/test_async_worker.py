@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-from async_helpers import HttpAttemptRunner, Receiver, run
+from async_helpers import HttpAttemptRunner, Receiver, retry_policy, run, worker_settings
 from conftest import FIXTURES, PYTHON, ROOT, free_port
 
 from watchdog.gateway.callbacks import CallbackDispatcher, CallbackSettings
@@ -30,7 +30,7 @@ from watchdog.gateway.retry import RetryPolicy
 from watchdog.gateway.worker import AsyncWorker, WorkerSettings
 
 pytest_plugins = ("async_fixtures",)
-FAST = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
+FAST = retry_policy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
 
 
 async def _work_until_done(
@@ -55,7 +55,7 @@ async def _work_until_done(
                     invoker,
                     policy_for=lambda name: policy,
                     limit_for=(limits or {}).get,
-                    settings=settings or WorkerSettings(poll_interval=0.2),
+                    settings=settings or worker_settings(poll_interval=0.2),
                 ).run(stop)
             )
             for _ in range(workers)
@@ -192,7 +192,7 @@ def test_a_call_fails_for_good_after_its_last_attempt(
                 queue,
                 {"flaky": url},
                 [request.call_id],
-                policy=RetryPolicy(max_attempts=2, initial_backoff=0.05, max_backoff=0.05),
+                policy=retry_policy(max_attempts=2, initial_backoff=0.05, max_backoff=0.05),
                 with_callbacks=True,
             )
             return record
@@ -215,7 +215,7 @@ def test_an_unreachable_function_is_a_platform_failure(tmp_path: Path) -> None:
         try:
             request = CallRequest("gone")
             await queue.enqueue(request)
-            policy = RetryPolicy(max_attempts=2, initial_backoff=0.05, max_backoff=0.05)
+            policy = retry_policy(max_attempts=2, initial_backoff=0.05, max_backoff=0.05)
             dead = f"http://127.0.0.1:{free_port()}"
             [record] = await _work_until_done(
                 queue, {"gone": dead}, [request.call_id], policy=policy
@@ -244,7 +244,7 @@ def test_calls_too_old_fail_without_running_and_delays_are_honoured(
             await asyncio.sleep(0.3)
             delayed = CallRequest("flaky", query=f"state={quote(str(state))}", delay=0.5)
             await queue.enqueue(delayed)
-            policy = RetryPolicy(max_event_age=0.25, initial_backoff=0, max_backoff=0)
+            policy = retry_policy(max_event_age=0.25, initial_backoff=0, max_backoff=0)
             return await _work_until_done(
                 queue, {"flaky": url}, [stale.call_id, delayed.call_id], policy=policy
             )
@@ -278,7 +278,7 @@ def test_a_function_never_runs_more_calls_than_its_limit(
             for _ in range(3):
                 request = CallRequest("flaky", query=f"sleep=0.2&state={quote(str(state))}")
                 ids.append((await queue.enqueue(request)).call_id)
-            settings = WorkerSettings(concurrency=8, poll_interval=0.05)
+            settings = worker_settings(concurrency=8, poll_interval=0.05)
             return await _work_until_done(
                 queue, {"flaky": url}, ids, limits={"flaky": 1}, settings=settings
             )
@@ -307,7 +307,7 @@ def test_a_call_outlasting_its_lease_runs_once_while_its_worker_lives(
                 ids.append((await queue.enqueue(request)).call_id)
             # Leases of 0.3 s on calls taking 0.6 s, two workers competing: only the
             # heartbeat keeps a call from being handed to the other worker.
-            settings = WorkerSettings(concurrency=1, lease_for=0.3, poll_interval=0.05)
+            settings = worker_settings(concurrency=1, lease_for=0.3, poll_interval=0.05)
             return await _work_until_done(queue, {"flaky": url}, ids, settings=settings, workers=2)
         finally:
             await queue.close()
@@ -352,7 +352,7 @@ def test_a_result_waiting_to_be_saved_keeps_its_lease_and_does_not_run_again(
         try:
             request = CallRequest("flaky", query=f"state={quote(str(state))}")
             ids = [(await queue.enqueue(request)).call_id]
-            settings = WorkerSettings(concurrency=1, lease_for=0.3, poll_interval=0.05)
+            settings = worker_settings(concurrency=1, lease_for=0.3, poll_interval=0.05)
             return await _work_until_done(queue, {"flaky": url}, ids, settings=settings, workers=2)
         finally:
             await queue.close()
@@ -459,7 +459,11 @@ def test_the_worker_invokes_through_the_gateways_sync_path(
                 for request in (ok, gone):
                     await queue.enqueue(request)
                 worker = AsyncWorker(
-                    queue, gateway, policy_for=lambda name: FAST, limit_for=gateway.limit_for
+                    queue,
+                    gateway,
+                    policy_for=lambda name: FAST,
+                    limit_for=gateway.limit_for,
+                    settings=worker_settings(),
                 )
                 task = asyncio.create_task(worker.run(stop))
                 while True:

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from async_helpers import Receiver, run
+from async_helpers import Receiver, retry_policy, run
 from conftest import Reply, RunningWatchdog
 
 from watchdog.gateway.callbacks import CallbackDispatcher, CallbackPolicy, CallbackSettings
 from watchdog.gateway.queue.base import ActivationRecord, AttemptResult, CallRequest
 from watchdog.gateway.queue.sqlite import SqliteQueue
-from watchdog.gateway.retry import RetryPolicy
 
 from .conftest import Launcher
 
@@ -187,7 +186,7 @@ def test_a_stored_url_the_policy_now_refuses_fails_at_its_first_attempt(
 ) -> None:
     """A call accepted before --callback-deny-private was turned on, with ``127.1``: the
     dispatcher refuses it once and for all (it was retried as if the error might clear)."""
-    retry = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
+    retry = retry_policy(max_attempts=5, initial_backoff=0.05, max_backoff=0.1)
     settings = CallbackSettings(
         policy=CallbackPolicy(deny_private=True), retry=retry, timeout=5, poll_interval=0.2
     )

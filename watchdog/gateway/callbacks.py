@@ -288,9 +288,14 @@ class CallbackSettings:
 
     secret: bytes | None = None
     policy: CallbackPolicy = field(default_factory=CallbackPolicy)
+    # Deliveries' own policy (not a setting): any non-2xx answer is retried, codes unused.
     retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(
-            max_attempts=10, initial_backoff=1.0, max_backoff=60.0, max_event_age=86400.0
+            max_attempts=10,
+            initial_backoff=1.0,
+            max_backoff=60.0,
+            max_event_age=86400.0,
+            retry_codes=frozenset(),
         )
     )
     timeout: float = 10.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -44,7 +44,7 @@ from ..settings import (
 from .callbacks import CallbackPolicy, parse_allow
 from .queue import BACKENDS
 from .registry import DEFAULT_NAMESPACE, Function, is_valid_name
-from .retry import RetryPolicy
+from .retry import RetryPolicy, parse_codes
 
 DEFAULT_SECRET_MOUNT_PATH = "/var/openfaas/secrets"
 
@@ -212,7 +212,7 @@ class GatewayConfig:
     variable (the OpenFaaS gateway's name where it has one), parser, default as a user writes
     it, the README's line, and the README table it belongs to."""
 
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy
     callback_policy: CallbackPolicy = field(default_factory=CallbackPolicy)
     credentials: tuple[str, str] | None = None
     altair_file_tokens: tuple[str, ...] = ()
@@ -453,9 +453,9 @@ class GatewayConfig:
         flag="--max-event-age",
         group=_A,
     )
-    retry_codes: str = setting(
+    retry_codes: frozenset[int] = setting(
         "retry_http_codes",
-        text,
+        parse_codes,
         "408,429,500,502,503,504",
         "function statuses that are retried",
         flag="--retry-codes",
@@ -771,14 +771,40 @@ def default_queue_path(env: Mapping[str, str]) -> Path:
 
 
 def _retry_policy(values: Mapping[str, Any], problems: list[str]) -> RetryPolicy:
-    """The gateway's default retry policy from its flags (each already parsed alone)."""
-    try:
-        return RetryPolicy.from_mapping(
-            {key: values[key] for key in _RETRY_FIELDS if key in values}
-        )
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        return RetryPolicy()
+    """The gateway's retry policy from its settings (each already parsed alone)."""
+    policy = RetryPolicy(**{key: values[key] for key in _RETRY_FIELDS})
+    problems.extend(policy.problems())
+    return policy
+
+
+def default_retry_policy() -> RetryPolicy:
+    """The retry policy the declarations' defaults make."""
+    specs = declared(GatewayConfig)
+    return RetryPolicy(
+        **{spec.attr: default_of(spec) for spec in specs if spec.attr in _RETRY_FIELDS}
+    )
+
+
+def _function_retry(
+    settings: Mapping[Any, Any], base: RetryPolicy, where: str, problems: list[str]
+) -> RetryPolicy | None:
+    """A function's retry settings from the functions file over ``base`` (None when it sets
+    none); each parsed by its setting's own parser."""
+    specs = {spec.attr: spec for spec in declared(GatewayConfig) if spec.attr in _RETRY_FIELDS}
+    changes: dict[str, Any] = {}
+    for key in _RETRY_FIELDS:
+        raw = settings.get(key)
+        if raw is None:
+            continue
+        try:
+            changes[key] = specs[key].parse(str(raw))
+        except Invalid as exc:
+            problems.append(f"{where}.{key}={raw!r} is invalid: expected {exc}")
+    if not changes:
+        return None
+    policy = replace(base, **changes)
+    problems.extend(f"{where}: {line}" for line in policy.problems())
+    return policy
 
 
 def _callback_policy(values: Mapping[str, Any], problems: list[str]) -> CallbackPolicy:
@@ -878,12 +904,9 @@ def _function_from_yaml(
     parse("image", text)
     parse("fprocess", text)
     parse("convert_after", parse_duration)
-    overrides = {key: settings[key] for key in _RETRY_FIELDS if settings.get(key) is not None}
-    if overrides:
-        try:
-            values["retry"] = RetryPolicy.from_mapping(overrides, base=retry, where=where)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+    function_retry = _function_retry(settings, retry, where, problems)
+    if function_retry is not None:
+        values["retry"] = function_retry
     for key in ("labels", "annotations", "environment"):
         raw = settings.get(key)
         if raw is None:

@@ -18,28 +18,29 @@ from __future__ import annotations
 
 import email.utils
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from dataclasses import dataclass
+from typing import Literal
 
-from ..settings import ConfigError, parse_duration
+from ..settings import Invalid
 from .queue.base import AttemptResult, Headers
 
 Jitter = Literal["full", "equal", "none"]
 JITTERS: tuple[str, ...] = ("full", "equal", "none")
 
-DEFAULT_RETRY_CODES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
-
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how long to retry; per function (calls) or per gateway (callbacks)."""
+    """How often and how long to retry; per function (calls) or per gateway (callbacks).
 
-    max_attempts: int = 10
-    initial_backoff: float = 10.0
-    max_backoff: float = 120.0
-    max_event_age: float = 86400.0
-    retry_codes: frozenset[int] = field(default=DEFAULT_RETRY_CODES)
+    No defaults here: the gateway's come from its settings' declarations
+    (:func:`~watchdog.gateway.config.default_retry_policy`), a function's from the functions
+    file over those."""
+
+    max_attempts: int
+    initial_backoff: float
+    max_backoff: float
+    max_event_age: float
+    retry_codes: frozenset[int]
     jitter: Jitter = "equal"
 
     def problems(self) -> list[str]:
@@ -62,58 +63,6 @@ class RetryPolicy:
             found.append(f"jitter={self.jitter!r}: expected one of {', '.join(JITTERS)}")
         return found
 
-    @classmethod
-    def from_mapping(
-        cls, values: Mapping[str, object], base: RetryPolicy | None = None, where: str = ""
-    ) -> RetryPolicy:
-        """Build a policy from config values (strings, numbers), ``base`` filling the rest.
-
-        Keys: ``max_attempts``, ``initial_backoff``, ``max_backoff``, ``max_event_age``
-        (durations such as ``10s``, ``1m30s`` or seconds), ``retry_codes`` (``"429,503"`` or
-        a list) and ``jitter``.
-
-        Raises:
-            ConfigError: every unknown key and invalid value, at once.
-        """
-        base = base or cls()
-        prefix = f"{where}: " if where else ""
-        problems: list[str] = []
-        max_attempts, initial, maximum = base.max_attempts, base.initial_backoff, base.max_backoff
-        max_age, codes, jitter = base.max_event_age, base.retry_codes, str(base.jitter)
-        for key, raw in values.items():
-            try:
-                if key == "max_attempts":
-                    max_attempts = _whole(raw)
-                elif key == "initial_backoff":
-                    initial = _seconds(raw)
-                elif key == "max_backoff":
-                    maximum = _seconds(raw)
-                elif key == "max_event_age":
-                    max_age = _seconds(raw)
-                elif key == "retry_codes":
-                    codes = _codes(raw)
-                elif key == "jitter":
-                    jitter = str(raw).strip().lower()
-                    if jitter not in JITTERS:
-                        raise ValueError("one of " + ", ".join(JITTERS))
-                else:
-                    problems.append(f"{prefix}{key}: unknown retry setting")
-            except ValueError as exc:
-                problems.append(f"{prefix}{key}={raw!r}: expected {exc}")
-        if problems:
-            raise ConfigError(problems)
-        policy = RetryPolicy(
-            max_attempts=max_attempts,
-            initial_backoff=initial,
-            max_backoff=maximum,
-            max_event_age=max_age,
-            retry_codes=codes,
-            jitter=cast(Jitter, jitter),
-        )
-        if found := policy.problems():
-            raise ConfigError([prefix + line for line in found])
-        return policy
-
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failed attempt number ``attempt`` (from 1), jitter applied."""
         exponent = min(max(attempt - 1, 0), 62)
@@ -129,30 +78,15 @@ class RetryPolicy:
         return now - created_at > self.max_event_age
 
 
-def _whole(raw: object) -> int:
-    if isinstance(raw, bool):
-        raise ValueError("a whole number")
+def parse_codes(text: str) -> frozenset[int]:
+    """HTTP status codes separated by commas, such as ``429,503``."""
     try:
-        return int(str(raw).strip())
+        codes = frozenset(int(item) for item in text.split(",") if item.strip())
     except ValueError:
-        raise ValueError("a whole number") from None
-
-
-def _seconds(raw: object) -> float:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    try:
-        return parse_duration(str(raw))
-    except ValueError:
-        raise ValueError("a duration such as 10s, 1m30s, 500ms or seconds") from None
-
-
-def _codes(raw: object) -> frozenset[int]:
-    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
-    try:
-        return frozenset(int(str(item).strip()) for item in items if str(item).strip())
-    except ValueError:
-        raise ValueError("status codes separated by commas, such as 429,503") from None
+        raise Invalid("status codes separated by commas, such as 429,503") from None
+    if any(not 100 <= code <= 599 for code in codes):
+        raise Invalid("HTTP status codes from 100 to 599, separated by commas")
+    return codes
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

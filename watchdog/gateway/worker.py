@@ -195,8 +195,8 @@ class WorkerSettings:
         (new calls wake the worker at once).
     """
 
-    concurrency: int = 32
-    lease_for: float = 30.0
+    concurrency: int  # the gateway's async_concurrency
+    lease_for: float  # the gateway's async_lease
     poll_interval: float = 1.0
 
 
@@ -215,14 +215,14 @@ class AsyncWorker:
         *,
         policy_for: Callable[[str], RetryPolicy],
         limit_for: Callable[[str], int | None] = lambda name: None,
-        settings: WorkerSettings | None = None,
+        settings: WorkerSettings,
         owner: str | None = None,
     ) -> None:
         self.queue = queue
         self.invoker = invoker
         self.policy_for = policy_for
         self.limit_for = limit_for
-        self.settings = settings or WorkerSettings()
+        self.settings = settings
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
         self.running: Counter[str] = Counter()
         self._inflight: set[asyncio.Task[None]] = set()
