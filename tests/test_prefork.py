@@ -128,8 +128,8 @@ def test_a_zygote_killed_under_load_loses_no_request(start_watchdog) -> None:
         wait_until(lambda: len(psutil.Process(first).children()) > 0)
         os.kill(first, signal.SIGKILL)
         replies = [future.result() for future in pending]
-    assert [r.status for r in replies] == [200] * 24
-    assert all(r.text == "done\n" for r in replies)
+    assert [r.status for r in replies] == [200] * 24, [(r.status, r.text) for r in replies]
+    assert all(r.text == "done\n" for r in replies), [r.text for r in replies]
     wd.wait_for_log(f"zygote {first} died")
     wait_until(lambda: 'fwatchdog_prefork_events_total{event="warm"} 2.0' in wd.metrics())
     assert 'event="died"} 1.0' in wd.metrics()

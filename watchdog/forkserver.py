@@ -148,11 +148,15 @@ class ForkServer:
     def _on_readable(self) -> None:
         while True:
             try:
-                message = self._sock.recv(256, socket.MSG_DONTWAIT)
+                message, fds, _, _ = socket.recv_fds(self._sock, 256, 1, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
-            except OSError:  # reset: the helper died with our messages unread
-                message = b""
+            except ConnectionResetError:
+                # The helper died with our requests unread. Linux reports that before the
+                # replies still queued here: read those first (their children may be running).
+                continue
+            except OSError:
+                message, fds = b"", []
             if not message:
                 if self._on_gone is None:
                     log.error(
@@ -163,9 +167,20 @@ class ForkServer:
                     orphans, self._on_exit = self._on_exit, {}
                     self._on_gone(orphans)
                 return
-            self._dispatch(message)
+            self._dispatch(message, fds)
 
-    def _dispatch(self, message: bytes) -> None:
+    def _dispatch(self, message: bytes, fds: list[int]) -> None:
+        """One reply. A zygote's spawn reply carries its child's go pipe (see
+        zygote_main.py): the child runs the handler only once we have its pid, so a zygote that
+        dies before we do leaves no running child behind a request we spawn again."""
+        go = fds[0] if fds else None
+        try:
+            self._handle_reply(message, go)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle_reply(self, message: bytes, go: int | None) -> None:
         kind, body = message[:1], message[1:]
         if kind == _EXITED:
             pid, status, user, system = _EXIT.unpack(body)
@@ -180,9 +195,11 @@ class ForkServer:
             return
         pid = _PID.unpack(body)[0]
         if waiter.done():  # the request was cancelled while its handler was being spawned
-            _kill_group(pid)
+            _kill_group(pid)  # a zygote's child gets no go byte: it exits without running
             return
         self._on_exit[pid] = on_exit
+        if go is not None:
+            os.write(go, b"g")
         waiter.set_result(pid)
 
 

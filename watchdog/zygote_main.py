@@ -163,8 +163,9 @@ def _fork_one(
 ) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    # The child waits for a go byte, sent only once the watchdog knows its pid: a zygote that
-    # dies in between must not leave a handler running that the watchdog spawns again.
+    # The child waits for a go byte that the watchdog writes once it has read the child's pid
+    # (the pipe's write end travels with it): a zygote that dies before then leaves a child
+    # that exits without running, so the watchdog can spawn the request again, never twice.
     go_r, go_w = os.pipe()
     try:
         pid = os.fork()
@@ -181,8 +182,7 @@ def _fork_one(
         _run_child(env, fds, target, module, handler_argv)
     for fd in (*fds, go_r):
         os.close(fd)
-    sock.send(b"P" + _PID.pack(pid))
-    os.write(go_w, b"g")
+    socket.send_fds(sock, [b"P" + _PID.pack(pid)], [go_w])
     os.close(go_w)
 
 
