@@ -17,6 +17,7 @@ help, the README and the parsed default can never disagree.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -79,6 +80,7 @@ def setting(
     return field(metadata={_KEY: spec})
 
 
+@functools.cache
 def declared(cls: type) -> tuple[Setting, ...]:
     """The settings ``cls`` declares, in declaration order."""
     return tuple(
