@@ -17,7 +17,6 @@ help, the README and the parsed default can never disagree.
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -80,14 +79,20 @@ def setting(
     return field(metadata={_KEY: spec})
 
 
-@functools.cache
+_DECLARED: dict[type, tuple[Setting, ...]] = {}
+
+
 def declared(cls: type) -> tuple[Setting, ...]:
-    """The settings ``cls`` declares, in declaration order."""
-    return tuple(
-        replace(item.metadata[_KEY], attr=item.name)
-        for item in fields(cls)
-        if _KEY in item.metadata
-    )
+    """The settings ``cls`` declares, in declaration order (read once per class)."""
+    found = _DECLARED.get(cls)
+    if found is None:
+        found = tuple(
+            replace(item.metadata[_KEY], attr=item.name)
+            for item in fields(cls)
+            if _KEY in item.metadata
+        )
+        _DECLARED[cls] = found
+    return found
 
 
 def resolve(
