@@ -33,11 +33,18 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 
 
 def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM first, so a watchdog stops what it supervises (an http-mode upstream would
+    outlive a SIGKILL), then SIGKILL whatever is still there after a while."""
     for proc in procs:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
+    deadline = time.monotonic() + 15
     for proc in procs:
-        proc.wait(10)
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _wait_for(proc: RunningWatchdog, path: str, timeout: float = 15) -> None:
