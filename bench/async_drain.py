@@ -28,7 +28,7 @@ from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.retry import RetryPolicy
-from watchdog.gateway.worker import AsyncWorker, GatewayInvoker, WorkerSettings
+from watchdog.gateway.worker import AsyncWorker, InvokePathRunner, WorkerSettings
 
 from .procs import MB, Children, terminated_on_sigterm
 
@@ -66,7 +66,7 @@ async def drain(args: argparse.Namespace, queue: QueueBackend, url: str) -> dict
         )
         worker = AsyncWorker(
             queue,
-            GatewayInvoker(path),
+            InvokePathRunner(path),
             policy_for=lambda name: RetryPolicy(initial_backoff=0.1, max_backoff=1),
             settings=WorkerSettings(concurrency=args.concurrency),
         )
