@@ -911,16 +911,30 @@ class NatsQueue:
             rec.response_body = b64(body[:keep])
             rec.response_truncated = True
 
-    async def _store_new(self, rec: Record) -> int:
-        """Publish the call's first job, then create its record naming it."""
-        records = self._parts()[2]
-        size = len(rec.encode()) + 20  # the job's sequence is filled in below
+    def _clearly_fits(self, rec: Record) -> bool:
+        """The record is far below the server's message size, so it need not be encoded
+        once more only to be measured: its body (base64, as stored) and its texts (counted
+        six times: JSON may escape a character as ``\\uXXXX``), with room for the rest."""
+        texts = [rec.call_id, rec.function, rec.path, rec.query]
+        texts += [rec.callback_url or "", rec.idempotency_key or ""]
+        texts += [part for pair in rec.headers for part in pair]
+        estimate = len(rec.body or "") + sum(6 * len(text) + 8 for text in texts) + 8192
+        return estimate < self._room()
+
+    def _check_size(self, rec: Record) -> None:
+        size = len(rec.encode()) + 20  # the job's sequence is filled in later
         if size > self._room():
             raise QueueError(
                 f"call {rec.call_id} is too large for NATS: its record takes {size} bytes, the"
                 f" server's max_payload allows {self._room() + 512} (raise max_payload in the"
                 " nats-server configuration, or lower --max-async-body)"
             )
+
+    async def _store_new(self, rec: Record) -> int:
+        """Publish the call's first job, then create its record naming it."""
+        records = self._parts()[2]
+        if not self._clearly_fits(rec):
+            self._check_size(rec)
         seq = await self._publish_job(
             self.calls_stream, self._calls_subject, rec.call_id, rec.function
         )
