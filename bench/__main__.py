@@ -3,7 +3,8 @@
     python -m bench all [--quick]          # every scenario; table into bench/README.md
     python -m bench http fork gateway      # some of them (JSON only, README untouched)
 
-Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6), prefork (7).
+Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6), prefork (7),
+queues (8: SQLite and NATS, one node and a 3-node cluster, one and two gateways).
 Each load is wrk on loopback, bounded in time; every process started is reaped at the end, on
 errors and Ctrl-C too. Results go to bench/results/<date>-<time>.json.
 """
@@ -20,7 +21,15 @@ from pathlib import Path
 from . import report, wrk
 from .procs import terminated_on_sigterm
 from .report import Run
-from .scenarios import async_calls, fork_modes, gateway_sync, http_mode, prefork, startup
+from .scenarios import (
+    async_calls,
+    fork_modes,
+    gateway_sync,
+    http_mode,
+    nats_queue,
+    prefork,
+    startup,
+)
 from .scenarios.common import Settings
 
 Scenario = Callable[[Run, Settings, Path], None]
@@ -32,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "async": async_calls.run,
     "startup": startup.run,
     "prefork": prefork.run,
+    "queues": nats_queue.run,
 }
 
 # Figures of the Go OpenFaaS watchdogs on this machine class (shared/reference/performance.md).
@@ -44,6 +54,10 @@ PREFORK_TEMPLATE_RATIO = 10
 PREFORK_HEAVY_RATIO = 50
 PREFORK_CHILD_USS_MB = 4.0
 FLAT_FDS = 2
+# Issue 18's targets for the NATS queue (one gateway, one nats-server) and the cluster's share.
+NATS_ACCEPT_RPS = 3_000
+NATS_DRAIN_RPS = 700
+NATS_CLUSTER_RATIO = 0.6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +171,7 @@ def add_checks(run: Run, settings: Settings) -> None:
         rss = ready.peak_rss_mb or 0
         run.check("idle RSS ≤ 35 MB", f"{rss:.1f} MB", rss <= 35)
     add_prefork_checks(run)
+    add_queue_checks(run)
     for steady in run.steady:
         if steady["fds_before"] == "":
             continue
@@ -198,6 +213,44 @@ def add_prefork_checks(run: Run) -> None:
                 f"{uss:.2f} MB",
                 uss <= PREFORK_CHILD_USS_MB,
             )
+
+
+def add_queue_checks(run: Run) -> None:
+    single = nats_queue.Backend("NATS 1 node", [], [])
+    cluster = nats_queue.Backend(f"NATS 3 nodes R{nats_queue.REPLICAS}", [], [])
+    for scenario, what, target in (
+        (nats_queue.ACCEPT, "durable acceptances", NATS_ACCEPT_RPS),
+        (nats_queue.DRAIN, "completions (cat watchdog)", NATS_DRAIN_RPS),
+    ):
+        one = run.find(scenario, nats_queue.label(single, 1), nats_queue.CONCURRENCY)
+        if one is None:
+            continue
+        run.check(
+            f"NATS, one node, one gateway: ≥ {target:,} {what}/s at c32",
+            f"{one.rps:,.0f}/s",
+            one.rps >= target,
+        )
+        for gateways in (1, 2):
+            row = run.find(scenario, nats_queue.label(cluster, gateways), nats_queue.CONCURRENCY)
+            base = run.find(scenario, nats_queue.label(single, gateways), nats_queue.CONCURRENCY)
+            if row and base and base.rps:
+                ratio = row.rps / base.rps
+                run.check(
+                    f"NATS cluster R3, {gateways} gateway(s), {what}: ≥ {NATS_CLUSTER_RATIO}× "
+                    "one node's",
+                    f"{row.rps:,.0f} / {base.rps:,.0f} = {ratio:.2f}×",
+                    ratio >= NATS_CLUSTER_RATIO,
+                )
+        for backend in (single, cluster):
+            alone = run.find(scenario, nats_queue.label(backend, 1), nats_queue.CONCURRENCY)
+            two = run.find(scenario, nats_queue.label(backend, 2), nats_queue.CONCURRENCY)
+            if alone and two and alone.rps:
+                run.check(
+                    f"{backend.name}, {what}: a second gateway adds throughput "
+                    "(2 cores shared by all)",
+                    f"{two.rps:,.0f} / {alone.rps:,.0f} = {two.rps / alone.rps:.2f}×",
+                    two.rps > alone.rps,
+                )
 
 
 def add_notes(run: Run, settings: Settings) -> None:

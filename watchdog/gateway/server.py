@@ -175,7 +175,15 @@ class Gateway:
         """Delete records of calls that ended more than ``activation_retention`` ago."""
         retention = self.config.activation_retention
         period = min(60.0, max(0.05, retention / 10))
+        # The first pass one period after the start, not at it: with the NATS queue a pass
+        # reads the whole record bucket, which is no work for a gateway's first seconds
+        # (taking over a backlog, several gateways starting together).
         while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), period)
+                return
+            except TimeoutError:
+                pass
             try:
                 purged = await queue.purge(time.time() - retention)
             except Exception:  # noqa: BLE001 - try again next period
@@ -183,10 +191,6 @@ class Gateway:
             else:
                 if purged:
                     log.info("Purged %d activation records older than %ss", purged, retention)
-            try:
-                await asyncio.wait_for(stop.wait(), period)
-            except TimeoutError:
-                pass
 
     async def shutdown(self) -> None:
         if self.app is not None:

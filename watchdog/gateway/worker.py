@@ -186,6 +186,10 @@ class InvokePathRunner:
             return InvokeResult(platform_failure(started, error), gateway_status=502)
 
 
+_LEASE_GATHER = 0.005
+"""Seconds a worker with a backlog and few free slots waits for more to free before leasing."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """Attributes:
@@ -243,6 +247,7 @@ class AsyncWorker:
     async def run(self, stop: asyncio.Event, drain_timeout: float = 10.0) -> None:
         """Work until ``stop`` is set; then wait up to ``drain_timeout`` for running calls
         and abandon the rest (their leases make them due again for the next gateway)."""
+        backlog = False  # the last lease took all it asked for: more calls are likely due
         try:
             while not stop.is_set():
                 free = self.settings.concurrency - len(self._inflight)
@@ -250,6 +255,11 @@ class AsyncWorker:
                     await first_of(stop.wait(), self._slot_freed.wait())
                     self._slot_freed.clear()
                     continue
+                if backlog and free < self.settings.concurrency // 4:
+                    # With a backlog, slots free one by one: a moment's wait lets a lease
+                    # take several, each lease costing the store a round of its own.
+                    await first_of(stop.wait(), asyncio.sleep(_LEASE_GATHER))
+                    free = self.settings.concurrency - len(self._inflight)
                 self._slot_freed.clear()
                 try:
                     batch = await self.queue.lease(
@@ -271,7 +281,8 @@ class AsyncWorker:
                         self._start(call)
                 for call in over:
                     await self._release(call)
-                if len(batch.calls) == free:
+                backlog = len(batch.calls) == free
+                if backlog:
                     continue
                 wait = self.settings.poll_interval
                 if batch.next_due is not None:

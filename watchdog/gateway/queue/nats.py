@@ -296,6 +296,10 @@ class NatsQueue:
         self._down = asyncio.Event()  # set when marked down: the probe starts asking
         self._probe: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
+        # Pulls of the shared consumer answer to one long-lived inbox per stream, one pull
+        # at a time (a pulled message names its stream's subject, not the inbox): no SUB
+        # and UNSUB per pull, two more messages for the server every lease.
+        self._pull_subs: dict[str, tuple[Subscription, asyncio.Lock]] = {}
         self._calls_event = asyncio.Event()
         self._callbacks_event = asyncio.Event()
         self._call_timers = _Timers()
@@ -427,6 +431,11 @@ class NatsQueue:
             await nc.subscribe(self._wake_calls, cb=self._wake(self._calls_event)),
             await nc.subscribe(self._wake_callbacks, cb=self._wake(self._callbacks_event)),
         ]
+        self._pull_subs = {}
+        for stream in (self.calls_stream, self.callbacks_stream):
+            sub = await nc.subscribe(nc.new_inbox())
+            self._subs.append(sub)
+            self._pull_subs[stream] = (sub, asyncio.Lock())
 
     async def _ensure_layout(self, js: JetStreamContext) -> None:
         for stream, subject in (
@@ -460,8 +469,15 @@ class NatsQueue:
         try:
             return await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
+            # One copy: reads are direct gets (served by the stream itself, not the
+            # JetStream API: far cheaper for the server). With replicas a direct get may be
+            # answered by a follower a write behind, so a read there goes to the leader.
             return await js.create_key_value(
-                bucket=name, history=1, storage=StorageType.FILE, replicas=self.replicas
+                bucket=name,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self.replicas,
+                direct=self.replicas == 1,
             )
 
     async def _on_error(self, exc: Exception) -> None:
@@ -756,12 +772,27 @@ class NatsQueue:
     async def _pull_now(self, stream: str, consumer: str, batch: int) -> builtins.list[Msg]:
         """Up to ``batch`` messages available now from a pull consumer (``no_wait``)."""
         nc = self._parts()[0]
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        held = self._pull_subs.get(stream) if consumer == _CONSUMER else None
+        if held is None:  # another consumer (a scan's): an inbox of its own
+            sub = await nc.subscribe(nc.new_inbox())
+            try:
+                return await self._pull_into(sub, stream, consumer, batch)
+            finally:
+                await sub.unsubscribe()
+        sub, lock = held
+        async with lock:
+            # A message a pull gave up waiting for (timed out) is taken by the next one: it
+            # is a job delivered to this gateway all the same.
+            return await self._pull_into(sub, stream, consumer, batch)
+
+    async def _pull_into(
+        self, sub: Subscription, stream: str, consumer: str, batch: int
+    ) -> builtins.list[Msg]:
+        nc = self._parts()[0]
         request = json.dumps({"batch": batch, "no_wait": True}).encode()
         msgs: builtins.list[Msg] = []
         try:
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, inbox)
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", request, sub.subject)
             while len(msgs) < batch:
                 msg = await sub.next_msg(timeout=self._timeout())
                 if msg.headers and msg.headers.get("Status"):
@@ -769,8 +800,6 @@ class NatsQueue:
                 msgs.append(msg)
         except nats.errors.TimeoutError:
             pass  # what arrived is used; the rest come back after ack_wait
-        finally:
-            await sub.unsubscribe()
         return msgs
 
     async def _pull(self, stream: str, batch: int) -> builtins.list[_Job]:
@@ -882,16 +911,30 @@ class NatsQueue:
             rec.response_body = b64(body[:keep])
             rec.response_truncated = True
 
-    async def _store_new(self, rec: Record) -> int:
-        """Publish the call's first job, then create its record naming it."""
-        records = self._parts()[2]
-        size = len(rec.encode()) + 20  # the job's sequence is filled in below
+    def _clearly_fits(self, rec: Record) -> bool:
+        """The record is far below the server's message size, so it need not be encoded
+        once more only to be measured: its body (base64, as stored) and its texts (counted
+        six times: JSON may escape a character as ``\\uXXXX``), with room for the rest."""
+        texts = [rec.call_id, rec.function, rec.path, rec.query]
+        texts += [rec.callback_url or "", rec.idempotency_key or ""]
+        texts += [part for pair in rec.headers for part in pair]
+        estimate = len(rec.body or "") + sum(6 * len(text) + 8 for text in texts) + 8192
+        return estimate < self._room()
+
+    def _check_size(self, rec: Record) -> None:
+        size = len(rec.encode()) + 20  # the job's sequence is filled in later
         if size > self._room():
             raise QueueError(
                 f"call {rec.call_id} is too large for NATS: its record takes {size} bytes, the"
                 f" server's max_payload allows {self._room() + 512} (raise max_payload in the"
                 " nats-server configuration, or lower --max-async-body)"
             )
+
+    async def _store_new(self, rec: Record) -> int:
+        """Publish the call's first job, then create its record naming it."""
+        records = self._parts()[2]
+        if not self._clearly_fits(rec):
+            self._check_size(rec)
         seq = await self._publish_job(
             self.calls_stream, self._calls_subject, rec.call_id, rec.function
         )
@@ -1254,7 +1297,12 @@ class NatsQueue:
             return False
         if terminal:
             self._count_depth(-1)
-        await self._publish_wake(self._wake_callbacks if terminal else self._wake_calls)
+        if not terminal:
+            await self._publish_wake(self._wake_calls)
+        elif callback_seq:
+            # Only a callback to deliver is news for the dispatchers (each wake costs every
+            # gateway a pull of the callback stream).
+            await self._publish_wake(self._wake_callbacks)
         return True
 
     @_on_request_path
