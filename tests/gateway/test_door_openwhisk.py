@@ -382,6 +382,26 @@ def test_a_web_actions_extension_sets_the_content_type(
     assert reply.headers["Content-Type"].startswith(content_type)
 
 
+def test_a_web_action_path_cannot_climb_out_of_the_function(ow: OwWorld) -> None:
+    for path in ("/inspect/../../x", "/inspect/%2e%2e/x", "/./inspect"):
+        reply = ow.gateway.request("GET", f"/api/v1/web/_/default/web{path}")
+        assert reply.status == 400, path
+        assert "segments" in json.loads(reply.body)["error"]
+
+
+def test_json_nested_too_deep_is_a_400_and_a_stored_one_still_lists(ow: OwWorld) -> None:
+    deep = b"[" * 100_000
+    reply = ow.gateway.request("POST", "/api/v1/namespaces/_/actions/cat?blocking=true", body=deep)
+    assert reply.status == 400 and "malformed" in json.loads(reply.body)["error"]
+    nested = b"[" * 50_000 + b"]" * 50_000
+    accepted = ow.gateway.request("POST", "/async-function/cat", body=nested)
+    assert accepted.status == 202
+    ow.wait_until_ended(accepted.headers["X-Call-Id"])
+    listed = ow.gateway.request("GET", "/api/v1/namespaces/_/activations?docs=true&name=cat")
+    assert listed.status == 200, listed.text
+    assert json.loads(listed.body)
+
+
 def test_an_unknown_web_action_is_openwhisks_404(ow: OwWorld) -> None:
     for path in ("/api/v1/web/_/default/nope", "/api/v1/web/_/default", "/api/v1/web/_/x/web"):
         reply = ow.gateway.request("GET", path)

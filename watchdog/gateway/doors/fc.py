@@ -301,6 +301,8 @@ class FcApi:
         except QueueUnavailable as exc:
             response = error(503, "ServiceUnavailable", f"the task store is unavailable: {exc}")
             response.headers["Retry-After"] = "1"
+        except QueueError as exc:  # the store failed otherwise (closing, a storage error)
+            response = error(500, "InternalServerError", f"the task store failed: {exc}")
         if REQUEST_ID not in response.headers or response.status >= 400:
             response.headers[REQUEST_ID] = rid
         return response
@@ -674,7 +676,7 @@ def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.
         json.loads(body)
         response = web.Response(status=status, body=body)
         response.headers.extend(headers)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
         response = json_response(status, {"ErrorCode": kind, "ErrorMessage": encode_body(body)[0]})
         for name, value in headers.items():
             if name.lower() != "content-type":

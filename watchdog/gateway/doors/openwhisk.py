@@ -199,7 +199,11 @@ class OpenWhiskApi:
         except QueueUnavailable as exc:
             response = error(503, f"The activation store is unavailable: {exc}", rid)
             response.headers["Retry-After"] = "1"
+            if exc.call_id:
+                response.headers[ACTIVATION_HEADER] = exc.call_id.replace("-", "")
             return response
+        except QueueError as exc:  # the store failed otherwise (closing, a storage error)
+            return error(500, f"The activation store failed: {exc}", rid)
         response.headers[REQUEST_ID_HEADER] = rid
         return response
 
@@ -276,6 +280,9 @@ class OpenWhiskApi:
         if found is None:
             return error(404, NOT_FOUND, rid)
         function = found
+        if any(unquote(part) in (".", "..") for part in segments[4:]):
+            # as /function/ and the other doors: a path cannot climb out of the function's own
+            return error(400, "The path may not have '.' or '..' segments.", rid)
         target = "/" + "/".join(segments[4:]) + (mark + query if query else "")
         invoker = self.services.invoker
         try:
@@ -365,8 +372,8 @@ class OpenWhiskApi:
             response = error(429, f"Too many requests: {exc}.", rid)
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             return response
-        except QueueUnavailable:
-            raise
+        except QueueUnavailable as exc:  # maybe stored: say under which id, to look it up
+            raise QueueUnavailable(str(exc), call_id=call.call_id) from exc
         except QueueError as exc:
             return error(500, f"The activation could not be stored: {exc}", rid)
         return None
@@ -378,16 +385,16 @@ class OpenWhiskApi:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
+            ended.clear()  # before the read: an end reported during it must still wake us
             try:
                 record = await self.queue.get(activation_id)
-            except QueueUnavailable:
+            except QueueError:
                 return None  # accepted all the same: the caller can look it up later
             if record is not None and record.status in TERMINAL:
                 return record
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            ended.clear()
             try:
                 async with asyncio.timeout(min(remaining, RECHECK)):
                     await ended.wait()
@@ -570,7 +577,7 @@ def _answer(record: ActivationRecord) -> dict[str, Any] | None:
     body = record.response_body
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
         value = None
     if isinstance(value, dict):
         return value
@@ -595,7 +602,7 @@ def _timed_out(record: ActivationRecord) -> bool:
 def _json_object(body: bytes) -> bool:
     try:
         return isinstance(json.loads(body), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
         return False
 
 
