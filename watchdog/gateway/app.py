@@ -76,6 +76,17 @@ class Converter(Protocol):
     ) -> web.StreamResponse: ...
 
 
+def basic_credentials(request: web.BaseRequest) -> bytes | None:
+    """The decoded ``user:password`` of a ``Basic`` Authorization header, else None."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 class BasicAuth:
     """The gateway's basic-auth check, shared by its routes and its front doors."""
 
@@ -90,12 +101,8 @@ class BasicAuth:
         """True when basic auth is off or the request carries its credentials."""
         if self._credentials is None:
             return True
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
+        decoded = basic_credentials(request)
+        if decoded is None:
             return False
         user, sep, password = decoded.partition(b":")
         want_user, want_password = self._credentials
