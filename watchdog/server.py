@@ -207,12 +207,7 @@ def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     refused = refuse_target(request.method, request.raw_path, request.version)
     if refused is None:
         return None
-    response = text_response(refused.status, refused.message + "\n", time.monotonic())
-    if refused.allow:
-        response.headers["Allow"] = refused.allow
-    if refused.close:
-        response.force_close()
-    return response
+    return refused.apply(text_response(refused.status, refused.message + "\n", time.monotonic()))
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
@@ -19,6 +21,15 @@ class Refusal:
     message: str
     close: bool = False  # end the connection after the answer
     allow: str | None = None  # the Allow header of a 405
+
+    def apply(self, response: web.Response) -> web.Response:
+        """``response`` (this refusal's status and message, in the server's own shape) with
+        its ``Allow`` header and connection close."""
+        if self.allow:
+            response.headers["Allow"] = self.allow
+        if self.close:
+            response.force_close()
+        return response
 
 
 def refuse_target(method: str, raw_path: str, version: tuple[int, ...]) -> Refusal | None:

@@ -278,12 +278,7 @@ def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     refused = refuse_target(request.method, request.raw_path, request.version)
     if refused is None:
         return None
-    response = text(refused.status, refused.message)
-    if refused.allow:
-        response.headers["Allow"] = refused.allow
-    if refused.close:
-        response.force_close()
-    return response
+    return refused.apply(text(refused.status, refused.message))
 
 
 def _unauthorized() -> web.Response:
