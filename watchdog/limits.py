@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 T = TypeVar("T")
 
@@ -79,15 +79,24 @@ async def read_body(
     length = request.content_length
     if limit is not None and length is not None and length > limit:
         raise BodyTooLarge(limit)
-    body = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
-            while chunk := await request.content.readany():
-                body += chunk
-                if limit is not None and len(body) > limit:
-                    raise BodyTooLarge(limit)
+            return await read_stream(request.content, limit)
     except TimeoutError:
         raise BodyTimeout from None
+
+
+async def read_stream(content: StreamReader, limit: int | None) -> bytearray:
+    """All of ``content`` (a request's or an upstream answer's body), in one buffer.
+
+    Raises:
+        BodyTooLarge: as soon as it is longer than ``limit``.
+    """
+    body = bytearray()
+    while chunk := await content.readany():
+        body += chunk
+        if limit is not None and len(body) > limit:
+            raise BodyTooLarge(limit)
     return body
 
 

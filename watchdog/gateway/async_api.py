@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from ..config import parse_duration
+from ..limits import BodyTooLarge, read_stream
 from ..proxy import forwarded_headers
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text, unavailable
@@ -333,12 +334,10 @@ async def read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
     """The whole body, or None as soon as it is known to exceed ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+    try:
+        return bytes(await read_stream(request.content, limit))
+    except BodyTooLarge:
+        return None
 
 
 def prefer_wait(values: list[str]) -> float | None:

@@ -59,6 +59,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ...limits import BodyTooLarge, read_stream
 from ...proxy import forwarded_headers
 from ..activations import encode_body
 from ..answers import SERVED_BY, json_response
@@ -389,8 +390,9 @@ class FcApi:
         call = Call("POST", "/", self._headers(request, rid), body)
         try:
             async with self.invoker.invoke(function, call) as invocation:
-                data = await _read_upto(invocation.upstream, MAX_SYNC_RESPONSE)
-                if data is None:
+                try:
+                    data = bytes(await read_stream(invocation.upstream.content, MAX_SYNC_RESPONSE))
+                except BodyTooLarge:
                     invocation.status = 502
                     limit = MAX_SYNC_RESPONSE
                     return error(502, "FunctionResponseTooLarge", f"answer over {limit} bytes")
@@ -654,16 +656,6 @@ def _whole(raw: str | None, name: str, low: int, high: int | None) -> int | None
         shown = f"from {low} to {high}" if high else f"of at least {low}"
         raise BadInput(f"{name} {raw!r}: expected a whole number {shown}")
     return int(raw)
-
-
-async def _read_upto(upstream: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is longer than ``limit``."""
-    body = bytearray()
-    while chunk := await upstream.content.readany():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.Response:
