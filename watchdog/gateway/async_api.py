@@ -35,6 +35,7 @@ from ..limits import BodyTooLarge, read_stream
 from ..proxy import forwarded_headers
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text, unavailable
+from .callbacks import CallbackPolicy
 from .config import GatewayConfig
 from .invoke import CALL_ID_HEADER, DURATION_HEADER, START_TIME_HEADER, InvokeError, Invoker
 from .queue.base import (
@@ -68,6 +69,31 @@ _NOT_RETURNED = frozenset({"content-length", "transfer-encoding", "connection", 
 
 class BadRequest(ValueError):
     """A directive of the request is malformed: answered 400 with this message."""
+
+
+class RefusedCallback(BadRequest):
+    """``X-Callback-Url`` names a destination the callback policy refuses."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(f"{CALLBACK_HEADER} {url!r} is not accepted: {problem}")
+        self.url = url
+        self.problem = problem
+
+
+def callback_url(request: web.BaseRequest, policy: CallbackPolicy) -> str | None:
+    """The request's ``X-Callback-Url``, checked when the call is accepted (None: none given;
+    the front doors that take one use this too).
+
+    Raises:
+        RefusedCallback: the policy refuses its destination.
+    """
+    url = request.headers.get(CALLBACK_HEADER)
+    if url is None:
+        return None
+    problem = policy.check_url(url.strip())
+    if problem is not None:
+        raise RefusedCallback(url, problem)
+    return url.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +177,7 @@ class AsyncCalls:
         )
 
     def _callback_url(self, request: web.BaseRequest) -> str | None:
-        url = request.headers.get(CALLBACK_HEADER)
-        if url is None:
-            return None
-        problem = self.config.callback_policy.check_url(url.strip())
-        if problem is not None:
-            raise BadRequest(f"{CALLBACK_HEADER} {url!r} is not accepted: {problem}")
-        return url.strip()
+        return callback_url(request, self.config.callback_policy)
 
     # -- /system/activations --------------------------------------------------------------
 

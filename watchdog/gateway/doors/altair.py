@@ -41,7 +41,15 @@ from multidict import CIMultiDict
 from ...proxy import forwarded_headers
 from ...responses import INTERNAL_HEADER
 from ..answers import json_response
-from ..async_api import CALLBACK_HEADER, BadRequest, accepted, client_call_id, read_limited
+from ..async_api import (
+    CALLBACK_HEADER,
+    BadRequest,
+    RefusedCallback,
+    accepted,
+    callback_url,
+    client_call_id,
+    read_limited,
+)
 from ..invoke import CALL_ID_HEADER, Call, InvokeError
 from ..queue.base import CallRequest, QueueError, QueueFull, QueueUnavailable
 from ..registry import Function, is_valid_name
@@ -248,13 +256,11 @@ class AltairApi:
         return accepted(result.call_id, result.status)
 
     def _callback_url(self, request: web.BaseRequest) -> str | None:
-        url = request.headers.get(CALLBACK_HEADER)
-        if url is None:
-            return None
-        problem = self.config.callback_policy.check_url(url.strip())
-        if problem is not None:
-            raise Refused(400, f"{CALLBACK_HEADER} is not accepted: {problem}", url=url)
-        return url.strip()
+        try:
+            return callback_url(request, self.config.callback_policy)
+        except RefusedCallback as exc:
+            message = f"{CALLBACK_HEADER} is not accepted: {exc.problem}"
+            raise Refused(400, message, url=exc.url) from None
 
 
 # -- helpers --------------------------------------------------------------------------------
