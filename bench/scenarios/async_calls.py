@@ -95,13 +95,13 @@ def drain(result: Run, settings: Settings, run_dir: Path) -> None:
                 settings.seconds, method="POST", body_size=DRAIN_BODY, limit=True,
             )
         )  # fmt: skip
-        served_before = _served(watchdog)
+        served_before = served(watchdog)
         gateway = start_gateway(children, run_dir, watchdog.url, queue_path)
         with Meter(gateway.pid) as meter:
             rss_start = meter.rss()
             started = time.monotonic()
             deadline = started + max(60, calls / 50)
-            while (done := _served(watchdog) - served_before) < calls:
+            while (done := served(watchdog) - served_before) < calls:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the gateway ran {done} of {calls} calls in time")
                 time.sleep(0.1)
@@ -164,7 +164,7 @@ async def _fill(path: Path, calls: int) -> float:
         await queue.close()
 
 
-def _served(watchdog: Service) -> int:
+def served(watchdog: Service) -> int:
     """Requests the watchdog answered 200, from its /metrics."""
     text = get_text(watchdog.extra_ports["metrics"], "/metrics")
     total = 0.0

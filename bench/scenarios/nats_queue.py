@@ -41,7 +41,7 @@ from ..procs import (
     wait_idle,
 )
 from ..report import Measurement, Run
-from .async_calls import FUNCTION, NAMESPACE, _served
+from .async_calls import FUNCTION, NAMESPACE, served
 from .common import Settings
 
 ACCEPT = "8 queue accept"
@@ -221,13 +221,13 @@ def drain(backend: Backend, gateways: int, run_dir: Path) -> Measurement:
     fill_seconds = uvloop.run(_fill(backend, calls))
     with Children(run_dir) as children:
         watchdog = children.watchdog("drain-watchdog", fprocess="cat")
-        served_before = _served(watchdog)
+        served_before = served(watchdog)
         with Meters(backend.server_pids) as servers:
             started = start_gateways(children, run_dir, backend, watchdog.url, gateways)
             first = min(wait_http(g, "/healthz", timeout=60) for g in started)
             with Meters([g.pid for g in started]) as gw:  # start-up is not counted
                 deadline = first + max(60, calls / 20)
-                while (done := _served(watchdog) - served_before) < calls:
+                while (done := served(watchdog) - served_before) < calls:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"the gateways ran {done} of {calls} calls in time")
                     time.sleep(0.02)
