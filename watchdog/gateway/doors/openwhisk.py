@@ -126,11 +126,14 @@ class OpenWhiskDoor:
 
 def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
     # Decoded as the handler decodes them: `%61ctions` must not slip past as another kind.
-    parts = _parts(rest)
+    return _kind(request.method, _parts(rest))
+
+
+def _kind(method: str, parts: list[str]) -> RouteKind:
     if parts[:1] == ["web"]:
         return "invoke"
     if len(parts) >= 3 and parts[0] == "namespaces":
-        if parts[2] == "actions" and request.method == "POST":
+        if parts[2] == "actions" and method == "POST":
             return "invoke"
         if parts[2] == "activations":
             return "records"
@@ -174,10 +177,10 @@ class OpenWhiskApi:
         # Every key compared, in constant time: no early exit tells which came close.
         return any([hmac.compare_digest(given, key) for key in self.keys])
 
-    def _allowed(self, request: web.BaseRequest, rest: str) -> bool:
+    def _allowed(self, request: web.BaseRequest, parts: list[str]) -> bool:
         """With keys set, the API's invoke and record routes take a key, or the gateway's own
         credentials; web actions stay public, as on OpenWhisk."""
-        if not self.keys or kind_of(request, rest) == "open" or _parts(rest)[:1] == ["web"]:
+        if not self.keys or parts[:1] == ["web"] or _kind(request.method, parts) == "open":
             return True
         if self.has_key(request):
             return True
@@ -185,10 +188,11 @@ class OpenWhiskApi:
 
     async def handle(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         rid = request_id(request)
-        if not self._allowed(request, rest):
+        parts = _parts(rest)
+        if not self._allowed(request, parts):
             return unauthorized(request)
         try:
-            response = await self._route(request, rest, rid)
+            response = await self._route(request, rest, parts, rid)
         except BadParameter as exc:
             return error(400, str(exc), rid)
         except QueueUnavailable as exc:
@@ -202,9 +206,11 @@ class OpenWhiskApi:
         response.headers[REQUEST_ID_HEADER] = rid
         return response
 
-    async def _route(self, request: web.BaseRequest, rest: str, rid: str) -> web.StreamResponse:
+    async def _route(
+        self, request: web.BaseRequest, rest: str, parts: list[str], rid: str
+    ) -> web.StreamResponse:
+        """``parts``: the decoded segments of ``rest``'s path (read once per request)."""
         query = rest.partition("?")[2]
-        parts = _parts(rest)
         if parts[:1] == ["web"]:
             return await self._web_action(request, rest, rid)
         if len(parts) < 3 or parts[0] != "namespaces":
