@@ -135,6 +135,18 @@ def _fc_access_keys(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _secret_file_text(name: str, path: str, problems: list[str]) -> str | None:
+    """The text of the file a secret-file setting names (None when unset or unreadable, the
+    reason added to ``problems``); callers report its contents' problems without showing them."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{name}={path!r} cannot be read: {exc}")
+        return None
+
+
 def _load_fc_keys(values: Mapping[str, Any], problems: list[str]) -> Mapping[str, str]:
     """``fc_access_keys`` plus the pairs of ``fc_access_keys_file`` (one a line)."""
     keys: dict[str, str] = {}
@@ -143,11 +155,10 @@ def _load_fc_keys(values: Mapping[str, Any], problems: list[str]) -> Mapping[str
     except Invalid as exc:
         problems.append(f"fc_access_keys is invalid (value not shown): expected {exc}")
     path = values["fc_access_keys_file"]
-    if path:
+    text = _secret_file_text("fc_access_keys_file", path, problems)
+    if text is not None:
         try:
-            keys.update(_fc_access_keys(Path(path).read_text()))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"fc_access_keys_file={path!r} cannot be read: {exc}")
+            keys.update(_fc_access_keys(text))
         except Invalid as exc:
             problems.append(f"fc_access_keys_file={path!r} is invalid: expected {exc}")
     return MappingProxyType(keys)
@@ -156,13 +167,10 @@ def _load_fc_keys(values: Mapping[str, Any], problems: list[str]) -> Mapping[str
 def _load_tokens(path: str, problems: list[str]) -> tuple[str, ...]:
     """The tokens of ``altair_tokens_file``, one a line (blank lines and ``#`` comments
     skipped)."""
-    if not path:
+    text = _secret_file_text("altair_tokens_file", path, problems)
+    if text is None:
         return ()
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"altair_tokens_file={path!r} cannot be read: {exc}")
-        return ()
+    lines = text.splitlines()
     tokens = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     if not tokens or any(_TOKEN.fullmatch(token) is None for token in tokens):
         problems.append(
