@@ -2,6 +2,10 @@
 
     python -m bench all [--quick]          # every scenario; table into bench/README.md
     python -m bench http fork gateway      # some of them (JSON only, README untouched)
+    python -m bench profile http|fork      # py-spy on a scenario's fwatchdog under load
+
+The Go watchdogs (of-watchdog, classic-watchdog) run beside fwatchdog in scenarios 1, 2, 6 and
+7 when ``--anchors DIR`` (default: shared/anchors/bin beside the repository) has them.
 
 Scenarios: http (1), fork (2), python (3), gateway (4), async (5), startup (6), prefork (7),
 queues (8: SQLite and NATS, one node and a 3-node cluster, one and two gateways).
@@ -12,13 +16,14 @@ errors and Ctrl-C too. Results go to bench/results/<date>-<time>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import report, wrk
+from . import anchor_targets, anchors, profile, report, wrk
 from .procs import terminated_on_sigterm
 from .report import Run
 from .scenarios import (
@@ -30,7 +35,7 @@ from .scenarios import (
     prefork,
     startup,
 )
-from .scenarios.common import Settings
+from .scenarios.common import ROUNDS, Settings
 
 Scenario = Callable[[Run, Settings, Path], None]
 SCENARIOS: dict[str, Scenario] = {
@@ -61,12 +66,15 @@ NATS_CLUSTER_RATIO = 0.6
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenarios", nargs="+", choices=["all", *SCENARIOS])
-    parser.add_argument("--quick", action="store_true", help="1 s loads, 2,000 queued calls")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        return profile.main(argv[1:])
+    args = parse_args(argv)
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     settings = Settings.quick() if args.quick else Settings.full()
+    settings = dataclasses.replace(
+        settings, anchors_dir=str(args.anchors.resolve()), bundle=str(args.bundle or "")
+    )
     wrk.ensure_wrk()
     command = "python -m bench " + " ".join(args.scenarios) + (" --quick" if args.quick else "")
     result = Run(command, report.now(), report.machine(), settings.__dict__)
@@ -95,6 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"\nwritten: {path}", file=sys.stderr)
     return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="+", choices=["all", *SCENARIOS])
+    parser.add_argument("--quick", action="store_true", help="1 s loads, 2,000 queued calls")
+    parser.add_argument(
+        "--anchors",
+        type=Path,
+        default=anchors.DEFAULT_DIR,
+        metavar="DIR",
+        help="the Go watchdogs' folder (default: %(default)s); missing ones' rows are skipped",
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="FILE",
+        help="a built self-contained fwatchdog (OUT_DIR/fwatchdog of "
+        "packaging/build-standalone.sh) for the start-up scenario",
+    )
+    return parser.parse_args(argv)
 
 
 def _readme_block(scenarios: list[str], quick: bool) -> str | None:
@@ -161,17 +190,16 @@ def add_checks(run: Run, settings: Settings) -> None:
                 f"{row.extra['drain_seconds']} s",
                 peak - full <= FLAT_RSS_MB,
             )
-    ready = run.find(
-        "6 start-up", "exec of fwatchdog → /_/ready 200 (p50 = median, p99 = worst)", 0
-    )
+    ready = run.find(startup.SCENARIO, startup.FORK, 0)
     if ready and ready.p50_ms is not None:
         run.check(
-            "start-up to /_/ready < 150 ms (median)", f"{ready.p50_ms:.0f} ms", ready.p50_ms < 150
+            "start-up to /_/health < 150 ms (median)", f"{ready.p50_ms:.0f} ms", ready.p50_ms < 150
         )
         rss = ready.peak_rss_mb or 0
         run.check("idle RSS ≤ 35 MB", f"{rss:.1f} MB", rss <= 35)
     add_prefork_checks(run)
     add_queue_checks(run)
+    anchor_targets.add_checks(run)
     for steady in run.steady:
         if steady["fds_before"] == "":
             continue
@@ -268,8 +296,16 @@ def add_notes(run: Run, settings: Settings) -> None:
     )
     if run.checks and any(not c.target.startswith("prefork") for c in run.checks):
         run.notes.append(
-            "Targets quoting Go watchdogs compare with figures measured on this machine class "
-            "on another day (shared/reference/performance.md), not in this run."
+            "Targets quoting Go watchdogs with a figure compare with figures measured on this "
+            "machine class on another day (shared/reference/performance.md), not in this run."
+        )
+    if any(row.anchor for row in run.measurements):
+        run.notes.append(
+            "'vs Go' is the row's req/s over the Go watchdog's (of-watchdog 0.11.6 in http mode, "
+            "classic-watchdog 0.3.9 in fork mode; shared/anchors) at the same concurrency in "
+            f"this run (start-up: its time over theirs). Servers compared side by side take "
+            f"{ROUNDS} interleaved rounds per concurrency, the round of median req/s shown "
+            "(gateway sync: median p50); issue 13's targets compare with these rows."
         )
     if any(row.scenario.startswith("7 prefork") for row in run.measurements):
         run.notes.append(prefork_note(settings))

@@ -39,6 +39,7 @@ class Measurement:
     requests: int = 0
     errors: int = 0
     limit: bool = False  # the row the others of this scenario and concurrency compare with
+    anchor: bool = False  # a Go watchdog run beside fwatchdog: the "vs Go" column's base
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -80,6 +81,17 @@ class Run:
                 other.limit
                 and other.scenario == row.scenario
                 and other.concurrency in (row.concurrency, 0)
+            ):
+                return other
+        return None
+
+    def anchor_for(self, row: Measurement) -> Measurement | None:
+        """The Go watchdog's row of the same scenario and concurrency, if it ran."""
+        for other in self.measurements:
+            if (
+                other.anchor
+                and other.scenario == row.scenario
+                and other.concurrency == row.concurrency
             ):
                 return other
         return None
@@ -147,24 +159,19 @@ def render(run: Run, json_name: str) -> str:
         f"{m.get('load average at start', '?')}, at end {m.get('load average at end', '?')}.",
         "",
         "| scenario | path | conc. | req/s | p50 ms | p99 ms | CPU ms/req | peak RSS MB "
-        "| vs limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs limit | vs Go |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in run.measurements:
-        limit = run.limit_for(row)
-        ratio = ""
-        if row.limit:
-            ratio = "limit"
-        elif limit and limit.rps:
-            ratio = f"{row.rps / limit.rps:.2f}×"
-        elif limit and limit.p50_ms and row.p50_ms:  # times (start-up): slower is more
-            ratio = f"{row.p50_ms / limit.p50_ms:.2f}× the time"
+        limit = "limit" if row.limit else ratio(row, run.limit_for(row))
+        # A limit (the upstream directly, a spawn loop) is no watchdog: no ratio to the Go one.
+        anchor = "Go" if row.anchor else "" if row.limit else ratio(row, run.anchor_for(row))
         errors = f" ({row.errors} errors)" if row.errors else ""
         lines.append(
             f"| {row.scenario} | {row.path}{errors} | {row.concurrency or ''} "
             f"| {_num(row.rps, 1) if row.rps else ''} "
             f"| {_num(row.p50_ms)} | {_num(row.p99_ms)} | {_num(row.cpu_ms_per_req, 3)} "
-            f"| {_num(row.peak_rss_mb, 1)} | {ratio} |"
+            f"| {_num(row.peak_rss_mb, 1)} | {limit} | {anchor} |"
         )
     lines += ["", "| target | measured | |", "|---|---|---|"]
     for check in run.checks:
@@ -188,6 +195,17 @@ def render(run: Run, json_name: str) -> str:
     if run.notes:
         lines += [""] + [f"- {note}" for note in run.notes]
     return "\n".join(lines)
+
+
+def ratio(row: Measurement, base: Measurement | None) -> str:
+    """A row's requests/s over its base's; for times (start-up rows), its p50 over the base's."""
+    if base is None or base is row:
+        return ""
+    if base.rps and row.rps:
+        return f"{row.rps / base.rps:.2f}×"
+    if base.p50_ms and row.p50_ms:  # slower is more
+        return f"{row.p50_ms / base.p50_ms:.2f}× the time"
+    return ""
 
 
 def update_readme(run: Run, json_path: Path, mode: str) -> None:

@@ -1,11 +1,13 @@
-"""What every scenario shares: the run settings and one metered wrk load."""
+"""What every scenario shares: the run settings, one metered wrk load, and interleaved rounds
+of loads on servers running side by side."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from .. import wrk
+from .. import anchors, wrk
 from ..procs import Meter, wait_idle
 from ..report import Measurement
 
@@ -21,14 +23,17 @@ class Settings:
     startup_runs: int
     async_seconds: float
     drain_calls: int
+    # Where the Go watchdogs are (str: the settings go into the run's JSON as they are).
+    anchors_dir: str = str(anchors.DEFAULT_DIR)
+    bundle: str = ""  # a built self-contained fwatchdog (OUT_DIR/fwatchdog), if any
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(1, (1, 16, 64), 1, 1, 3, 1, 2_000)
+        return cls(1, (1, 16, 64), 1, 1, 7, 1, 2_000)
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(5, (1, 16, 64), 2, 3, 10, 5, 100_000)
+        return cls(5, (1, 16, 64), 2, 3, 7, 5, 100_000)
 
 
 def measure(
@@ -43,6 +48,7 @@ def measure(
     body_size: int = 0,
     headers: dict[str, str] | None = None,
     limit: bool = False,
+    anchor: bool = False,
     timeout: float = 10,
 ) -> Measurement:
     """One bounded wrk run against ``url`` while metering process ``pid``'s CPU and RSS."""
@@ -72,6 +78,7 @@ def measure(
         requests=result.requests,
         errors=result.errors,
         limit=limit,
+        anchor=anchor,
         extra={
             "cpu_cores": round(usage.cpu_seconds / result.seconds, 2) if result.seconds else 0,
             "handler_cpu_ms_per_req": round(usage.handler_cpu_seconds * 1000 / requests, 4),
@@ -80,6 +87,67 @@ def measure(
             "max_ms": result.max_ms,
         },
     )
+
+
+ROUNDS = 3  # interleaved rounds where servers are compared side by side
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A server a scenario loads: its row's path, the process metered, the URL loaded."""
+
+    path: str
+    pid: int
+    url: str
+    limit: bool = False  # the physical limit of the scenario (e.g. the upstream directly)
+    anchor: bool = False  # the Go watchdog the others are compared with
+
+
+def interleaved(
+    scenario: str,
+    subjects: list[Subject],
+    concurrency: int,
+    seconds: float,
+    *,
+    rounds: int = ROUNDS,
+    key: str = "rps",
+    method: str = "GET",
+    body_size: int = 0,
+    timeout: float = 10,
+) -> list[Measurement]:
+    """``rounds`` rounds, each loading every subject in turn, so a change in the shared
+    machine's load moves them all; per subject, the round of median ``key`` (``rps`` or
+    ``p50_ms``), with every round's figures in its ``extra``."""
+    by_subject: list[list[Measurement]] = [[] for _ in subjects]
+    for _ in range(rounds):
+        for subject, rows in zip(subjects, by_subject, strict=True):
+            rows.append(
+                measure(
+                    scenario, subject.path, subject.pid, subject.url, concurrency, seconds,
+                    method=method, body_size=body_size, limit=subject.limit,
+                    anchor=subject.anchor, timeout=timeout,
+                )
+            )  # fmt: skip
+    return [median_round(rows, key) for rows in by_subject]
+
+
+def median_round(rows: list[Measurement], key: str = "rps") -> Measurement:
+    """The row of the median ``key`` (a real round, not figures mixed from several)."""
+    ranked = sorted(rows, key=lambda row: getattr(row, key) or 0)
+    chosen = ranked[len(ranked) // 2]
+    if len(rows) > 1:
+        chosen.extra["rounds_rps"] = [row.rps for row in rows]
+        chosen.extra["rounds_p50_ms"] = [row.p50_ms for row in rows]
+        chosen.extra["rounds_p99_ms"] = [row.p99_ms for row in rows]
+        chosen.extra["rounds_cpu_ms_per_req"] = [row.cpu_ms_per_req for row in rows]
+        chosen.extra["rounds_requests"] = [row.requests for row in rows]
+    return chosen
+
+
+def requests_in_rounds(row: Measurement) -> int:
+    """Every request a row's rounds served (a leak check counts them all)."""
+    rounds = row.extra.get("rounds_requests")
+    return sum(rounds) if isinstance(rounds, list) else row.requests
 
 
 def warm_up(
@@ -121,3 +189,8 @@ class Steady:
             "fds_after": meter.proc.num_fds(),
             "pool": self.pool,
         }
+
+
+def anchor(settings: Settings, name: str) -> Path | None:
+    """The Go watchdog ``name`` of this run's anchors folder (None, said once, if missing)."""
+    return anchors.find(Path(settings.anchors_dir), name)

@@ -5,7 +5,11 @@
    limit.
 
 The limit of each concurrency is :func:`bench.spawn_limit.spawn_loop` with as many loops as
-there can be useful parallel spawns: ``min(concurrency, cores)``.
+there can be useful parallel spawns: ``min(concurrency, cores)``. With ``cat``, the Go classic
+watchdog (the anchor, same ``fprocess``) runs beside the default mode when the anchors folder
+has it: the two take interleaved rounds at each concurrency, each keeping its round of median
+requests/s. Its CPU is its own process's (it forks ``cat`` itself); fwatchdog's is the
+watchdog's plus its fork server's.
 """
 
 from __future__ import annotations
@@ -15,19 +19,31 @@ import shlex
 import sys
 from pathlib import Path
 
+from .. import anchors
 from ..procs import Children
 from ..report import Measurement, Run
 from ..spawn_limit import SpawnResult, spawn_loop
-from .common import Settings, Steady, measure, warm_up
+from .common import (
+    ROUNDS,
+    Settings,
+    Steady,
+    Subject,
+    anchor,
+    interleaved,
+    requests_in_rounds,
+    warm_up,
+)
 
 BODY = 16
 PYTHON_ECHO = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
 PYTHON_MIN_SECONDS = 2
 MODES = (("default (auto)", None), ("serializing", "serializing"), ("streaming", "streaming"))
+CLASSIC = "classic watchdog (Go)"
 
 
 def run_cat(result: Run, settings: Settings, run_dir: Path) -> None:
-    _run_family(result, settings, run_dir, "2 fork cat", ["cat"], MODES, settings.seconds)
+    classic = anchor(settings, anchors.CLASSIC)
+    _run_family(result, settings, run_dir, "2 fork cat", ["cat"], MODES, settings.seconds, classic)
 
 
 def run_python(result: Run, settings: Settings, run_dir: Path) -> None:
@@ -47,7 +63,10 @@ def _run_family(
     argv: list[str],
     modes: tuple[tuple[str, str | None], ...],
     seconds: float,
+    classic: Path | None = None,
 ) -> None:
+    """The spawn limit, then each mode's watchdog on its own; the first (default) mode with
+    the classic watchdog beside it, in interleaved rounds, when ``classic`` is given."""
     spawn_seconds = min(seconds, settings.spawn_seconds * seconds / settings.seconds)
     by_workers: dict[int, SpawnResult] = {}  # 16 and 64 both spawn from `cores` threads
     for concurrency in settings.concurrencies:
@@ -55,24 +74,29 @@ def _run_family(
         if workers not in by_workers:
             by_workers[workers] = spawn_loop(argv, b"x" * BODY, spawn_seconds, workers)
         result.add(_spawn_limit_row(scenario, concurrency, by_workers[workers]))
-    for label, mode in modes:
+    top = max(settings.concurrencies)
+    for index, (label, mode) in enumerate(modes):
         with Children(run_dir) as children:
             env = {"fprocess": shlex.join(argv), "max_inflight": "0"}
             if mode:
                 env["mode"] = mode
             watchdog = children.watchdog(f"fork-{label.split()[0]}", **env)
-            load = {"method": "POST", "body_size": BODY}
-            warm_up(
-                watchdog.url + "/", settings.warmup_seconds, max(settings.concurrencies), **load
-            )
+            subjects = [Subject(f"watchdog, {label}", watchdog.pid, watchdog.url + "/")]
+            if classic and index == 0:
+                go = anchors.start(children, run_dir, classic, {"fprocess": shlex.join(argv)})
+                subjects.append(Subject(CLASSIC, go.pid, go.url + "/", anchor=True))
+            for subject in subjects:
+                warm_up(subject.url, settings.warmup_seconds, top, "POST", BODY)
             steady = Steady.of(f"{scenario}, {label}", watchdog.pid)
+            rounds = ROUNDS if len(subjects) > 1 else 1
             for concurrency in settings.concurrencies:
-                row = measure(
-                    scenario, f"watchdog, {label}", watchdog.pid, watchdog.url + "/",
-                    concurrency, seconds, **load,
+                rows = interleaved(
+                    scenario, subjects, concurrency, seconds, rounds=rounds,
+                    method="POST", body_size=BODY,
                 )  # fmt: skip
-                result.add(row)
-                steady.requests += row.requests
+                for row in rows:
+                    result.add(row)
+                steady.requests += requests_in_rounds(rows[0])
             result.steady.append(steady.finish(watchdog.pid))
 
 

@@ -9,14 +9,16 @@ keeps, per path, the run with the median p50.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..procs import Children, base_env, free_port, fwatchdog_command, wait_http
-from ..report import Measurement, Run
-from .common import Settings, Steady, measure, warm_up
+from ..report import Run
+from .common import Settings, Steady, Subject, interleaved, requests_in_rounds, warm_up
 
 BODY = 16
-ROUNDS = 3
 SCENARIO = "4 gateway sync (cat)"
+DIRECT = "watchdog directly"
+VIA = "gateway → watchdog"
 
 
 def run(result: Run, settings: Settings, run_dir: Path) -> None:
@@ -31,35 +33,19 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
             port,
         )
         wait_http(gateway, "/healthz")
-        load = {"method": "POST", "body_size": BODY}
+        load: dict[str, Any] = {"method": "POST", "body_size": BODY}
         via_gateway = gateway.url + "/function/echo"
         warm_up(via_gateway, settings.warmup_seconds, max(settings.concurrencies), **load)
         steady = Steady.of("gateway", gateway.pid, pool=max(settings.concurrencies))
+        subjects = [
+            Subject(DIRECT, watchdog.pid, watchdog.url + "/", limit=True),
+            Subject(VIA, gateway.pid, via_gateway),
+        ]
         for concurrency in settings.concurrencies:
-            direct: list[Measurement] = []
-            via: list[Measurement] = []
-            for _ in range(ROUNDS):
-                direct.append(
-                    measure(
-                        SCENARIO, "watchdog directly", watchdog.pid, watchdog.url + "/",
-                        concurrency, settings.seconds, limit=True, **load,
-                    )
-                )  # fmt: skip
-                via.append(
-                    measure(
-                        SCENARIO, "gateway → watchdog", gateway.pid, via_gateway,
-                        concurrency, settings.seconds, **load,
-                    )
-                )  # fmt: skip
-            result.add(_median(direct))
-            result.add(_median(via))
-            steady.requests += sum(row.requests for row in via)
+            direct, via = interleaved(
+                SCENARIO, subjects, concurrency, settings.seconds, key="p50_ms", **load
+            )
+            result.add(direct)
+            result.add(via)
+            steady.requests += requests_in_rounds(via)
         result.steady.append(steady.finish(gateway.pid))
-
-
-def _median(rows: list[Measurement]) -> Measurement:
-    ranked = sorted(rows, key=lambda row: row.p50_ms or 0)
-    chosen = ranked[len(ranked) // 2]
-    chosen.extra["rounds_p50_ms"] = [row.p50_ms for row in rows]
-    chosen.extra["rounds_rps"] = [row.rps for row in rows]
-    return chosen

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import psutil
 
-from ..procs import MB, Children, Service, base_env, free_port, get_text, is_zygote, wait_http
+from .. import anchors
+from ..procs import MB, Children, Service, get_text, is_zygote
 from ..report import Measurement, Run
-from .common import Settings, measure
+from .common import Settings, anchor, measure
 
 TEMPLATE = "7 prefork python3 template"
 HEAVY = "7 prefork heavy imports"
@@ -48,14 +49,11 @@ HEAVY_TIMEOUT = 30
 BODY = 16
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_FILES = REPO / "tests" / "fixtures" / "prefork"
-CLASSIC = REPO.parent / "shared" / "anchors" / "bin" / "classic-watchdog"
 HEAVY_CPU_TARGET = 0.2  # seconds of CPU the handler's imports must take
 HEAVY_MODULES = 200  # first guess: 200 modules of 1,000 functions, about 0.22 s here
 HEAVY_FUNCTIONS = 1000
 MEMORY_SAMPLES = 5
 SLEEPING_HANDLER = "import time\n\n\ndef handle(req):\n    time.sleep(0.5)\n    return req\n"
-# The classic watchdog never drains with healthcheck_interval=0 (shared/reference/watchdog.md).
-CLASSIC_ENV = {"healthcheck_interval": "1", "read_timeout": "30", "write_timeout": "30"}
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,10 @@ def run(result: Run, settings: Settings, run_dir: Path) -> None:
     template = _template_handler(run_dir, python)
     heavy, import_cpu = _heavy_handler(run_dir, python)
     full = settings.seconds >= TEMPLATE_SECONDS  # --quick: one round of loads half as long
+    classic = anchor(settings, anchors.CLASSIC)
     for handler in (template, heavy):
         seconds = handler.seconds if full else handler.seconds // 2
-        _load_rows(result, run_dir, handler, seconds, handler.rounds if full else 1)
+        _load_rows(result, run_dir, handler, seconds, handler.rounds if full else 1, classic)
     for row in result.measurements:
         if row.scenario == HEAVY:
             row.extra["handler_import_cpu_ms"] = round(import_cpu * 1000, 1)
@@ -168,12 +167,19 @@ SUBJECTS = (
 )
 
 
-def _load_rows(result: Run, run_dir: Path, handler: Handler, seconds: float, rounds: int) -> None:
+def _load_rows(
+    result: Run,
+    run_dir: Path,
+    handler: Handler,
+    seconds: float,
+    rounds: int,
+    classic: Path | None,
+) -> None:
     """The three servers run side by side (idle but for the one loaded); rounds interleave
     them, so a change in the shared machine's load moves all three: each row is the round of
     median requests/s, the others' in ``rounds_rps``."""
     with Children(run_dir) as children:
-        servers = _servers(children, run_dir, handler)
+        servers = _servers(children, run_dir, handler, classic)
         by_row: dict[tuple[str, int], list[Measurement]] = {}
         for _ in range(rounds):
             for concurrency in CONCURRENCIES:
@@ -192,24 +198,17 @@ def _load_rows(result: Run, run_dir: Path, handler: Handler, seconds: float, rou
         result.add(row)
 
 
-def _servers(children: Children, run_dir: Path, handler: Handler) -> list[tuple[str, Service]]:
+def _servers(
+    children: Children, run_dir: Path, handler: Handler, classic: Path | None
+) -> list[tuple[str, Service]]:
     servers = []
     for label, prefork in SUBJECTS:
         if prefork is not None:
             servers.append((label, _fwatchdog(children, handler.fprocess, prefork)))
-        elif CLASSIC.is_file():
-            servers.append((label, _classic(children, run_dir, handler.fprocess)))
-        else:
-            print(f"   {CLASSIC} not found: classic rows skipped", file=sys.stderr)
+        elif classic:  # missing: anchor() said so, its rows are skipped
+            env = {"fprocess": handler.fprocess}
+            servers.append((label, anchors.start(children, run_dir, classic, env, "classic")))
     return servers
-
-
-def _classic(children: Children, run_dir: Path, fprocess: str) -> Service:
-    port = free_port()
-    env = base_env(run_dir, port=str(port), fprocess=fprocess, **CLASSIC_ENV)
-    service = children.start("classic", [str(CLASSIC)], env, port)
-    wait_http(service, "/_/health")
-    return service
 
 
 def _fwatchdog(children: Children, fprocess: str, prefork: str) -> Service:
