@@ -68,16 +68,14 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from . import transitions
 from .base import (
-    TERMINAL,
     ActivationPage,
     ActivationRecord,
-    AttemptInfo,
     AttemptResult,
     CallbackAttempt,
     CallbackBatch,
     CallbackJob,
-    CallbackStatus,
     CallRequest,
     CancelOutcome,
     EnqueueResult,
@@ -90,18 +88,18 @@ from .base import (
     QueueUnavailable,
     Status,
 )
-from .entries import attempt_entry, callback_entry
+from .clock import SYSTEM_CLOCK, Clock
 from .nats_record import (
     Record,
     activation,
     b64,
-    callback_job,
     claim_holder,
     claim_value,
     header_pairs,
     idempotency_key,
     record_key,
 )
+from .transitions import CallState, Refused
 
 log = logging.getLogger("watchdog.gateway.queue")
 
@@ -124,9 +122,6 @@ _PULL_ROUNDS = 8
 _WAKE_GAP = 0.005
 _SKIP_DEPTH = 1024
 _SCAN_LIMIT = 200_000
-_INTERRUPTED = "attempt interrupted: the gateway stopped or the worker's lease expired"
-_CALLBACK_INTERRUPTED = "delivery interrupted: the gateway stopped or the lease expired"
-_DONE_CALLBACKS = frozenset({"delivered", "failed", "skipped"})
 
 
 _UNREACHABLE = (
@@ -253,6 +248,7 @@ class NatsQueue:
         connect_timeout: how long one attempt to connect to a NATS server may take.
         start_timeout: how long :meth:`open` waits for NATS to accept connections and for
             its JetStream to set up the streams and buckets (a cluster still forming).
+        clock: where "now" is read for the records (tests move one by hand).
     """
 
     def __init__(
@@ -265,6 +261,7 @@ class NatsQueue:
         replicas: int = 1,
         connect_timeout: float = 5.0,
         start_timeout: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
             raise ValueError(
@@ -277,6 +274,7 @@ class NatsQueue:
         self.replicas = replicas
         self.connect_timeout = connect_timeout
         self.start_timeout = start_timeout
+        self.clock = clock
         self.calls_stream = f"{prefix}_calls"
         self.callbacks_stream = f"{prefix}_callbacks"
         self.records_bucket = f"{prefix}_records"
@@ -596,26 +594,14 @@ class NatsQueue:
         count as interrupted), so another gateway does not wait for the leases to run out."""
         calls, callbacks = dict(self._held_calls), dict(self._held_callbacks)
         for call_id, (attempt, owner, function) in calls.items():
-
-            def expire(rec: Record, now: float, attempt: int = attempt, owner: str = owner) -> bool:
-                if (rec.status, rec.attempts, rec.owner) != ("running", attempt, owner):
-                    return False
-                rec.due_at = now
-                return True
-
+            expire = _deciding(functools.partial(transitions.expire, attempt=attempt, owner=owner))
             await self._rearm(
                 self.calls_stream, self._calls_subject, call_id, expire, "job", function
             )
         for call_id, (attempt, owner) in callbacks.items():
-
-            def expire_cb(
-                rec: Record, now: float, attempt: int = attempt, owner: str = owner
-            ) -> bool:
-                if (rec.callback_attempts, rec.callback_owner) != (attempt, owner):
-                    return False
-                rec.callback_due = now
-                return True
-
+            expire_cb = _deciding(
+                functools.partial(transitions.expire_callback, attempt=attempt, owner=owner)
+            )
             await self._rearm(
                 self.callbacks_stream, self._callbacks_subject, call_id, expire_cb, "callback_job"
             )
@@ -659,11 +645,11 @@ class NatsQueue:
         return Record.decode(entry.value), entry.revision
 
     async def _update(
-        self, call_id: str, change: Callable[[Record, float], bool], *, keep: bool = False
+        self, call_id: str, change: Change, *, keep: bool = False
     ) -> tuple[Record, Record] | None:
-        """Apply ``change`` to the stored record with compare-and-set, re-reading and
-        re-deciding on a conflict. ``change`` edits the record in place and returns False to
-        leave it alone. Returns (before, after) when written, else None.
+        """Write the record ``change`` makes of the stored one, with compare-and-set,
+        re-reading and re-deciding on a conflict; ``change`` returns None to leave it alone.
+        Returns (before, after) when written, else None.
 
         ``keep``: remember the written record and revision, so the next update of a call this
         process holds (extend, complete) can skip the read; a stale copy only costs a retry.
@@ -675,9 +661,8 @@ class NatsQueue:
             if loaded is None:
                 return None
             before, revision = loaded
-            after = replace(before, attempt_log=list(before.attempt_log))
-            after.callback_log = list(before.callback_log)
-            if not change(after, time.time()):
+            after = change(before, self.clock.now())
+            if after is None:
                 if known is not None:
                     self._known[call_id] = known  # unchanged, still this process's last write
                 return None
@@ -696,7 +681,7 @@ class NatsQueue:
         """Publish a job for ``call_id``; it names the function (when known) so a lease can
         pass over calls of functions at their limit without reading their records."""
         js = self._parts()[1]
-        payload = json.dumps({"id": call_id, "at": time.time(), "fn": function}).encode()
+        payload = json.dumps({"id": call_id, "at": self.clock.now(), "fn": function}).encode()
         ack = await js.publish(subject, payload, stream=stream)
         return int(ack.seq)
 
@@ -720,7 +705,7 @@ class NatsQueue:
         stream: str,
         subject: str,
         call_id: str,
-        change: Callable[[Record, float], bool],
+        change: Change,
         job_field: str,
         function: str = "",
     ) -> tuple[Record, Record] | None:
@@ -728,11 +713,11 @@ class NatsQueue:
         (published first: a crash leaves an extra job, not a record without one)."""
         seq = await self._publish_job(stream, subject, call_id, function)
 
-        def with_job(rec: Record, now: float) -> bool:
-            if not change(rec, now):
-                return False
-            setattr(rec, job_field, seq)
-            return True
+        def with_job(rec: Record, now: float) -> Record | None:
+            after = change(rec, now)  # a new record: setting its job touches nothing else
+            if after is not None:
+                setattr(after, job_field, seq)
+            return after
 
         # If the update fails its outcome is unknown (it may have landed): the new job stays,
         # and is dropped as an orphan later if the record does not name it.
@@ -843,12 +828,12 @@ class NatsQueue:
                 status = cast(Status, loaded[0].status) if loaded else "queued"
                 return EnqueueResult(existing, False, status)
         try:
-            now = time.time()
-            delay = max(0.0, request.delay)
             await self._check_depth()
-            rec = self._new_record(request, now, delay)
-            rec.due_at = now + delay
-            await self._store_new(rec)
+            has_callback = request.callback_url is not None
+            state = transitions.enqueue(
+                self.clock.now(), delay=request.delay, has_callback=has_callback
+            )
+            await self._store_new(_new_record(request, state))
         except QueueUnavailable:
             raise  # releasing would wait on NATS too: the claim lapses after _ORPHAN_GRACE
         except QueueError:  # nothing stored (a NATS failure may have stored it: key kept)
@@ -863,35 +848,14 @@ class NatsQueue:
     async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
         self._parts()
         await self._check_depth()
-        now = time.time()
-        rec = self._new_record(request, now, 0.0)
-        rec.status = "running"
-        rec.owner = owner
-        rec.attempts = 1
-        rec.started_at = rec.attempt_started_at = now
-        rec.due_at = now + lease_for
+        has_callback = request.callback_url is not None
+        state = transitions.adopt(
+            self.clock.now(), has_callback=has_callback, owner=owner, lease_for=lease_for
+        )
+        rec = _new_record(request, state)
         self._known[rec.call_id] = (rec, await self._store_new(rec))
         self._held_calls[rec.call_id] = (1, owner, rec.function)
-        return LeasedCall(replace(request, delay=0.0), 1, now, now + lease_for, owner)
-
-    @staticmethod
-    def _new_record(request: CallRequest, now: float, delay: float) -> Record:
-        return Record(
-            call_id=request.call_id,
-            function=request.function,
-            status="queued",
-            method=request.method,
-            path=request.path,
-            query=request.query,
-            headers=header_pairs(request.headers),
-            body=b64(request.body),
-            callback_url=request.callback_url,
-            idempotency_key=request.idempotency_key,
-            created_at=now,
-            delay=delay,
-            seq=0,
-            callback_status="waiting" if request.callback_url else None,
-        )
+        return transitions.leased_call(replace(request, delay=0.0), state, state)
 
     def _room(self) -> int:
         """The largest record the server takes (its ``max_payload``), less header room."""
@@ -959,7 +923,7 @@ class NatsQueue:
         key = idempotency_key(request.function, request.idempotency_key)
         for _ in range(_CAS_TRIES):
             try:
-                revision = await bucket.create(key, claim_value(request.call_id))
+                revision = await bucket.create(key, claim_value(request.call_id, self.clock.now()))
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
@@ -970,7 +934,7 @@ class NatsQueue:
             holder, claimed_at = claim_holder(entry.value)
             if holder and await self._load(holder) is not None:
                 return holder, None
-            if holder and time.time() - claimed_at < _ORPHAN_GRACE:
+            if holder and self.clock.now() - claimed_at < _ORPHAN_GRACE:
                 # Its record may be being written right now, or its write was lost (NATS
                 # went away): neither accepted nor refused yet. Not a 202 for a call that
                 # may never exist: ask the client to come back once the grace is over.
@@ -981,7 +945,7 @@ class NatsQueue:
             # The holder's record was purged (or never written): the key is free again.
             try:
                 revision = await bucket.update(
-                    key, claim_value(request.call_id), last=entry.revision
+                    key, claim_value(request.call_id, self.clock.now()), last=entry.revision
                 )
                 return None, (key, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
@@ -1090,7 +1054,7 @@ class NatsQueue:
         # was (the jobs it left come back after ack_wait, the leases after they expire).
         if failure is not None and not leased:
             raise failure
-        return LeaseBatch(leased, self._call_timers.next_due(time.time()))
+        return LeaseBatch(leased, self._call_timers.next_due(self.clock.now()))
 
     async def _lease_job(
         self, job: _Job, owner: str, lease_for: float, skip: frozenset[str]
@@ -1100,43 +1064,23 @@ class NatsQueue:
         later = 0.0
         leased: LeasedCall | None = None
 
-        def take(rec: Record, now: float) -> bool:
+        def take(rec: Record, now: float) -> Record | None:
             nonlocal verdict, expected, later, leased
             expected = rec.job
             if rec.job != job.seq:
                 verdict = "unmatched"
-                return False
-            if rec.status in TERMINAL or rec.due_at is None:
-                verdict = "ended"
-                return False
-            if rec.due_at > now:
-                verdict, later = "later", rec.due_at
-                return False
+                return None
+            before = rec.state()
+            after = transitions.lease(before, now, owner=owner, lease_for=lease_for)
+            if isinstance(after, Refused):
+                verdict, later = _refusal_verdict(after)
+                return None
             if rec.function in skip:
                 verdict = "skip"
-                return False
-            interrupted = rec.status == "running"
-            if interrupted:
-                lost = AttemptInfo(
-                    attempt=rec.attempts,
-                    started_at=rec.attempt_started_at or rec.created_at,
-                    ended_at=now,
-                    status_code=None,
-                    error=_INTERRUPTED,
-                    error_kind="platform",
-                )
-                rec.attempt_log.append(attempt_entry(lost))
-            rec.status = "running"
-            rec.attempts += 1
-            rec.owner = owner
-            rec.due_at = now + lease_for
-            rec.started_at = rec.started_at if rec.started_at is not None else now
-            rec.attempt_started_at = now
+                return None
             verdict = "leased"
-            leased = LeasedCall(
-                rec.request(), rec.attempts, rec.created_at, rec.due_at, owner, interrupted
-            )
-            return True
+            leased = transitions.leased_call(rec.request(), before, after)
+            return rec.with_state(before, after)
 
         if await self._update(job.call_id, take, keep=True) is None and verdict == "leased":
             verdict = "missing"  # decided on a copy that then vanished
@@ -1155,35 +1099,23 @@ class NatsQueue:
             await self._settle_unmatched(job, expected if verdict == "unmatched" else None)
         return None
 
-    @staticmethod
-    async def _rearm_job(job: _Job, at: float, timers: _Timers) -> None:
+    async def _rearm_job(self, job: _Job, at: float, timers: _Timers) -> None:
         """Hand the job back to come up again at ``at``: the durable timer of a lease, a
-        delay or a retry."""
+        delay or a retry (a clock's seconds taken as real ones: if the clock says it is not
+        time yet when the job comes back, it is handed back again)."""
         timers.add(at)
-        await job.msg.nak(delay=max(0.001, at - time.time()))
+        await job.msg.nak(delay=max(0.001, at - self.clock.now()))
 
     async def wait_for_calls(self, timeout: float) -> None:
         await _wait(self._calls_event, timeout)
 
-    @staticmethod
-    def _holds(lease: LeasedCall) -> Callable[[Record], bool]:
-        """The fence: the record still shows this lease's attempt and owner running."""
-
-        def holds(rec: Record) -> bool:
-            return (rec.status, rec.attempts, rec.owner) == ("running", lease.attempt, lease.owner)
-
-        return holds
-
     @_as_queue_errors
     async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
-        holds = self._holds(lease)
-
-        def push(rec: Record, now: float) -> bool:
-            if not holds(rec):
-                return False
-            rec.due_at = now + lease_for
-            return True
-
+        push = _deciding(
+            functools.partial(
+                transitions.extend, attempt=lease.attempt, owner=lease.owner, lease_for=lease_for
+            )
+        )
         written = await self._update(lease.call_id, push, keep=True)
         if written is None:
             self._held_calls.pop(lease.call_id, None)
@@ -1191,23 +1123,9 @@ class NatsQueue:
 
     @_as_queue_errors
     async def release(self, lease: LeasedCall) -> bool:
-        holds = self._holds(lease)
-
-        def hand_back(rec: Record, now: float) -> bool:
-            if not holds(rec):
-                return False
-            # Back to how it was before the lease: never started, or waiting for a retry.
-            rec.attempts -= 1
-            rec.owner = None
-            if rec.attempts == 0:
-                rec.status = "queued"
-                rec.started_at = None
-                rec.due_at = rec.created_at + rec.delay
-            else:
-                rec.status = "retrying"
-                rec.due_at = now
-            return True
-
+        hand_back = _deciding(
+            functools.partial(transitions.release, attempt=lease.attempt, owner=lease.owner)
+        )
         written = await self._rearm(
             self.calls_stream,
             self._calls_subject,
@@ -1223,60 +1141,48 @@ class NatsQueue:
 
     @_as_queue_errors
     async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
-        return await self._finish(lease, result, "succeeded", None)
+        succeed = functools.partial(
+            transitions.succeed, attempt=lease.attempt, owner=lease.owner, result=result
+        )
+        return await self._finish(lease, succeed, result.body, terminal=True)
 
     @_as_queue_errors
     async def retry(self, lease: LeasedCall, result: AttemptResult, at: float) -> bool:
-        return await self._finish(lease, result, "retrying", at)
+        retry = functools.partial(
+            transitions.retry, attempt=lease.attempt, owner=lease.owner, result=result, at=at
+        )
+        return await self._finish(lease, retry, result.body, terminal=False)
 
     @_as_queue_errors
     async def fail(self, lease: LeasedCall, result: AttemptResult) -> bool:
-        return await self._finish(lease, result, "failed", None)
+        fail = functools.partial(
+            transitions.fail, attempt=lease.attempt, owner=lease.owner, result=result
+        )
+        return await self._finish(lease, fail, result.body, terminal=True)
 
     async def _finish(
-        self, lease: LeasedCall, result: AttemptResult, status: Status, retry_at: float | None
+        self, lease: LeasedCall, decide: Decide, body: bytes, *, terminal: bool
     ) -> bool:
-        terminal = status in TERMINAL
-        holds = self._holds(lease)
-        info = AttemptInfo(
-            attempt=lease.attempt,
-            started_at=result.started_at,
-            ended_at=result.ended_at,
-            status_code=result.status_code,
-            error=result.error,
-            error_kind=result.error_kind,
-            retry_at=retry_at,
-        )
+        """Record how an attempt ended (``decide``: the transition), with its jobs: a retry's
+        timer, or the end of the call's job and the start of its callback's."""
         callback_seq = 0
         if terminal and lease.request.callback_url:
             callback_seq = await self._publish_job(
                 self.callbacks_stream, self._callbacks_subject, lease.call_id
             )
 
-        def record(rec: Record, now: float) -> bool:
-            if not holds(rec):
-                return False
-            rec.status = status
-            rec.owner = None
-            rec.due_at = retry_at
-            rec.ended_at = result.ended_at if terminal else None
-            rec.status_code = result.status_code
-            rec.response_headers = header_pairs(result.headers)
-            rec.response_body = b64(result.body)
-            rec.response_truncated = result.truncated
-            rec.error = result.error
-            rec.error_kind = result.error_kind
-            rec.attempt_started_at = result.started_at
-            rec.attempt_log.append(attempt_entry(info))
-            self._fit_response(rec, result.body)
+        def record(rec: Record, now: float) -> Record | None:
+            before = rec.state()
+            after = decide(before, now)
+            if isinstance(after, Refused):
+                return None
+            stored = rec.with_state(before, after)
+            self._fit_response(stored, body)
             if terminal:
-                rec.body = None
-                rec.job = 0
-                if rec.callback_url is not None:
-                    rec.callback_status = "pending"
-                    rec.callback_due = now
-                    rec.callback_job = callback_seq
-            return True
+                stored.job = 0
+                if stored.callback_url is not None:
+                    stored.callback_job = callback_seq
+            return stored
 
         if terminal:
             written = await self._update(lease.call_id, record)
@@ -1310,22 +1216,15 @@ class NatsQueue:
     async def cancel(self, call_id: str) -> CancelOutcome:
         outcome: CancelOutcome = "not_found"
 
-        def cancel(rec: Record, now: float) -> bool:
+        def cancel(rec: Record, now: float) -> Record | None:
             nonlocal outcome
-            if rec.status == "running":
-                outcome = "running"
-                return False
-            if rec.status in TERMINAL:
-                outcome = "finished"
-                return False
+            before = rec.state()
+            after = transitions.cancel(before, now)
+            if isinstance(after, Refused):
+                outcome = cast(CancelOutcome, after.reason)
+                return None
             outcome = "cancelled"
-            rec.status = "cancelled"
-            rec.due_at = None
-            rec.ended_at = now
-            rec.body = None
-            rec.job = 0
-            rec.callback_status = "skipped" if rec.callback_url is not None else None
-            return True
+            return replace(rec.with_state(before, after), job=0)
 
         written = await self._update(call_id, cancel)
         if written is not None:
@@ -1360,7 +1259,7 @@ class NatsQueue:
                 break
         if failure is not None and not jobs:
             raise failure  # as in lease()
-        return CallbackBatch(jobs, self._callback_timers.next_due(time.time()))
+        return CallbackBatch(jobs, self._callback_timers.next_due(self.clock.now()))
 
     async def _lease_callback(self, job: _Job, owner: str, lease_for: float) -> CallbackJob | None:
         verdict = "missing"
@@ -1368,27 +1267,23 @@ class NatsQueue:
         later = 0.0
         leased: CallbackJob | None = None
 
-        def take(rec: Record, now: float) -> bool:
+        def take(rec: Record, now: float) -> Record | None:
             nonlocal verdict, expected, later, leased
             expected = rec.callback_job
             if rec.callback_job != job.seq:
                 verdict = "unmatched"
-                return False
-            if rec.callback_status != "pending" or rec.callback_due is None:
-                verdict = "ended"
-                return False
-            if rec.callback_due > now:
-                verdict, later = "later", rec.callback_due
-                return False
-            if rec.callback_owner is not None:
-                lost = CallbackAttempt(rec.callback_attempts, now, now, None, _CALLBACK_INTERRUPTED)
-                rec.callback_log.append(callback_entry(lost))
-            rec.callback_attempts += 1
-            rec.callback_owner = owner
-            rec.callback_due = now + lease_for
+                return None
+            before = rec.state()
+            after = transitions.lease_callback(before, now, owner=owner, lease_for=lease_for)
+            if isinstance(after, Refused):
+                verdict, later = _refusal_verdict(after)
+                return None
             verdict = "leased"
-            leased = callback_job(rec)
-            return True
+            assert rec.callback_url is not None  # pending: there is a callback
+            leased = transitions.callback_job(
+                after, call_id=rec.call_id, function=rec.function, url=rec.callback_url
+            )
+            return rec.with_state(before, after)
 
         if await self._update(job.call_id, take, keep=True) is None and verdict == "leased":
             verdict = "missing"  # decided on a copy that then vanished
@@ -1410,37 +1305,50 @@ class NatsQueue:
 
     @_as_queue_errors
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
-        return await self._callback_end(job, attempt, "delivered", None)
+        def deliver(state: CallState, now: float) -> transitions.Outcome:
+            return transitions.deliver_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt
+            )
+
+        return await self._callback_end(job, deliver, None)
 
     @_as_queue_errors
     async def callback_retry(self, job: CallbackJob, attempt: CallbackAttempt, at: float) -> bool:
-        return await self._callback_end(job, attempt, "pending", at)
+        def retry(state: CallState, now: float) -> transitions.Outcome:
+            return transitions.retry_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt, at=at
+            )
+
+        return await self._callback_end(job, retry, at)
 
     @_as_queue_errors
     async def callback_failed(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
-        return await self._callback_end(job, attempt, "failed", None)
+        def fail(state: CallState, now: float) -> transitions.Outcome:
+            return transitions.fail_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt
+            )
 
-    async def _callback_end(
-        self, job: CallbackJob, attempt: CallbackAttempt, status: CallbackStatus, at: float | None
-    ) -> bool:
-        def record(rec: Record, now: float) -> bool:
-            if (rec.callback_attempts, rec.callback_owner) != (job.attempt, job.owner):
-                return False
-            rec.callback_status = status
-            rec.callback_due = at
-            rec.callback_owner = None
-            rec.callback_log.append(callback_entry(attempt))
-            if at is None:
-                rec.callback_job = 0
-            return True
+        return await self._callback_end(job, fail, None)
 
+    async def _callback_end(self, job: CallbackJob, decide: Decide, at: float | None) -> bool:
+        """Record how a delivery ended, with its job: a retry's timer, or none."""
         if at is None:
+            ended = _deciding(decide)
+
+            def record(rec: Record, now: float) -> Record | None:
+                after = ended(rec, now)
+                return None if after is None else replace(after, callback_job=0)
+
             written = await self._update(job.call_id, record)
             if written is not None:
                 await self._drop_job(self.callbacks_stream, written[0].callback_job)
         else:
             written = await self._rearm(
-                self.callbacks_stream, self._callbacks_subject, job.call_id, record, "callback_job"
+                self.callbacks_stream,
+                self._callbacks_subject,
+                job.call_id,
+                _deciding(decide),
+                "callback_job",
             )
             if written is not None:
                 await self._publish_wake(self._wake_callbacks)
@@ -1496,7 +1404,7 @@ class NatsQueue:
         it is done at most every tenth of the retention (and at least hourly): a record
         may outlive the retention by that much."""
         _, js, records, bucket = self._parts()
-        retention = max(0.0, time.time() - ended_before)
+        retention = max(0.0, self.clock.now() - ended_before)
         last = self._last_purge
         if last is not None and time.monotonic() - last < min(retention / 10, 3600.0):
             return 0
@@ -1504,9 +1412,7 @@ class NatsQueue:
         doomed = [
             rec
             for rec in await self._scan()
-            if rec.ended_at is not None
-            and rec.ended_at < ended_before
-            and (rec.callback_status is None or rec.callback_status in _DONE_CALLBACKS)
+            if rec.ended_at is not None and transitions.purgeable(rec.state(), ended_before)
         ]
         stream = f"KV_{self.records_bucket}"
 
@@ -1558,6 +1464,31 @@ class NatsQueue:
         return ActivationPage(items, cursor)
 
 
+Decide = Callable[[CallState, float], transitions.Outcome]
+"""A transition of :mod:`.transitions` with everything but the state and the time given."""
+Change = Callable[[Record, float], "Record | None"]
+"""What :meth:`NatsQueue._update` writes of a stored record (None: leave it)."""
+
+
+def _deciding(decide: Decide) -> Change:
+    """The record change that stores what ``decide`` decides (nothing if it refuses)."""
+
+    def change(rec: Record, now: float) -> Record | None:
+        before = rec.state()
+        after = decide(before, now)
+        return None if isinstance(after, Refused) else rec.with_state(before, after)
+
+    return change
+
+
+def _refusal_verdict(refused: Refused) -> tuple[str, float]:
+    """How a lease settles a job whose record refused it: ``ended`` (ack it), or ``later``
+    (re-arm it for when the record says)."""
+    if refused.reason == "not_due" and refused.at is not None:
+        return "later", refused.at
+    return "ended", 0.0
+
+
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     if timeout <= 0:
         return
@@ -1566,6 +1497,26 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
     except TimeoutError:
         pass
+
+
+def _new_record(request: CallRequest, state: CallState) -> Record:
+    """The record of a call just accepted (its job and sequence are filled in when stored)."""
+    rec = Record(
+        call_id=request.call_id,
+        function=request.function,
+        status="queued",
+        method=request.method,
+        path=request.path,
+        query=request.query,
+        headers=header_pairs(request.headers),
+        body=b64(request.body),
+        callback_url=request.callback_url,
+        idempotency_key=request.idempotency_key,
+        created_at=state.created_at,
+        delay=state.delay,
+        seq=0,
+    )
+    return rec.with_state(rec.state(), state)
 
 
 def _no_jetstream(exc: BaseException) -> bool:

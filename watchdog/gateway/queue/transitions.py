@@ -28,9 +28,12 @@ from .base import (
     AttemptInfo,
     AttemptResult,
     CallbackAttempt,
+    CallbackJob,
     CallbackStatus,
+    CallRequest,
     ErrorKind,
     Headers,
+    LeasedCall,
     Status,
 )
 
@@ -58,6 +61,7 @@ class CallState:
     ``due_at`` is when a queued or retrying call may run, or a running call's lease expiry
     (None once finished); ``callback_due`` likewise for a pending delivery. ``body_stored``
     is False once the request body is dropped (the call ended: it never runs again).
+    ``response_*`` are the last ended attempt's.
     """
 
     created_at: float
@@ -72,7 +76,7 @@ class CallState:
     ended_at: float | None = None
     status_code: int | None = None
     response_headers: Headers = ()
-    response_body: bytes = b""
+    response_body: bytes | None = None  # None until an attempt ended
     response_truncated: bool = False
     error: str | None = None
     error_kind: ErrorKind | None = None
@@ -355,6 +359,41 @@ def expire_callback(state: CallState, now: float, *, attempt: int, owner: str) -
     if not holds_callback(state, attempt, owner):
         return Refused("lost")
     return replace(state, callback_due=now)
+
+
+# -- what the workers are handed --------------------------------------------------------
+
+
+def leased_call(request: CallRequest, before: CallState, after: CallState) -> LeasedCall:
+    """The lease :func:`lease` (or :func:`adopt`) made of ``before``, as ``after``."""
+    assert after.due_at is not None and after.owner is not None
+    return LeasedCall(
+        request, after.attempts, after.created_at, after.due_at, after.owner, interrupted(before)
+    )
+
+
+def callback_job(state: CallState, *, call_id: str, function: str, url: str) -> CallbackJob:
+    """The delivery :func:`lease_callback` leased, as ``state``."""
+    assert state.callback_due is not None
+    return CallbackJob(
+        call_id=call_id,
+        function=function,
+        url=url,
+        attempt=state.callback_attempts,
+        expires=state.callback_due,
+        owner=state.callback_owner or "",
+        status=state.status,
+        status_code=state.status_code,
+        headers=state.response_headers,
+        body=state.response_body or b"",
+        truncated=state.response_truncated,
+        error=state.error,
+        error_kind=state.error_kind,
+        started_at=state.attempt_started_at,
+        ended_at=state.ended_at,
+        call_attempts=state.attempts,
+        created_at=state.created_at,
+    )
 
 
 # -- after a restart, and retention ------------------------------------------------------
