@@ -92,7 +92,8 @@ class RecordStore:
         Returns (before, after) when written, else None.
 
         ``keep``: remember the written record and revision, so the next update of a call this
-        process holds (extend, complete) can skip the read; a stale copy only costs a retry.
+        process holds (extend, complete) can skip the read; a stale copy only costs a retry
+        (its write is refused, or its refusal decided again on the stored record).
         """
         records = self.link.parts().records
         for _ in range(_CAS_TRIES):
@@ -104,7 +105,10 @@ class RecordStore:
             after = change(before, self.clock.now())
             if after is None:
                 if known is not None:
-                    self._known[call_id] = known  # unchanged, still this process's last write
+                    # A remembered copy may be stale (another write landed while the one
+                    # that remembered it was being acknowledged): a refusal is only final
+                    # when decided on the stored record.
+                    continue
                 return None
             try:
                 written = await records.update(record_key(call_id), after.encode(), last=revision)
