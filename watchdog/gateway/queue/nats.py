@@ -1,42 +1,24 @@
 """The shared queue backend: NATS JetStream, for several gateways on several machines.
 
-Where things live (``P`` is the name prefix, ``fwatchdog`` by default):
-
-* ``KV P_records``: one activation record per call, keyed by call id, JSON. The record is the
-  truth: status, lease owner and expiry, attempt counter, response, callback state. Every
-  change is a compare-and-set on the key's revision (``kv.update(last=...)``), so two gateways
-  never both win, and an outcome reported under a lost lease is refused (the fence is the
-  attempt counter and the owner, as in the SQLite backend).
-* ``stream P_calls`` (work-queue retention) holds one *job* per unfinished call, consumed by
-  the durable pull consumer ``workers`` that all gateways share; ``stream P_callbacks`` the
-  same for callback deliveries. A job only says "look at call X": whoever pulls it reads the
-  record and either leases the call (CAS) or puts the job back with ``nak(delay)`` until the
-  record's ``due_at``. A leased call's job is nak'd for the lease length, so it is a durable
-  timer: if the worker dies the job comes back when the lease ends and the next gateway takes
-  the call over (attempt + 1, the lost attempt logged as interrupted). Extending a lease only
-  moves ``due_at`` in the record; the timer, when it fires early, is re-armed from it.
-* ``KV P_idempotency``: ``sha256(function, key) -> call id``, claimed with ``kv.create``.
-
-Why jobs and records are separate: the job stream's message count *is* the queue depth (one
-job per unfinished call), read with one ``STREAM.INFO``, and a job never needs rewriting when
-the record changes. The record names the job it expects (``job``, a stream sequence); the job
-of a state change is published *before* the CAS that names it, so a crash in between leaves
-an extra job, never a call without one. A job older than the record's is stale and dropped;
-a newer one whose record write has not landed yet waits briefly, then counts as an orphan.
+The record of a call (``KV P_records``, :mod:`.nats_store`) is the truth: status, lease owner
+and expiry, attempt counter, response, callback state. Every change is a compare-and-set on
+its revision, so two gateways never both win, and an outcome reported under a lost lease is
+refused (the fence is the attempt counter and the owner, as in the SQLite backend); what
+changes is decided by :mod:`.transitions`. Beside each unfinished call is one *job* in a
+work-queue stream (:mod:`.nats_jobs`): a durable timer saying "look at call X" when it may be
+due, or when its lease ends, so a call whose worker died is taken over by the next gateway.
+The job stream's message count is the queue depth.
 
 Durability: every method that changes state returns after JetStream acknowledged the write
-(publish acks, KV acks). Acks and naks of jobs are fire-and-forget: a lost one only makes the
-job come back after the consumer's ``ack_wait``, and the record decides again.
+(publish acks, KV acks). Outages: every method raises :class:`~.base.QueueUnavailable` at
+once while NATS is known to be down (:mod:`.nats_link`).
 
-Outages: see :mod:`.nats_link` (every method raises :class:`~.base.QueueUnavailable` at once
-while NATS is known to be down).
-
-Each concern has its module: the connection (:mod:`.nats_link`), the names and their set-up
+One module a concern: the connection (:mod:`.nats_link`), the names and their set-up
 (:mod:`.nats_layout`), the job streams (:mod:`.nats_jobs`), the records (:mod:`.nats_store`,
-:mod:`.nats_record`), idempotency keys (:mod:`.nats_idempotency`), and one per protocol of
-:mod:`.base` (:mod:`.nats_intake`, :mod:`.nats_runs`, :mod:`.nats_outbox`,
-:mod:`.nats_activations`). :class:`NatsQueue` puts them together; every state change is
-decided by :mod:`.transitions`.
+their format :mod:`.nats_record`), idempotency keys (:mod:`.nats_idempotency`), taking a
+pulled job (:mod:`.nats_take`), and one per protocol of :mod:`.base`: :mod:`.nats_intake`,
+:mod:`.nats_runs`, :mod:`.nats_outbox`, :mod:`.nats_activations`. :class:`NatsQueue` puts
+them together.
 """
 
 from __future__ import annotations

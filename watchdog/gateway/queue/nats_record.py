@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
+from . import transitions
 from .base import (
     ActivationRecord,
     CallbackStatus,
@@ -199,28 +200,15 @@ def claim_holder(value: bytes | None) -> tuple[str, float]:
 
 
 def activation(rec: Record, with_body: bool) -> ActivationRecord:
-    return ActivationRecord(
+    state = rec.state()
+    return transitions.activation(
+        state,
         call_id=rec.call_id,
         function=rec.function,
-        status=cast(Status, rec.status),
-        attempts=rec.attempts,
-        created_at=rec.created_at,
         method=rec.method,
         path=rec.path,
         query=rec.query,
-        due_at=rec.due_at,
-        started_at=rec.started_at,
-        ended_at=rec.ended_at,
-        status_code=rec.status_code,
-        response_headers=headers_of(rec.response_headers),
-        response_body=unb64(rec.response_body) if with_body else None,
-        response_truncated=rec.response_truncated,
-        error=rec.error,
-        error_kind=cast("ErrorKind | None", rec.error_kind),
         idempotency_key=rec.idempotency_key,
         callback_url=rec.callback_url,
-        callback_status=cast("CallbackStatus | None", rec.callback_status),
-        callback_attempts=rec.callback_attempts,
-        attempt_log=tuple(attempt_of(entry) for entry in rec.attempt_log),
-        callback_log=tuple(callback_attempt_of(entry) for entry in rec.callback_log),
+        response_body=(state.response_body or b"") if with_body else None,
     )

@@ -33,7 +33,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,23 +47,18 @@ from .base import (
     CallbackAttempt,
     CallbackBatch,
     CallbackJob,
-    CallbackStatus,
     CallRequest,
     CancelOutcome,
     EnqueueResult,
-    ErrorKind,
     LeaseBatch,
     LeasedCall,
     ListQuery,
     QueueClosed,
     QueueError,
     QueueFull,
-    Status,
 )
 from .clock import SYSTEM_CLOCK, Clock
 from .sqlite_state import STATE_COLUMNS, changed_columns, headers_from, headers_json, state_of
-from .sqlite_state import attempt_log as parse_attempt_log
-from .sqlite_state import callback_log as parse_callback_log
 from .transitions import CallState, Refused
 
 log = logging.getLogger("watchdog.gateway.queue")
@@ -120,12 +115,10 @@ CREATE INDEX IF NOT EXISTS calls_ended ON calls(ended_at) WHERE ended_at IS NOT 
 """
 
 _PURGE_CHUNK = 2000
-_RECORD_COLUMNS = (
-    "call_id, function, status, attempts, created_at, method, path, query, due_at, started_at,"
-    " ended_at, status_code, response_headers, response_truncated, error, error_kind,"
-    " idempotency_key, callback_url, callback_status, callback_attempts, attempt_log,"
-    " callback_log"
-)
+_IDENTITY_COLUMNS = "call_id, function, method, path, query, idempotency_key, callback_url, "
+_RECORD_BODY_COLUMNS = _IDENTITY_COLUMNS + STATE_COLUMNS
+_RECORD_COLUMNS = _IDENTITY_COLUMNS + STATE_COLUMNS.replace(" response_body,", " NULL,", 1)
+"""A record's columns; in list summaries without the response body."""
 _REQUEST_COLUMNS = (
     "call_id, function, method, path, query, headers, body, callback_url, idempotency_key"
 )
@@ -724,10 +717,10 @@ class SqliteQueue:
     async def get(self, call_id: str) -> ActivationRecord | None:
         def read(conn: sqlite3.Connection) -> ActivationRecord | None:
             row = conn.execute(
-                f"SELECT {_RECORD_COLUMNS}, response_body FROM calls WHERE call_id = ?",
+                f"SELECT {_RECORD_BODY_COLUMNS} FROM calls WHERE call_id = ?",
                 (call_id,),
             ).fetchone()
-            return None if row is None else _record(row[:-1], row[-1])
+            return None if row is None else _record(row)
 
         return await self._read(read)
 
@@ -779,7 +772,7 @@ class SqliteQueue:
                 f"SELECT {_RECORD_COLUMNS}, seq FROM calls{where} ORDER BY seq DESC LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
-            items = [_record(row[:-1], None) for row in rows[:limit]]
+            items = [_record(row[:-1]) for row in rows[:limit]]
             cursor = str(rows[limit - 1][-1]) if len(rows) > limit else None
             return ActivationPage(items, cursor)
 
@@ -796,53 +789,18 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         pass
 
 
-def _record(row: Iterable[Any], body: bytes | None) -> ActivationRecord:
-    (
-        call_id,
-        function,
-        status,
-        attempts,
-        created_at,
-        method,
-        path,
-        query,
-        due_at,
-        started_at,
-        ended_at,
-        status_code,
-        response_headers,
-        response_truncated,
-        error,
-        error_kind,
-        idempotency_key,
-        callback_url,
-        callback_status,
-        callback_attempts,
-        attempt_log,
-        callback_log,
-    ) = row
-    return ActivationRecord(
+def _record(row: Sequence[Any]) -> ActivationRecord:
+    """The record from the :data:`_RECORD_COLUMNS` of a row."""
+    (call_id, function, method, path, query, key, callback_url) = row[:7]
+    state = state_of(row[7:])
+    return transitions.activation(
+        state,
         call_id=call_id,
         function=function,
-        status=cast(Status, status),
-        attempts=attempts,
-        created_at=created_at,
         method=method,
         path=path,
         query=query,
-        due_at=due_at,
-        started_at=started_at,
-        ended_at=ended_at,
-        status_code=status_code,
-        response_headers=headers_from(response_headers),
-        response_body=None if body is None else bytes(body),
-        response_truncated=bool(response_truncated),
-        error=error,
-        error_kind=cast("ErrorKind | None", error_kind),
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         callback_url=callback_url,
-        callback_status=cast("CallbackStatus | None", callback_status),
-        callback_attempts=callback_attempts,
-        attempt_log=parse_attempt_log(attempt_log),
-        callback_log=parse_callback_log(callback_log),
+        response_body=state.response_body,
     )

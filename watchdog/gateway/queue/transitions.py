@@ -25,6 +25,7 @@ from typing import Literal
 
 from .base import (
     TERMINAL,
+    ActivationRecord,
     AttemptInfo,
     AttemptResult,
     CallbackAttempt,
@@ -393,6 +394,47 @@ def callback_job(state: CallState, *, call_id: str, function: str, url: str) -> 
         ended_at=state.ended_at,
         call_attempts=state.attempts,
         created_at=state.created_at,
+    )
+
+
+def activation(
+    state: CallState,
+    *,
+    call_id: str,
+    function: str,
+    method: str,
+    path: str,
+    query: str,
+    idempotency_key: str | None,
+    callback_url: str | None,
+    response_body: bytes | None,
+) -> ActivationRecord:
+    """The record a reader is handed (``response_body`` as the store reads it: None in
+    list summaries)."""
+    return ActivationRecord(
+        call_id=call_id,
+        function=function,
+        status=state.status,
+        attempts=state.attempts,
+        created_at=state.created_at,
+        method=method,
+        path=path,
+        query=query,
+        due_at=state.due_at,
+        started_at=state.started_at,
+        ended_at=state.ended_at,
+        status_code=state.status_code,
+        response_headers=state.response_headers,
+        response_body=response_body,
+        response_truncated=state.response_truncated,
+        error=state.error,
+        error_kind=state.error_kind,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+        callback_status=state.callback_status,
+        callback_attempts=state.callback_attempts,
+        attempt_log=state.attempt_log,
+        callback_log=state.callback_log,
     )
 
 
