@@ -178,14 +178,15 @@ class JobStream:
 
         await asyncio.gather(*(put_back(job) for job in jobs))
 
-    @staticmethod
-    async def settle_unmatched(job: Job, expected: int | None) -> None:
+    async def settle_unmatched(self, job: Job, expected: int | None) -> None:
         """Settle a job its record does not name: drop it when stale (older than the one the
         record names) or orphaned; put it back briefly when the record write that will name
-        it may still be in flight."""
+        it may still be in flight (a call being accepted right now: the workers are told to
+        look again then, not at their next poll)."""
         newer = expected is None or job.seq > expected
         # Counted in deliveries, not by clock: gateways' clocks may disagree.
         if newer and job.msg.metadata.num_delivered <= _ORPHAN_CHECKS:
+            self.timers.add(self.clock.now() + _RECHECK)
             await job.msg.nak(delay=_RECHECK)
         else:
             await job.msg.ack()
