@@ -53,6 +53,20 @@ BACKENDS: dict[str, Callable[..., QueueBackend]] = {
 }
 
 
+class ManualClock:
+    """A queue's clock that moves only when a test says so (from the real time at its start,
+    so records look as usual): lease expiry is tested by moving it, not by sleeping."""
+
+    def __init__(self) -> None:
+        self._now = time.time()
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+
 def run(coro: Awaitable[T], timeout: float = 30) -> T:
     """Run ``coro`` on a fresh event loop, bounded in time."""
 

@@ -1,4 +1,9 @@
-"""The QueueBackend contract, run against every backend (real stores, no fakes)."""
+"""The QueueBackend contract, run against every backend (real stores, no fakes).
+
+The queues run on the test's clock (``clock``, a ManualClock): what is due, and when a lease
+has expired, is decided by moving it, never by sleeping past a margin. Where a backend's own
+timer brings a due call back (a NATS job's redelivery, in real seconds), the test waits for
+it with a deadline (``lease_when_due``)."""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from async_helpers import run
+from async_helpers import ManualClock, run
 
 from watchdog.gateway.queue.base import (
     AttemptResult,
     CallbackAttempt,
+    CallbackJob,
     CallRequest,
     LeasedCall,
     ListQuery,
@@ -23,13 +29,13 @@ pytest_plugins = ("async_fixtures",)  # the make_queue fixture
 MakeQueue = Callable[..., QueueBackend]
 
 
-def ok(status: int = 200, body: bytes = b"out") -> AttemptResult:
-    now = time.time()
+def ok(clock: ManualClock, status: int = 200, body: bytes = b"out") -> AttemptResult:
+    now = clock.now()
     return AttemptResult(now, now, status, (("Content-Type", "text/plain"),), body)
 
 
-def failure(status: int | None = 503, kind: str = "function") -> AttemptResult:
-    now = time.time()
+def failure(clock: ManualClock, status: int | None = 503, kind: str = "function") -> AttemptResult:
+    now = clock.now()
     return AttemptResult(now, now, status, (), b"", error="boom", error_kind=kind)  # type: ignore[arg-type]
 
 
@@ -37,6 +43,30 @@ async def lease_one(q: QueueBackend, owner: str = "w1", lease_for: float = 30) -
     batch = await q.lease(owner=owner, limit=1, lease_for=lease_for)
     assert len(batch.calls) == 1, batch
     return batch.calls[0]
+
+
+async def lease_when_due(q: QueueBackend, owner: str = "w1", lease_for: float = 30) -> LeasedCall:
+    """The one call the clock made due: at once, or once the backend's timer for it fires
+    (NATS re-arms a job for the clock's seconds, run in real ones)."""
+    deadline = time.monotonic() + 15
+    while True:
+        batch = await q.lease(owner=owner, limit=1, lease_for=lease_for)
+        if batch.calls:
+            assert len(batch.calls) == 1, batch
+            return batch.calls[0]
+        assert time.monotonic() < deadline, "the call never came up although due"
+        await q.wait_for_calls(0.05)
+
+
+async def lease_callback_when_due(q: QueueBackend, owner: str) -> CallbackJob:
+    """As :func:`lease_when_due`, for a callback delivery."""
+    deadline = time.monotonic() + 15
+    while True:
+        jobs = (await q.lease_callbacks(owner=owner, limit=5, lease_for=30)).jobs
+        if jobs:
+            return jobs[0]
+        assert time.monotonic() < deadline, "the delivery never came up although due"
+        await q.wait_for_callbacks(0.05)
 
 
 def test_backend_satisfies_the_protocol(make_queue: MakeQueue) -> None:
@@ -80,7 +110,9 @@ def test_enqueue_keeps_the_whole_request_and_creates_the_record(make_queue: Make
     run(body())
 
 
-def test_lease_hands_each_due_call_to_one_worker_oldest_first(make_queue: MakeQueue) -> None:
+def test_lease_hands_each_due_call_to_one_worker_oldest_first(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
@@ -92,14 +124,16 @@ def test_lease_hands_each_due_call_to_one_worker_oldest_first(make_queue: MakeQu
             assert [c.call_id for c in second.calls] == ids[3:]
             third = await q.lease(owner="c", limit=3, lease_for=30)
             assert third.calls == []
-            assert third.next_due is not None and third.next_due > time.time() + 20
+            assert third.next_due is not None and third.next_due > clock.now() + 20
         finally:
             await q.close()
 
     run(body())
 
 
-def test_delay_holds_a_call_back_and_next_due_says_until_when(make_queue: MakeQueue) -> None:
+def test_delay_holds_a_call_back_and_next_due_says_until_when(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
@@ -110,22 +144,24 @@ def test_delay_holds_a_call_back_and_next_due_says_until_when(make_queue: MakeQu
             record = await q.get(accepted.call_id)
             assert record is not None and record.due_at is not None
             assert early.next_due == pytest.approx(record.created_at + 0.4, abs=0.01)
-            await asyncio.sleep(max(0.0, early.next_due - time.time()) + 0.02)  # type: ignore[operator]
-            assert (await lease_one(q)).call_id == accepted.call_id
+            clock.advance(0.4)
+            assert (await lease_when_due(q)).call_id == accepted.call_id
         finally:
             await q.close()
 
     run(body())
 
 
-def test_complete_stores_the_response_and_makes_the_callback_due(make_queue: MakeQueue) -> None:
+def test_complete_stores_the_response_and_makes_the_callback_due(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
         try:
             accepted = await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/"))
             leased = await lease_one(q)
-            assert await q.complete(leased, ok(201, b"\x00\xff"))
+            assert await q.complete(leased, ok(clock, 201, b"\x00\xff"))
             record = await q.get(accepted.call_id)
             assert record is not None
             assert (record.status, record.status_code, record.attempts) == ("succeeded", 201, 1)
@@ -145,22 +181,24 @@ def test_complete_stores_the_response_and_makes_the_callback_due(make_queue: Mak
     run(body())
 
 
-def test_retry_schedules_the_next_attempt_and_fail_ends_it(make_queue: MakeQueue) -> None:
+def test_retry_schedules_the_next_attempt_and_fail_ends_it(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
         try:
             accepted = await q.enqueue(CallRequest("f"))
             first = await lease_one(q)
-            assert await q.retry(first, failure(503), time.time() + 0.3)
+            assert await q.retry(first, failure(clock, 503), clock.now() + 0.3)
             record = await q.get(accepted.call_id)
             assert record is not None and record.status == "retrying"
             assert (record.status_code, record.error_kind) == (503, "function")
             assert (await q.lease(owner="w", limit=1, lease_for=30)).calls == []
-            await asyncio.sleep(0.35)
-            second = await lease_one(q)
+            clock.advance(0.3)
+            second = await lease_when_due(q)
             assert second.attempt == 2
-            assert await q.fail(second, failure(None, "platform"))
+            assert await q.fail(second, failure(clock, None, "platform"))
             record = await q.get(accepted.call_id)
             assert record is not None
             assert (record.status, record.attempts, record.error_kind) == ("failed", 2, "platform")
@@ -176,7 +214,7 @@ def test_retry_schedules_the_next_attempt_and_fail_ends_it(make_queue: MakeQueue
 
 
 def test_an_expired_lease_makes_the_call_due_again_and_fences_the_old_worker(
-    make_queue: MakeQueue,
+    make_queue: MakeQueue, clock: ManualClock
 ) -> None:
     async def body() -> None:
         q = make_queue()
@@ -184,12 +222,12 @@ def test_an_expired_lease_makes_the_call_due_again_and_fences_the_old_worker(
         try:
             accepted = await q.enqueue(CallRequest("f"))
             stale = await lease_one(q, owner="dead", lease_for=0.2)
-            await asyncio.sleep(0.3)
-            fresh = await lease_one(q, owner="alive")
+            clock.advance(0.2)
+            fresh = await lease_when_due(q, owner="alive")
             assert (fresh.attempt, fresh.interrupted) == (2, True)
-            assert not await q.complete(stale, ok())
+            assert not await q.complete(stale, ok(clock))
             assert not await q.extend(stale, 30)
-            assert await q.complete(fresh, ok())
+            assert await q.complete(fresh, ok(clock))
             record = await q.get(accepted.call_id)
             assert record is not None and record.status == "succeeded"
             lost, done = record.attempt_log
@@ -201,16 +239,18 @@ def test_an_expired_lease_makes_the_call_due_again_and_fences_the_old_worker(
     run(body())
 
 
-def test_extend_keeps_a_running_call_from_being_leased_again(make_queue: MakeQueue) -> None:
+def test_extend_keeps_a_running_call_from_being_leased_again(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
         try:
             await q.enqueue(CallRequest("f"))
             leased = await lease_one(q, lease_for=0.3)
-            await asyncio.sleep(0.15)
+            clock.advance(0.15)
             assert await q.extend(leased, 30)
-            await asyncio.sleep(0.25)
+            clock.advance(0.25)  # past the first lease's end, far from the extended one's
             assert (await q.lease(owner="other", limit=1, lease_for=30)).calls == []
         finally:
             await q.close()
@@ -255,7 +295,9 @@ def test_idempotency_key_returns_the_first_call_and_queues_nothing(make_queue: M
     run(body())
 
 
-def test_a_full_queue_refuses_until_a_call_finishes(make_queue: MakeQueue) -> None:
+def test_a_full_queue_refuses_until_a_call_finishes(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue(max_depth=2)
         await q.open()
@@ -266,7 +308,7 @@ def test_a_full_queue_refuses_until_a_call_finishes(make_queue: MakeQueue) -> No
                 await q.enqueue(CallRequest("f"))
             assert refused.value.retry_after > 0
             assert (await q.list(ListQuery())).items.__len__() == 2
-            await q.complete(await lease_one(q), ok())
+            await q.complete(await lease_one(q), ok(clock))
             assert (await q.enqueue(CallRequest("f"))).created
         finally:
             await q.close()
@@ -274,7 +316,9 @@ def test_a_full_queue_refuses_until_a_call_finishes(make_queue: MakeQueue) -> No
     run(body())
 
 
-def test_cancel_only_what_is_not_running_or_finished(make_queue: MakeQueue) -> None:
+def test_cancel_only_what_is_not_running_or_finished(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
@@ -290,7 +334,7 @@ def test_cancel_only_what_is_not_running_or_finished(make_queue: MakeQueue) -> N
             assert record is not None
             assert (record.status, record.callback_status) == ("cancelled", "skipped")
             assert (await q.lease(owner="w", limit=5, lease_for=30)).calls == []
-            await q.complete(leased, ok())
+            await q.complete(leased, ok(clock))
             assert await q.cancel(running.call_id) == "finished"
             assert await q.depth() == 0
         finally:
@@ -299,7 +343,7 @@ def test_cancel_only_what_is_not_running_or_finished(make_queue: MakeQueue) -> N
     run(body())
 
 
-def test_list_filters_newest_first_in_pages(make_queue: MakeQueue) -> None:
+def test_list_filters_newest_first_in_pages(make_queue: MakeQueue, clock: ManualClock) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
@@ -307,11 +351,11 @@ def test_list_filters_newest_first_in_pages(make_queue: MakeQueue) -> None:
             ids = []
             for i in range(7):
                 ids.append((await q.enqueue(CallRequest("a" if i % 2 else "b"))).call_id)
-            since = time.time()
-            await asyncio.sleep(0.01)
+            clock.advance(0.01)
+            since = clock.now()
             late = (await q.enqueue(CallRequest("a"))).call_id
             ids.append(late)
-            await q.complete(await lease_one(q), ok())  # the oldest one, ids[0]
+            await q.complete(await lease_one(q), ok(clock))  # the oldest one, ids[0]
 
             seen: list[str] = []
             cursor = None
@@ -336,17 +380,20 @@ def test_list_filters_newest_first_in_pages(make_queue: MakeQueue) -> None:
     run(body())
 
 
-def test_purge_removes_only_finished_records_past_retention(make_queue: MakeQueue) -> None:
+def test_purge_removes_only_finished_records_past_retention(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
         try:
             old = await q.enqueue(CallRequest("f", idempotency_key="key"))
-            await q.complete(await lease_one(q), ok())
+            await q.complete(await lease_one(q), ok(clock))
             undelivered = await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/"))
-            await q.complete(await lease_one(q), ok())
-            cutoff = time.time()
-            await asyncio.sleep(0.01)
+            await q.complete(await lease_one(q), ok(clock))
+            clock.advance(0.01)
+            cutoff = clock.now()
+            clock.advance(0.01)
             unfinished = await q.enqueue(CallRequest("f"))
             assert await q.purge(cutoff) == 1
             assert await q.get(old.call_id) is None
@@ -360,23 +407,26 @@ def test_purge_removes_only_finished_records_past_retention(make_queue: MakeQueu
     run(body())
 
 
-def test_callback_delivery_is_a_leased_job_with_recorded_attempts(make_queue: MakeQueue) -> None:
+def test_callback_delivery_is_a_leased_job_with_recorded_attempts(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
         try:
             accepted = await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/"))
-            await q.complete(await lease_one(q), ok())
+            await q.complete(await lease_one(q), ok(clock))
             job = (await q.lease_callbacks(owner="a", limit=5, lease_for=30)).jobs[0]
             assert (await q.lease_callbacks(owner="b", limit=5, lease_for=30)).jobs == []
-            now = time.time()
+            now = clock.now()
             refused = CallbackAttempt(job.attempt, now, now, 500, "receiver answered 500")
-            assert await q.callback_retry(job, refused, time.time() + 0.2)
+            assert await q.callback_retry(job, refused, clock.now() + 0.2)
             record = await q.get(accepted.call_id)
             assert record is not None
             assert (record.callback_status, record.callback_attempts) == ("pending", 1)
-            await asyncio.sleep(0.25)
-            second = (await q.lease_callbacks(owner="b", limit=5, lease_for=30)).jobs[0]
+            assert (await q.lease_callbacks(owner="b", limit=5, lease_for=30)).jobs == []
+            clock.advance(0.2)
+            second = await lease_callback_when_due(q, "b")
             assert second.attempt == 2
             assert not await q.callback_delivered(job, refused)  # fenced: old lease
             assert await q.callback_delivered(second, CallbackAttempt(2, now, now, 204))
@@ -433,7 +483,9 @@ def test_wait_for_calls_wakes_on_enqueue(make_queue: MakeQueue) -> None:
     run(body())
 
 
-def test_release_hands_a_call_back_without_counting_the_attempt(make_queue: MakeQueue) -> None:
+def test_release_hands_a_call_back_without_counting_the_attempt(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
     async def body() -> None:
         q = make_queue()
         await q.open()
@@ -447,7 +499,7 @@ def test_release_hands_a_call_back_without_counting_the_attempt(make_queue: Make
             assert (record.status, record.attempts, record.started_at) == ("queued", 0, None)
             again = await lease_one(q)
             assert (again.attempt, again.interrupted) == (1, False)
-            await q.retry(again, failure(), time.time())
+            await q.retry(again, failure(clock), clock.now())
             retried = await lease_one(q)
             assert await q.release(retried)
             record = await q.get(fresh.call_id)

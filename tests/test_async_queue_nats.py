@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from async_helpers import run
+from async_helpers import ManualClock, run
 from conftest import free_port
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
@@ -71,21 +71,60 @@ def test_a_lease_lost_on_one_gateway_is_fenced_when_another_took_over(
     nats_server: NatsServer,
 ) -> None:
     async def body() -> None:
-        a, b = _pair(nats_server)
+        clock = ManualClock()  # both gateways' (the lease expires when it is moved)
+        a, b = _pair(nats_server, clock=clock)
         await a.open()
         await b.open()
         try:
             accepted = await a.enqueue(CallRequest("f"))
             stale = (await a.lease(owner="a", limit=1, lease_for=0.3)).calls[0]
             assert (await b.lease(owner="b", limit=1, lease_for=30)).calls == []
-            await asyncio.sleep(0.4)
-            fresh = (await b.lease(owner="b", limit=1, lease_for=30)).calls[0]
+            clock.advance(0.3)
+            # The job comes back when its timer (0.3 real seconds) fires.
+            deadline = time.monotonic() + 15
+            while not (taken := (await b.lease(owner="b", limit=1, lease_for=30)).calls):
+                assert time.monotonic() < deadline, "the expired lease was never taken over"
+                await b.wait_for_calls(0.05)
+            fresh = taken[0]
             assert (fresh.attempt, fresh.interrupted) == (2, True)
             assert not await a.complete(stale, _ok(b"late"))
             assert not await a.extend(stale, 30)
             assert await b.complete(fresh, _ok(b"mine"))
             record = await a.get(accepted.call_id)
             assert record is not None and record.response_body == b"mine"
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_a_gateway_whose_copy_of_a_record_is_stale_still_takes_the_call_up(
+    nats_server: NatsServer,
+) -> None:
+    """A gateway remembers the records it wrote (to skip a read on the next change); another
+    gateway's write makes that copy stale, and a job the stored record names must not be
+    judged on it (it looked unmatched, and was dropped as an orphan)."""
+
+    async def body() -> None:
+        clock = ManualClock()
+        a, b = _pair(nats_server, clock=clock)
+        await a.open()
+        await b.open()
+        try:
+            accepted = await a.enqueue(CallRequest("f"))
+            (await a.lease(owner="a", limit=1, lease_for=0.2)).calls[0]  # a remembers it
+            clock.advance(0.2)
+            deadline = time.monotonic() + 15
+            while not (taken := (await b.lease(owner="b", limit=1, lease_for=30)).calls):
+                assert time.monotonic() < deadline, "the expired lease was never taken over"
+                await b.wait_for_calls(0.05)
+            assert await b.retry(taken[0], _ok(), clock.now())  # a new job names the call
+            await b.close()
+            while not (again := (await a.lease(owner="a", limit=1, lease_for=30)).calls):
+                assert time.monotonic() < deadline, "the call's new job was never taken up"
+                await a.wait_for_calls(0.05)
+            assert (again[0].call_id, again[0].attempt) == (accepted.call_id, 3)
         finally:
             await a.close()
             await b.close()

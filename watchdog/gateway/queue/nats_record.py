@@ -7,20 +7,20 @@ import base64
 import hashlib
 import json
 import re
-import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
+from . import transitions
 from .base import (
     ActivationRecord,
-    CallbackJob,
     CallbackStatus,
     CallRequest,
     ErrorKind,
     Headers,
     Status,
 )
-from .entries import attempt_of, callback_attempt_of
+from .entries import attempt_entry, attempt_of, callback_attempt_of, callback_entry
+from .transitions import CallState
 
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 
@@ -86,6 +86,74 @@ class Record:
             call_id=self.call_id,
         )
 
+    def state(self) -> CallState:
+        """The call's state, for :mod:`.transitions` to decide on."""
+        return CallState(
+            created_at=self.created_at,
+            delay=self.delay,
+            has_callback=self.callback_url is not None,
+            status=cast(Status, self.status),
+            due_at=self.due_at,
+            owner=self.owner,
+            attempts=self.attempts,
+            started_at=self.started_at,
+            attempt_started_at=self.attempt_started_at,
+            ended_at=self.ended_at,
+            status_code=self.status_code,
+            response_headers=headers_of(self.response_headers),
+            response_body=None if self.response_body is None else unb64(self.response_body),
+            response_truncated=self.response_truncated,
+            error=self.error,
+            error_kind=cast("ErrorKind | None", self.error_kind),
+            attempt_log=tuple(attempt_of(entry) for entry in self.attempt_log),
+            body_stored=self.body is not None,
+            callback_status=cast("CallbackStatus | None", self.callback_status),
+            callback_attempts=self.callback_attempts,
+            callback_due=self.callback_due,
+            callback_owner=self.callback_owner,
+            callback_log=tuple(callback_attempt_of(entry) for entry in self.callback_log),
+        )
+
+    def with_state(self, before: CallState, after: CallState) -> Record:
+        """A copy of this record (whose state is ``before``) in state ``after``: only what
+        changed is converted, so a lease extension never re-encodes a response body."""
+        changes: dict[str, Any] = {
+            name: getattr(after, name)
+            for name in _PLAIN_STATE
+            if getattr(before, name) != getattr(after, name)
+        }
+        if before.response_headers != after.response_headers:
+            changes["response_headers"] = header_pairs(after.response_headers)
+        if before.response_body is not after.response_body:
+            body = after.response_body
+            changes["response_body"] = None if body is None else b64(body)
+        if before.attempt_log != after.attempt_log:
+            changes["attempt_log"] = [attempt_entry(info) for info in after.attempt_log]
+        if before.callback_log != after.callback_log:
+            changes["callback_log"] = [callback_entry(item) for item in after.callback_log]
+        if not after.body_stored:
+            changes["body"] = None
+        return replace(self, **changes)
+
+
+_PLAIN_STATE = (
+    "status",
+    "due_at",
+    "owner",
+    "attempts",
+    "started_at",
+    "attempt_started_at",
+    "ended_at",
+    "status_code",
+    "response_truncated",
+    "error",
+    "error_kind",
+    "callback_status",
+    "callback_attempts",
+    "callback_due",
+    "callback_owner",
+)
+"""State fields a record holds as they are."""
 
 _FIELDS = tuple(item.name for item in fields(Record))
 
@@ -118,9 +186,9 @@ def idempotency_key(function: str, key: str) -> str:
     return hashlib.sha256(f"{function}\0{key}".encode()).hexdigest()
 
 
-def claim_value(call_id: str) -> bytes:
-    """An idempotency key's value: the call holding it and when it was claimed."""
-    return f"{call_id} {time.time()}".encode()
+def claim_value(call_id: str, now: float) -> bytes:
+    """An idempotency key's value: the call holding it and when (``now``) it was claimed."""
+    return f"{call_id} {now}".encode()
 
 
 def claim_holder(value: bytes | None) -> tuple[str, float]:
@@ -132,51 +200,15 @@ def claim_holder(value: bytes | None) -> tuple[str, float]:
 
 
 def activation(rec: Record, with_body: bool) -> ActivationRecord:
-    return ActivationRecord(
+    state = rec.state()
+    return transitions.activation(
+        state,
         call_id=rec.call_id,
         function=rec.function,
-        status=cast(Status, rec.status),
-        attempts=rec.attempts,
-        created_at=rec.created_at,
         method=rec.method,
         path=rec.path,
         query=rec.query,
-        due_at=rec.due_at,
-        started_at=rec.started_at,
-        ended_at=rec.ended_at,
-        status_code=rec.status_code,
-        response_headers=headers_of(rec.response_headers),
-        response_body=unb64(rec.response_body) if with_body else None,
-        response_truncated=rec.response_truncated,
-        error=rec.error,
-        error_kind=cast("ErrorKind | None", rec.error_kind),
         idempotency_key=rec.idempotency_key,
         callback_url=rec.callback_url,
-        callback_status=cast("CallbackStatus | None", rec.callback_status),
-        callback_attempts=rec.callback_attempts,
-        attempt_log=tuple(attempt_of(entry) for entry in rec.attempt_log),
-        callback_log=tuple(callback_attempt_of(entry) for entry in rec.callback_log),
-    )
-
-
-def callback_job(rec: Record) -> CallbackJob:
-    assert rec.callback_url is not None and rec.callback_due is not None
-    return CallbackJob(
-        call_id=rec.call_id,
-        function=rec.function,
-        url=rec.callback_url,
-        attempt=rec.callback_attempts,
-        expires=rec.callback_due,
-        owner=rec.callback_owner or "",
-        status=cast(Status, rec.status),
-        status_code=rec.status_code,
-        headers=headers_of(rec.response_headers),
-        body=unb64(rec.response_body),
-        truncated=rec.response_truncated,
-        error=rec.error,
-        error_kind=cast("ErrorKind | None", rec.error_kind),
-        started_at=rec.attempt_started_at,
-        ended_at=rec.ended_at,
-        call_attempts=rec.attempts,
-        created_at=rec.created_at,
+        response_body=(state.response_body or b"") if with_body else None,
     )

@@ -28,43 +28,38 @@ from __future__ import annotations
 import asyncio
 import builtins
 import fcntl
-import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from . import transitions
 from .base import (
-    TERMINAL,
     ActivationPage,
     ActivationRecord,
-    AttemptInfo,
     AttemptResult,
     CallbackAttempt,
     CallbackBatch,
     CallbackJob,
-    CallbackStatus,
     CallRequest,
     CancelOutcome,
     EnqueueResult,
-    ErrorKind,
-    Headers,
     LeaseBatch,
     LeasedCall,
     ListQuery,
     QueueClosed,
     QueueError,
     QueueFull,
-    Status,
 )
-from .entries import attempt_entry, attempt_of, callback_attempt_of, callback_entry
+from .clock import SYSTEM_CLOCK, Clock
+from .sqlite_state import STATE_COLUMNS, changed_columns, headers_from, headers_json, state_of
+from .transitions import CallState, Refused
 
 log = logging.getLogger("watchdog.gateway.queue")
 
@@ -119,24 +114,17 @@ CREATE INDEX IF NOT EXISTS calls_status ON calls(status, seq);
 CREATE INDEX IF NOT EXISTS calls_ended ON calls(ended_at) WHERE ended_at IS NOT NULL;
 """
 
-_INTERRUPTED = "attempt interrupted: the gateway stopped or the worker's lease expired"
-_CALLBACK_INTERRUPTED = "delivery interrupted: the gateway stopped or the lease expired"
 _PURGE_CHUNK = 2000
-_RECORD_COLUMNS = (
-    "call_id, function, status, attempts, created_at, method, path, query, due_at, started_at,"
-    " ended_at, status_code, response_headers, response_truncated, error, error_kind,"
-    " idempotency_key, callback_url, callback_status, callback_attempts, attempt_log,"
-    " callback_log"
+_IDENTITY_COLUMNS = "call_id, function, method, path, query, idempotency_key, callback_url, "
+_RECORD_BODY_COLUMNS = _IDENTITY_COLUMNS + STATE_COLUMNS
+_RECORD_COLUMNS = _IDENTITY_COLUMNS + STATE_COLUMNS.replace(" response_body,", " NULL,", 1)
+"""A record's columns; in list summaries without the response body."""
+_REQUEST_COLUMNS = (
+    "call_id, function, method, path, query, headers, body, callback_url, idempotency_key"
 )
-_LEASE_COLUMNS = (
-    "seq, call_id, function, status, method, path, query, headers, body, callback_url,"
-    " idempotency_key, created_at, attempts, attempt_started_at, delay"
-)
-_CALLBACK_COLUMNS = (
-    "seq, call_id, function, callback_url, status, status_code, response_headers,"
-    " response_body, response_truncated, error, error_kind, attempt_started_at, ended_at,"
-    " attempts, created_at, callback_attempts, callback_owner"
-)
+_STATE_AT = 1 + _REQUEST_COLUMNS.count(",") + 1
+"""Where the state columns start in a row of ``seq, _REQUEST_COLUMNS, STATE_COLUMNS``."""
+_DONE_CALLBACKS = ", ".join(f"'{status}'" for status in sorted(transitions.DONE_CALLBACKS))
 
 
 class QueueLocked(QueueError):
@@ -154,30 +142,21 @@ class _Pending:
     wake_callbacks: bool
 
 
-def _headers_json(headers: Headers) -> str:
-    return json.dumps([[name, value] for name, value in headers], separators=(",", ":"))
-
-
-def _headers_from(text: str | None) -> Headers:
-    if not text:
-        return ()
-    return tuple((str(name), str(value)) for name, value in json.loads(text))
-
-
-def _attempt_json(info: AttemptInfo) -> str:
-    return json.dumps(attempt_entry(info), separators=(",", ":"))
-
-
-def _callback_attempt_json(attempt: CallbackAttempt) -> str:
-    return json.dumps(callback_entry(attempt), separators=(",", ":"))
-
-
-def _attempt_log(text: str) -> tuple[AttemptInfo, ...]:
-    return tuple(attempt_of(entry) for entry in json.loads(text))
-
-
-def _callback_log(text: str) -> tuple[CallbackAttempt, ...]:
-    return tuple(callback_attempt_of(entry) for entry in json.loads(text))
+def _request(row: Sequence[Any], delay: float) -> CallRequest:
+    """The request from the :data:`_REQUEST_COLUMNS` of a row."""
+    (call_id, function, method, path, query, headers, body, callback_url, key) = row
+    return CallRequest(
+        function=function,
+        method=method,
+        path=path,
+        query=query,
+        headers=headers_from(headers),
+        body=bytes(body or b""),
+        callback_url=callback_url,
+        idempotency_key=key,
+        delay=delay,
+        call_id=call_id,
+    )
 
 
 def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
@@ -201,6 +180,7 @@ class SqliteQueue:
         synchronous: ``full`` (fsync every commit) or ``normal`` (see the module doc).
         retry_after: the ``Retry-After`` suggested when the queue is full, in seconds.
         max_batch: most operations committed in one transaction.
+        clock: where "now" is read (tests move one by hand).
     """
 
     def __init__(
@@ -211,8 +191,10 @@ class SqliteQueue:
         synchronous: Synchronous = "full",
         retry_after: float = 1.0,
         max_batch: int = 1024,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.path = Path(path)
+        self.clock = clock
         self.max_depth = max_depth
         self.synchronous: Synchronous = synchronous
         self.retry_after = retry_after
@@ -350,7 +332,7 @@ class SqliteQueue:
             self._writer_conn = None
 
     def _run_batch(self, conn: sqlite3.Connection, batch: builtins.list[_Pending]) -> None:
-        now = time.time()
+        now = self.clock.now()
         outcomes: builtins.list[tuple[_Pending, Any, BaseException | None]] = []
         depth_before = self._depth
         try:
@@ -425,15 +407,48 @@ class SqliteQueue:
 
     # -- operations run on the writer thread ----------------------------------------------
 
+    def _save(
+        self, conn: sqlite3.Connection, seq: int, before: CallState, after: CallState
+    ) -> None:
+        """Write the columns a transition changed, and keep the depth counter with it."""
+        columns = changed_columns(before, after)
+        if columns:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(f"UPDATE calls SET {assignments} WHERE seq = ?", (*columns.values(), seq))
+        if before.unfinished and not after.unfinished:
+            self._depth -= 1
+
+    def _transition(
+        self,
+        conn: sqlite3.Connection,
+        call_id: str,
+        change: Callable[[CallState], transitions.Outcome],
+    ) -> transitions.Outcome | None:
+        """Apply ``change`` to the call's stored state (None: no such call). Read and write
+        are one transaction of the only writer: nothing can change the row in between."""
+        row = conn.execute(
+            f"SELECT seq, {STATE_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        before = state_of(row[1:])
+        after = change(before)
+        if isinstance(after, CallState):
+            self._save(conn, row[0], before, after)
+        return after
+
     def _op_recover(self, conn: sqlite3.Connection, now: float) -> int:
         # This process holds the lock file, so whoever had these leased is dead.
-        calls = conn.execute(
-            "UPDATE calls SET due_at = ? WHERE status = 'running'", (now,)
-        ).rowcount
-        deliveries = conn.execute(
-            "UPDATE calls SET callback_due = ? WHERE callback_owner IS NOT NULL", (now,)
-        ).rowcount
-        return int(calls + deliveries)
+        rows = conn.execute(
+            f"SELECT seq, {STATE_COLUMNS} FROM calls"
+            " WHERE status = 'running' OR callback_owner IS NOT NULL"
+        ).fetchall()
+        recovered = 0
+        for row in rows:
+            before = state_of(row[1:])
+            recovered += (before.status == "running") + (before.callback_owner is not None)
+            self._save(conn, row[0], before, transitions.recover(before, now))
+        return recovered
 
     # -- accepting ------------------------------------------------------------------------
 
@@ -446,34 +461,26 @@ class SqliteQueue:
                 ).fetchone()
                 if row is not None:
                     return EnqueueResult(row[0], False, row[1])
-            delay = max(0.0, request.delay)
-            self._insert(conn, request, now, status="queued", delay=delay, due_at=now + delay)
-            return EnqueueResult(request.call_id, True, "queued")
+            has_callback = request.callback_url is not None
+            state = transitions.enqueue(now, delay=request.delay, has_callback=has_callback)
+            self._insert(conn, request, state)
+            return EnqueueResult(request.call_id, True, state.status)
 
         return cast(EnqueueResult, await self._submit_new(op, request.call_id, wake_calls=True))
 
     async def adopt(self, request: CallRequest, *, owner: str, lease_for: float) -> LeasedCall:
         def op(conn: sqlite3.Connection, now: float) -> LeasedCall:
-            expires = now + lease_for
-            self._insert(
-                conn,
-                request,
-                now,
-                status="running",
-                due_at=expires,
-                lease_owner=owner,
-                attempts=1,
-                started_at=now,
-                attempt_started_at=now,
+            has_callback = request.callback_url is not None
+            state = transitions.adopt(
+                now, has_callback=has_callback, owner=owner, lease_for=lease_for
             )
-            return LeasedCall(replace(request, delay=0.0), 1, now, expires, owner)
+            self._insert(conn, request, state)
+            return transitions.leased_call(replace(request, delay=0.0), state, state)
 
         return cast(LeasedCall, await self._submit_new(op, request.call_id))
 
-    def _insert(
-        self, conn: sqlite3.Connection, request: CallRequest, now: float, **state: Any
-    ) -> None:
-        """Insert ``request`` as a new call, its ``state`` columns (status, due time...) given.
+    def _insert(self, conn: sqlite3.Connection, request: CallRequest, state: CallState) -> None:
+        """Insert ``request`` as a new call in ``state``.
 
         Raises:
             QueueFull: the configured depth is reached.
@@ -486,13 +493,13 @@ class SqliteQueue:
             "method": request.method,
             "path": request.path,
             "query": request.query,
-            "headers": _headers_json(request.headers),
+            "headers": headers_json(request.headers),
             "body": request.body,
             "callback_url": request.callback_url,
             "idempotency_key": request.idempotency_key,
-            "created_at": now,
-            "callback_status": "waiting" if request.callback_url else None,
-            **state,
+            "created_at": state.created_at,
+            "delay": state.delay,
+            **changed_columns(None, state),
         }
         names, marks = ", ".join(columns), ", ".join("?" * len(columns))
         conn.execute(f"INSERT INTO calls ({names}) VALUES ({marks})", tuple(columns.values()))
@@ -546,51 +553,21 @@ class SqliteQueue:
         not_in = f" AND function NOT IN ({', '.join('?' * len(skip))})" if skip else ""
 
         def op(conn: sqlite3.Connection, now: float) -> LeaseBatch:
+            # Which calls are due is SQL's to find (an index on due_at); what a lease does to
+            # each is the state machine's.
             rows = conn.execute(
-                f"SELECT {_LEASE_COLUMNS} FROM calls WHERE due_at <= ?{not_in}"
-                " ORDER BY due_at LIMIT ?",
+                f"SELECT seq, {_REQUEST_COLUMNS}, {STATE_COLUMNS} FROM calls"
+                f" WHERE due_at <= ?{not_in} ORDER BY due_at LIMIT ?",
                 (now, *skip, limit),
             ).fetchall()
             leased: builtins.list[LeasedCall] = []
-            expires = now + lease_for
             for row in rows:
-                (seq, call_id, function, status, method, path, query, headers, body) = row[:9]
-                (callback_url, key, created_at, attempts, attempt_started_at, delay) = row[9:]
-                interrupted = status == "running"
-                log_sql = "attempt_log"
-                params: builtins.list[Any] = [owner, expires, now, now]
-                if interrupted:
-                    log_sql = "json_insert(attempt_log, '$[#]', json(?))"
-                    lost = AttemptInfo(
-                        attempt=attempts,
-                        started_at=attempt_started_at or created_at,
-                        ended_at=now,
-                        status_code=None,
-                        error=_INTERRUPTED,
-                        error_kind="platform",
-                    )
-                    params.append(_attempt_json(lost))
-                conn.execute(
-                    "UPDATE calls SET status = 'running', attempts = attempts + 1,"
-                    " lease_owner = ?, due_at = ?, started_at = coalesce(started_at, ?),"
-                    f" attempt_started_at = ?, attempt_log = {log_sql} WHERE seq = ?",
-                    (*params, seq),
-                )
-                request = CallRequest(
-                    function=function,
-                    method=method,
-                    path=path,
-                    query=query,
-                    headers=_headers_from(headers),
-                    body=bytes(body or b""),
-                    callback_url=callback_url,
-                    idempotency_key=key,
-                    delay=delay,
-                    call_id=call_id,
-                )
-                leased.append(
-                    LeasedCall(request, attempts + 1, created_at, expires, owner, interrupted)
-                )
+                before = state_of(row[_STATE_AT:])
+                after = transitions.lease(before, now, owner=owner, lease_for=lease_for)
+                assert isinstance(after, CallState), after  # selected as due
+                self._save(conn, row[0], before, after)
+                request = _request(row[1:_STATE_AT], before.delay)
+                leased.append(transitions.leased_call(request, before, after))
             next_due = None
             if len(leased) < limit:
                 row = conn.execute(
@@ -604,112 +581,74 @@ class SqliteQueue:
     async def wait_for_calls(self, timeout: float) -> None:
         await _wait(self._calls_event, timeout)
 
-    async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            cursor = conn.execute(
-                "UPDATE calls SET due_at = ? WHERE call_id = ? AND status = 'running'"
-                " AND attempts = ? AND lease_owner = ?",
-                (now + lease_for, lease.call_id, lease.attempt, lease.owner),
-            )
-            return cursor.rowcount == 1
-
-        return cast(bool, await self._submit(op))
-
-    async def release(self, lease: LeasedCall) -> bool:
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            # Back to how it was before the lease: never started, or waiting for a retry (an
-            # interrupted attempt stays recorded and counted; this lease's does not).
-            cursor = conn.execute(
-                "UPDATE calls SET attempts = attempts - 1, lease_owner = NULL,"
-                " status = CASE WHEN attempts = 1 THEN 'queued' ELSE 'retrying' END,"
-                " started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,"
-                " due_at = CASE WHEN attempts = 1 THEN created_at + delay ELSE ? END"
-                " WHERE call_id = ? AND status = 'running' AND attempts = ? AND lease_owner = ?",
-                (now, lease.call_id, lease.attempt, lease.owner),
-            )
-            return cursor.rowcount == 1
-
-        return cast(bool, await self._submit(op, wake_calls=True))
-
-    async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
-        return await self._finish(lease, result, "succeeded", None)
-
-    async def retry(self, lease: LeasedCall, result: AttemptResult, at: float) -> bool:
-        return await self._finish(lease, result, "retrying", at)
-
-    async def fail(self, lease: LeasedCall, result: AttemptResult) -> bool:
-        return await self._finish(lease, result, "failed", None)
-
-    async def _finish(
-        self, lease: LeasedCall, result: AttemptResult, status: Status, retry_at: float | None
+    async def _change(
+        self,
+        call_id: str,
+        change: Callable[[CallState, float], transitions.Outcome],
+        *,
+        wake_calls: bool = False,
+        wake_callbacks: bool = False,
     ) -> bool:
-        terminal = status in TERMINAL
-        info = AttemptInfo(
-            attempt=lease.attempt,
-            started_at=result.started_at,
-            ended_at=result.ended_at,
-            status_code=result.status_code,
-            error=result.error,
-            error_kind=result.error_kind,
-            retry_at=retry_at,
+        """Apply a fenced transition to one call; False when it was refused or is gone."""
+
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            after = self._transition(conn, call_id, lambda state: change(state, now))
+            return isinstance(after, CallState)
+
+        done = await self._submit(op, wake_calls=wake_calls, wake_callbacks=wake_callbacks)
+        return cast(bool, done)
+
+    async def extend(self, lease: LeasedCall, lease_for: float) -> bool:
+        return await self._change(
+            lease.call_id,
+            lambda state, now: transitions.extend(
+                state, now, attempt=lease.attempt, owner=lease.owner, lease_for=lease_for
+            ),
         )
 
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            cursor = conn.execute(
-                "UPDATE calls SET status = ?, due_at = ?, lease_owner = NULL, ended_at = ?,"
-                " status_code = ?, response_headers = ?, response_body = ?,"
-                " response_truncated = ?, error = ?, error_kind = ?, attempt_started_at = ?,"
-                " attempt_log = json_insert(attempt_log, '$[#]', json(?)),"
-                " body = CASE WHEN ? THEN NULL ELSE body END,"
-                " callback_status = CASE WHEN ? AND callback_url IS NOT NULL"
-                "   THEN 'pending' ELSE callback_status END,"
-                " callback_due = CASE WHEN ? AND callback_url IS NOT NULL"
-                "   THEN ? ELSE callback_due END"
-                " WHERE call_id = ? AND status = 'running' AND attempts = ? AND lease_owner = ?",
-                (
-                    status,
-                    retry_at,
-                    result.ended_at if terminal else None,
-                    result.status_code,
-                    _headers_json(result.headers),
-                    result.body,
-                    int(result.truncated),
-                    result.error,
-                    result.error_kind,
-                    result.started_at,
-                    _attempt_json(info),
-                    terminal,
-                    terminal,
-                    terminal,
-                    now,
-                    lease.call_id,
-                    lease.attempt,
-                    lease.owner,
-                ),
-            )
-            done = cursor.rowcount == 1
-            if done and terminal:
-                self._depth -= 1
-            return done
+    async def release(self, lease: LeasedCall) -> bool:
+        return await self._change(
+            lease.call_id,
+            lambda state, now: transitions.release(
+                state, now, attempt=lease.attempt, owner=lease.owner
+            ),
+            wake_calls=True,
+        )
 
-        return cast(bool, await self._submit(op, wake_calls=not terminal, wake_callbacks=terminal))
+    async def complete(self, lease: LeasedCall, result: AttemptResult) -> bool:
+        return await self._change(
+            lease.call_id,
+            lambda state, now: transitions.succeed(
+                state, now, attempt=lease.attempt, owner=lease.owner, result=result
+            ),
+            wake_callbacks=True,
+        )
+
+    async def retry(self, lease: LeasedCall, result: AttemptResult, at: float) -> bool:
+        return await self._change(
+            lease.call_id,
+            lambda state, now: transitions.retry(
+                state, now, attempt=lease.attempt, owner=lease.owner, result=result, at=at
+            ),
+            wake_calls=True,
+        )
+
+    async def fail(self, lease: LeasedCall, result: AttemptResult) -> bool:
+        return await self._change(
+            lease.call_id,
+            lambda state, now: transitions.fail(
+                state, now, attempt=lease.attempt, owner=lease.owner, result=result
+            ),
+            wake_callbacks=True,
+        )
 
     async def cancel(self, call_id: str) -> CancelOutcome:
         def op(conn: sqlite3.Connection, now: float) -> CancelOutcome:
-            row = conn.execute("SELECT status FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-            if row is None:
+            after = self._transition(conn, call_id, lambda state: transitions.cancel(state, now))
+            if after is None:
                 return "not_found"
-            if row[0] == "running":
-                return "running"
-            if row[0] in TERMINAL:
-                return "finished"
-            conn.execute(
-                "UPDATE calls SET status = 'cancelled', due_at = NULL, ended_at = ?,"
-                " body = NULL, callback_status = CASE WHEN callback_url IS NOT NULL"
-                " THEN 'skipped' END WHERE call_id = ?",
-                (now, call_id),
-            )
-            self._depth -= 1
+            if isinstance(after, Refused):
+                return cast(CancelOutcome, after.reason)
             return "cancelled"
 
         return cast(CancelOutcome, await self._submit(op))
@@ -723,48 +662,18 @@ class SqliteQueue:
 
         def op(conn: sqlite3.Connection, now: float) -> CallbackBatch:
             rows = conn.execute(
-                f"SELECT {_CALLBACK_COLUMNS} FROM calls WHERE callback_due <= ?"
-                " ORDER BY callback_due LIMIT ?",
+                f"SELECT seq, call_id, function, callback_url, {STATE_COLUMNS} FROM calls"
+                " WHERE callback_due <= ? ORDER BY callback_due LIMIT ?",
                 (now, limit),
             ).fetchall()
             jobs: builtins.list[CallbackJob] = []
-            expires = now + lease_for
-            for row in rows:
-                (seq, call_id, function, url, status, status_code, headers, body) = row[:8]
-                (truncated, error, error_kind, started_at, ended_at, attempts) = row[8:14]
-                (created_at, callback_attempts, previous_owner) = row[14:]
-                log_sql = "callback_log"
-                params: builtins.list[Any] = [owner, expires]
-                if previous_owner is not None:
-                    log_sql = "json_insert(callback_log, '$[#]', json(?))"
-                    lost = CallbackAttempt(callback_attempts, now, now, None, _CALLBACK_INTERRUPTED)
-                    params.append(_callback_attempt_json(lost))
-                conn.execute(
-                    "UPDATE calls SET callback_attempts = callback_attempts + 1,"
-                    f" callback_owner = ?, callback_due = ?, callback_log = {log_sql}"
-                    " WHERE seq = ?",
-                    (*params, seq),
-                )
+            for seq, call_id, function, url, *state in rows:
+                before = state_of(state)
+                after = transitions.lease_callback(before, now, owner=owner, lease_for=lease_for)
+                assert isinstance(after, CallState), after  # selected as due
+                self._save(conn, seq, before, after)
                 jobs.append(
-                    CallbackJob(
-                        call_id=call_id,
-                        function=function,
-                        url=url,
-                        attempt=callback_attempts + 1,
-                        expires=expires,
-                        owner=owner,
-                        status=status,
-                        status_code=status_code,
-                        headers=_headers_from(headers),
-                        body=bytes(body or b""),
-                        truncated=bool(truncated),
-                        error=error,
-                        error_kind=error_kind,
-                        started_at=started_at,
-                        ended_at=ended_at,
-                        call_attempts=attempts,
-                        created_at=created_at,
-                    )
+                    transitions.callback_job(after, call_id=call_id, function=function, url=url)
                 )
             next_due = None
             if len(jobs) < limit:
@@ -779,44 +688,39 @@ class SqliteQueue:
         await _wait(self._callbacks_event, timeout)
 
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
-        return await self._callback_end(job, attempt, "delivered", None)
+        return await self._change(
+            job.call_id,
+            lambda state, now: transitions.deliver_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt
+            ),
+        )
 
     async def callback_retry(self, job: CallbackJob, attempt: CallbackAttempt, at: float) -> bool:
-        return await self._callback_end(job, attempt, "pending", at)
+        return await self._change(
+            job.call_id,
+            lambda state, now: transitions.retry_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt, at=at
+            ),
+            wake_callbacks=True,
+        )
 
     async def callback_failed(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
-        return await self._callback_end(job, attempt, "failed", None)
-
-    async def _callback_end(
-        self, job: CallbackJob, attempt: CallbackAttempt, status: CallbackStatus, at: float | None
-    ) -> bool:
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            cursor = conn.execute(
-                "UPDATE calls SET callback_status = ?, callback_due = ?, callback_owner = NULL,"
-                " callback_log = json_insert(callback_log, '$[#]', json(?))"
-                " WHERE call_id = ? AND callback_attempts = ? AND callback_owner = ?",
-                (
-                    status,
-                    at,
-                    _callback_attempt_json(attempt),
-                    job.call_id,
-                    job.attempt,
-                    job.owner,
-                ),
-            )
-            return cursor.rowcount == 1
-
-        return cast(bool, await self._submit(op, wake_callbacks=at is not None))
+        return await self._change(
+            job.call_id,
+            lambda state, now: transitions.fail_callback(
+                state, attempt=job.attempt, owner=job.owner, record=attempt
+            ),
+        )
 
     # -- records --------------------------------------------------------------------------
 
     async def get(self, call_id: str) -> ActivationRecord | None:
         def read(conn: sqlite3.Connection) -> ActivationRecord | None:
             row = conn.execute(
-                f"SELECT {_RECORD_COLUMNS}, response_body FROM calls WHERE call_id = ?",
+                f"SELECT {_RECORD_BODY_COLUMNS} FROM calls WHERE call_id = ?",
                 (call_id,),
             ).fetchone()
-            return None if row is None else _record(row[:-1], row[-1])
+            return None if row is None else _record(row)
 
         return await self._read(read)
 
@@ -826,7 +730,7 @@ class SqliteQueue:
                 conn.execute(
                     "DELETE FROM calls WHERE seq IN (SELECT seq FROM calls WHERE ended_at < ?"
                     " AND (callback_status IS NULL"
-                    "   OR callback_status IN ('delivered', 'failed', 'skipped'))"
+                    f"   OR callback_status IN ({_DONE_CALLBACKS}))"
                     " LIMIT ?)",
                     (ended_before, _PURGE_CHUNK),
                 ).rowcount
@@ -868,7 +772,7 @@ class SqliteQueue:
                 f"SELECT {_RECORD_COLUMNS}, seq FROM calls{where} ORDER BY seq DESC LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
-            items = [_record(row[:-1], None) for row in rows[:limit]]
+            items = [_record(row[:-1]) for row in rows[:limit]]
             cursor = str(rows[limit - 1][-1]) if len(rows) > limit else None
             return ActivationPage(items, cursor)
 
@@ -885,53 +789,18 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         pass
 
 
-def _record(row: Iterable[Any], body: bytes | None) -> ActivationRecord:
-    (
-        call_id,
-        function,
-        status,
-        attempts,
-        created_at,
-        method,
-        path,
-        query,
-        due_at,
-        started_at,
-        ended_at,
-        status_code,
-        response_headers,
-        response_truncated,
-        error,
-        error_kind,
-        idempotency_key,
-        callback_url,
-        callback_status,
-        callback_attempts,
-        attempt_log,
-        callback_log,
-    ) = row
-    return ActivationRecord(
+def _record(row: Sequence[Any]) -> ActivationRecord:
+    """The record from the :data:`_RECORD_COLUMNS` of a row."""
+    (call_id, function, method, path, query, key, callback_url) = row[:7]
+    state = state_of(row[7:])
+    return transitions.activation(
+        state,
         call_id=call_id,
         function=function,
-        status=cast(Status, status),
-        attempts=attempts,
-        created_at=created_at,
         method=method,
         path=path,
         query=query,
-        due_at=due_at,
-        started_at=started_at,
-        ended_at=ended_at,
-        status_code=status_code,
-        response_headers=_headers_from(response_headers),
-        response_body=None if body is None else bytes(body),
-        response_truncated=bool(response_truncated),
-        error=error,
-        error_kind=cast("ErrorKind | None", error_kind),
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         callback_url=callback_url,
-        callback_status=cast("CallbackStatus | None", callback_status),
-        callback_attempts=callback_attempts,
-        attempt_log=_attempt_log(attempt_log),
-        callback_log=_callback_log(callback_log),
+        response_body=state.response_body,
     )
