@@ -359,7 +359,6 @@ def test_a_slow_sync_call_with_prefer_wait_turns_asynchronous(
     assert (fast.status, fast.body) == (200, b"ok after 1\n")
     assert fast.headers["X-Call-Id"]
 
-    began = time.monotonic()
     slow = w.post(
         f"/function/flaky/x?{w.flaky('slow', sleep=2)}",
         b"in",
@@ -367,8 +366,9 @@ def test_a_slow_sync_call_with_prefer_wait_turns_asynchronous(
         X_Callback_Url=receiver_started.url,
     )
     assert slow.status == 202, slow.text
-    assert time.monotonic() - began < 2  # answered before the function ended
     call_id = slow.headers["X-Call-Id"]
+    # Answered before the function ended: the record it names is still running (an event,
+    # where a wall-clock bound flaked on a loaded machine).
     assert _json(slow)["status"] == "running"
     record = w.wait_for_status(call_id, "succeeded")
     assert record["attempts"] == 1
