@@ -58,6 +58,15 @@ def connection_tokens(headers: Headers) -> set[str]:
     return tokens
 
 
+def connection_tokens_of(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """:func:`connection_tokens` of headers given as (name, value) pairs."""
+    tokens: set[str] = set()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(","))
+    return tokens
+
+
 def forwarded_pairs(
     request: ForwardedRequest, extra: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:

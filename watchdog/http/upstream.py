@@ -298,7 +298,12 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
 
     def send(
-        self, method: str, head: bytes, body: bytes | None, stream: BodySource | None, chunked: bool
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | bytearray | None,
+        stream: BodySource | None,
+        chunked: bool,
     ) -> asyncio.Future[UpstreamResponse]:
         """Write a request and return the future of its response's head."""
         assert self.transport is not None
@@ -420,7 +425,7 @@ class UpstreamPool:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | bytearray | None = None,
         *,
         stream: BodySource | None = None,
         content_length: int | None = None,
@@ -513,7 +518,7 @@ def _request_head(
     method: str,
     target: str,
     headers: Sequence[tuple[str, str]],
-    body: bytes | None,
+    body: bytes | bytearray | None,
     stream: BodySource | None,
     content_length: int | None,
 ) -> bytes:
