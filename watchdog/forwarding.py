@@ -7,7 +7,7 @@ client's Host goes on as ``X-Forwarded-Host`` and ``X-Forwarded-For/Proto`` are 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -102,7 +102,7 @@ def forwarded_headers(
     return CIMultiDict(forwarded_pairs(request, extra))
 
 
-def returned_pairs(headers: Iterable[tuple[str, str]], tokens: set[str]) -> list[tuple[str, str]]:
+def returned_pairs(headers: Iterable[tuple[str, str]], tokens: Set[str]) -> list[tuple[str, str]]:
     """A response's end-to-end headers: without hop-by-hop ones, those named in its
     ``Connection`` (``tokens``, see :func:`connection_tokens`) and Content-Length, which the
     proxy's own framing decides."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Sequence
 from typing import Protocol, cast
 
@@ -26,6 +27,7 @@ IDLE_TIMEOUT = 30.0
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _CHUNK_END = b"0\r\n\r\n"
+_NO_TOKENS: frozenset[str] = frozenset()
 
 
 def encode(text: str) -> bytes:
@@ -62,6 +64,8 @@ class UpstreamResponse:
         "headers",
         "content_length",
         "chunked",
+        "typed",
+        "connection_tokens",
         "keep_alive",
         "complete",
         "_connection",
@@ -79,6 +83,10 @@ class UpstreamResponse:
         """As received, in order, hop-by-hop ones included."""
         self.content_length: int | None = None
         self.chunked = False
+        self.typed = False
+        """It has a Content-Type."""
+        self.connection_tokens: frozenset[str] | set[str] = _NO_TOKENS
+        """The header names its Connection header lists (lower case): hop-by-hop too."""
         self.keep_alive = False
         self.complete = False
         """The whole body has arrived (it may still be buffered here, unread)."""
@@ -173,6 +181,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -251,8 +260,14 @@ class _Connection(asyncio.Protocol):
         lower = header.lower()
         if lower == "content-length":
             response.content_length = int(text) if text.isdigit() else None
+        elif lower == "content-type":
+            response.typed = True
         elif lower == "transfer-encoding":
             response.chunked = "chunked" in text.lower()
+        elif lower == "connection":
+            response.connection_tokens = response.connection_tokens | {
+                t.strip().lower() for t in text.split(",")
+            }
 
     def on_headers_complete(self) -> None:
         response = self._response
@@ -307,7 +322,7 @@ class _Connection(asyncio.Protocol):
     ) -> asyncio.Future[UpstreamResponse]:
         """Write a request and return the future of its response's head."""
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._head = head_future = loop.create_future()
         self._head_only = method == "HEAD"
         self._received_any = False
@@ -349,7 +364,7 @@ class _Connection(asyncio.Protocol):
             self._abort(exc)
 
     async def _drained(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self.loop.create_future()
         await self._drain
 
     def finished(self, response_read_whole: bool) -> None:
@@ -480,7 +495,7 @@ class UpstreamPool:
             connection.close()
 
     async def _connection(self) -> _Connection:
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # (get_running_loop costs a getpid() on Python 3.11)
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -505,7 +520,7 @@ class UpstreamPool:
     # -- called by connections --------------------------------------------------------------
 
     def keep(self, connection: _Connection) -> None:
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
     def forget(self, connection: _Connection) -> None:

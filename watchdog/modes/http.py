@@ -17,7 +17,7 @@ import logging
 from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
-from ..forwarding import connection_tokens_of, forwarded_pairs, returned_pairs
+from ..forwarding import forwarded_pairs, returned_pairs
 from ..http import Request, Response, StreamResponse
 from ..http.tunnel import Tunnel
 from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
@@ -181,12 +181,14 @@ class HttpRunner:
         if not self._available:
             return text_response(503, "Upstream is not running; it is being restarted\n", started)
         timeout = self._deadline(request)
-        exchange = _Exchange(self._read_deadline())
+        read_timeout = self.config.read_timeout
+        # (Monotonic time is the loop's time; asking the loop would cost a getpid() on 3.11.)
+        exchange = _Exchange(started + read_timeout if read_timeout else None)
         try:
+            if timeout is None:
+                return await self._route(request, started, exchange)
             async with asyncio.timeout(timeout):
-                if _is_websocket(request):
-                    return await self._proxy_upgrade(request, started, exchange)
-                return await self._proxy(request, started, exchange)
+                return await self._route(request, started, exchange)
         except TimeoutError:
             return self._timed_out(request, started, timeout, exchange)
         except BodyTimeout:
@@ -210,9 +212,10 @@ class HttpRunner:
         finally:
             exchange.release()
 
-    def _read_deadline(self) -> float | None:
-        read_timeout = self.config.read_timeout
-        return asyncio.get_running_loop().time() + read_timeout if read_timeout else None
+    async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
+        if _is_websocket(request):
+            return await self._proxy_upgrade(request, started, exchange)
+        return await self._proxy(request, started, exchange)
 
     def _deadline(self, request: Request) -> float | None:
         """exec_timeout, shortened (never lengthened) by a valid X-Timeout header."""
@@ -264,7 +267,7 @@ class HttpRunner:
             length is not None
             and length <= WHOLE_BODY_LIMIT
             and request.method != "HEAD"
-            and any(name.lower() == "content-type" for name, _ in headers)
+            and upstream.typed
         ):
             # (Without a Content-Type of its own a whole Response would be given a default.)
             whole = Response(upstream.status, reason=upstream.reason, body=await upstream.read())
@@ -383,7 +386,7 @@ async def _read_whole(request: Request, body: _BodyState, limit: int | None) -> 
 
 
 def _returned_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
-    return returned_pairs(upstream.headers, connection_tokens_of(upstream.headers))
+    return returned_pairs(upstream.headers, upstream.connection_tokens)
 
 
 def _switching_head(upstream: UpstreamResponse) -> bytes:
