@@ -81,7 +81,8 @@ class HttpProtocol(asyncio.Protocol):
         # The head being parsed.
         self._url = b""
         self._headers: CIMultiDict[str] = CIMultiDict()
-        self._head_size = 0
+        self._head_size = 0  # raw bytes received in the head, bounding what llhttp buffers
+        self._header_bytes = 0
         self._in_head = False
         self._body: BodyStream | None = None
         self._expect_continue = False
@@ -133,7 +134,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_size += len(data)
-            if self._head_size > self._limits.max_head:
+            if self._head_size > self._limits.max_head + self._limits.max_field:
                 self._refuse(431, "request header block too large")
                 return
         try:
@@ -169,6 +170,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = CIMultiDict()
         self._in_head = True
         self._head_size = 0
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -176,8 +178,12 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refused(414, f"request target longer than {self._limits.max_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self._limits.max_field:
+        size = len(name) + len(value)
+        if size > self._limits.max_field:
             raise _Refused(431, f"header line longer than {self._limits.max_field} bytes")
+        self._header_bytes += size + 4  # with ": " and CRLF
+        if self._header_bytes > self._limits.max_head:
+            raise _Refused(431, f"header block longer than {self._limits.max_head} bytes")
         self._headers.add(name.decode("latin-1"), value.decode("utf-8", errors="surrogateescape"))
 
     def on_headers_complete(self) -> None:
