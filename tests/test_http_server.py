@@ -76,8 +76,9 @@ def test_pipelined_requests_are_answered_in_order(start_watchdog) -> None:
     assert first < second < third < reply.index(b"\r\n\r\nOK"), reply
 
 
-def test_http_1_0_and_connection_close_end_the_connection(start_watchdog) -> None:
-    wd = start_watchdog(fprocess="cat")
+@pytest.mark.parametrize("mode", ["auto", "streaming"])
+def test_http_1_0_and_connection_close_end_the_connection(start_watchdog, mode: str) -> None:
+    wd = start_watchdog(fprocess="cat", mode=mode)  # streaming: no chunks for HTTP/1.0
     reply = _exchange(wd.port, b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi")
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nhi"), reply
     assert b"\r\nConnection: close\r\n" in reply
@@ -169,7 +170,7 @@ async def _upgrade_round_trip() -> tuple[bytes, bytes]:
         return StreamResponse(status=101)
 
     server = HttpServer(handle, Limits(None, 1024, 1024, 65536), lambda peer, reason: None)
-    await server.listen(0)
+    await server.listen(0, host="127.0.0.1")
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(

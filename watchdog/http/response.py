@@ -172,8 +172,9 @@ class StreamResponse:
             self._chunked = True
             if not self._head_only:
                 headers["Transfer-Encoding"] = "chunked"
-        elif not self._head_only:
-            keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
+        else:
+            self._chunked = False  # HTTP/1.0 has no chunks: the end of the body is the close
+            keep_alive = keep_alive and self._head_only
         self._keep_alive = keep_alive
         if not keep_alive:
             headers["Connection"] = "close"
