@@ -91,6 +91,7 @@ class HttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._current: Request | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None  # loop time a head has been awaited since
         self._parsing = True  # False after an upgrade or a refused head: bytes are not HTTP
         self._after_head = bytearray()
         self._detached = False
@@ -109,7 +110,7 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self._sockname = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else ""
         self._state.connections.add(self)
-        self._arm_timer()
+        self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -189,7 +190,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         request = self._request()
-        self._cancel_timer()
+        self._waiting_since = None
         self._pipeline.append(request)
         if self._task is None:
             self._start_next()
@@ -210,8 +211,7 @@ class HttpProtocol(asyncio.Protocol):
         assert self._transport is not None
         parser = self._parser
         headers = self._headers
-        major, _, minor = parser.get_http_version().partition(".")
-        version = (int(major or 0), int(minor or 0))
+        version = _version(parser.get_http_version())
         if version >= (1, 1) and "Host" not in headers:
             raise _Refused(400, "missing Host header")
         length = _content_length(headers)
@@ -297,7 +297,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._pipeline:
             self._start_next()
         elif self._parsing:
-            self._arm_timer()
+            self._await_head()
         else:
             self._close()  # a refused head or an upgrade that was answered without one
 
@@ -397,11 +397,26 @@ class HttpProtocol(asyncio.Protocol):
         self.write_head(head, response.body)
         self._close()
 
-    def _arm_timer(self) -> None:
+    def _await_head(self) -> None:
+        """Start the head timeout. One timer per connection, re-armed only when it fires:
+        far cheaper than a new timer per request on a keep-alive connection."""
         timeout = self._limits.head_timeout
-        if timeout is not None and not self._closed:
-            self._cancel_timer()
-            self._timer = self._loop.call_later(timeout, self._close)
+        if timeout is None or self._closed:
+            return
+        self._waiting_since = now = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        timeout = self._limits.head_timeout
+        if self._waiting_since is None or timeout is None or self._closed:
+            return  # a request is in hand; the next wait for a head arms the timer again
+        deadline = self._waiting_since + timeout
+        if self._loop.time() >= deadline - 0.001:  # timers may fire a little early
+            self._close()  # the client took too long to send a head
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -434,6 +449,17 @@ class _Unparsed:
 
 
 _REFUSAL_CONTEXT = _Unparsed()
+
+
+_VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
+
+
+def _version(text: str) -> tuple[int, int]:
+    version = _VERSIONS.get(text)
+    if version is None:
+        major, _, minor = text.partition(".")
+        version = (int(major or 0), int(minor or 0))
+    return version
 
 
 def _content_length(headers: CIMultiDict[str]) -> int | None:
