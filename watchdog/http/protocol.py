@@ -253,7 +253,9 @@ class HttpProtocol(asyncio.Protocol):
     async def _handle(self, request: Request) -> None:
         try:
             response = await self._state.handler(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled: the client went away, or draining is over. ConnectionError: the
+            # client went away, or its body broke off malformed, while the handler read it.
             self._abort()
             self._task_done()
             return
