@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, RunningWatchdog, stop_process, wait_until_serving, watchdog_env
 
-from watchdog.http import HttpServer, Limits, Request, Response, StreamResponse
+from watchdog.http import Handler, HttpServer, Limits, Request, Response, StreamResponse
 
 # The real entry point, reporting at exit which modules it loaded.
 _REPORTING_ENTRY = (
@@ -191,3 +191,65 @@ def test_an_upgrade_hands_the_connection_and_its_early_bytes_over() -> None:
     head, echoed = asyncio.run(_upgrade_round_trip())
     assert head.startswith(b"HTTP/1.1 101 "), head
     assert echoed == b"earlylater"
+
+
+async def _serve_one(handle: Handler, data: bytes) -> bytes:
+    """``data`` sent to a server running ``handle``; its whole answer, until it closes."""
+    server = HttpServer(handle, Limits(None, 1024, 1024, 65536), lambda peer, reason: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        reply = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_a_failing_handler_is_a_500_before_its_head_and_a_cut_after() -> None:
+    async def fail_early(request: Request) -> StreamResponse:
+        raise RuntimeError("boom")
+
+    async def fail_late(request: Request) -> StreamResponse:
+        response = StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial")
+        raise RuntimeError("boom")
+
+    ask = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    early = asyncio.run(_serve_one(fail_early, ask))
+    assert early.startswith(b"HTTP/1.1 500 ") and b"\r\nConnection: close\r\n" in early, early
+    late = asyncio.run(_serve_one(fail_late, ask))
+    assert late.startswith(b"HTTP/1.1 200 ") and late.count(b"HTTP/1.1") == 1, late
+    assert b"partial" in late and not late.endswith(b"0\r\n\r\n"), late  # no final chunk
+
+
+async def _cancelled_on_disconnect() -> bool:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def wait_forever(request: Request) -> StreamResponse:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response()
+
+    server = HttpServer(wait_forever, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await started.wait()
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 10)
+    finally:
+        await server.shutdown(5)
+    return cancelled.is_set()
+
+
+def test_the_handler_is_cancelled_when_the_client_goes_away() -> None:
+    assert asyncio.run(_cancelled_on_disconnect())

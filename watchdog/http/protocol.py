@@ -89,7 +89,7 @@ class HttpProtocol(asyncio.Protocol):
         # Requests parsed, in order: the one being handled first.
         self._pipeline: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._current: Request | None = None
+        self._head_sent = False  # for the request being handled
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None  # loop time a head has been awaited since
         self._parsing = True  # False after an upgrade or a refused head: bytes are not HTTP
@@ -245,7 +245,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start_next(self) -> None:
         request = self._pipeline[0]
-        self._current = request
+        self._head_sent = False
         self._task = self._loop.create_task(self._handle(request))
         if self._reading_paused and len(self._pipeline) <= _PIPELINE_LIMIT:
             self.resume_reading()
@@ -261,6 +261,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         except Exception:
             log.exception("Error handling %s %s", request.method, request.path)
+            if self._head_sent:  # too late for a 500: an incomplete answer says it
+                self._abort()
+                self._task_done()
+                return
             response = Response(status=500, text="Internal Server Error\n")
             response.force_close()
         if self._detached:
@@ -278,7 +282,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _task_done(self) -> None:
         self._task = None
-        self._current = None
         if self._pipeline:
             self._pipeline.popleft()
         self._check_finished()
@@ -313,6 +316,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is None or self._closed:
             raise ConnectionResetError("the client closed the connection")
         self._expect_continue = False  # answered without the body: no 100 Continue now
+        self._head_sent = True
         self._transport.write(head + body if body else head)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
