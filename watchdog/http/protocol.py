@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -31,18 +30,23 @@ _PIPELINE_LIMIT = 16  # queued requests that pause reading from the client
 _UPGRADE_BUFFER_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
 class Limits:
-    """What one connection may send and how long it may take."""
+    """What one connection may send and how long it may take. (A plain class: a dataclass
+    costs a millisecond of start-up to build.)"""
 
-    head_timeout: float | None
-    """How long a client may take to send a request head, and stay idle between requests."""
-    max_line: int
-    """Longest request target (414 past it)."""
-    max_field: int
-    """Longest header line (431 past it)."""
-    max_head: int
-    """Longest request head in all (431 past it)."""
+    __slots__ = ("head_timeout", "max_line", "max_field", "max_head")
+
+    def __init__(
+        self, head_timeout: float | None, max_line: int, max_field: int, max_head: int
+    ) -> None:
+        self.head_timeout = head_timeout
+        """How long a client may take to send a request head, and stay idle between them."""
+        self.max_line = max_line
+        """Longest request target (414 past it)."""
+        self.max_field = max_field
+        """Longest header line (431 past it)."""
+        self.max_head = max_head
+        """Longest request head in all (431 past it)."""
 
 
 class ServerState:
@@ -445,13 +449,12 @@ class HttpProtocol(asyncio.Protocol):
             self.finished.set_result(None)
 
 
-@dataclass(frozen=True, slots=True)
 class _Unparsed:
     """The request a refusal answers, as far as framing is concerned: none was parsed."""
 
-    method: str = "GET"
-    version: tuple[int, int] = (1, 1)
-    keep_alive: bool = False
+    method = "GET"
+    version = (1, 1)
+    keep_alive = False
 
 
 _REFUSAL_CONTEXT = _Unparsed()
