@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -110,6 +109,8 @@ class _HandlerCollector(Collector):
         self._processes = processes
 
     def collect(self) -> Iterator[Metric]:
+        import psutil  # on the first scrape, not at start-up
+
         running = self._processes.running
         rss, cpu = 0, 0.0
         for child in running:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mimetypes
 import os
 import time
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -124,6 +123,8 @@ def _if_range_holds(request: Request, etag: str) -> bool:
 def _parse_date(value: str | None) -> float | None:
     if not value:
         return None
+    from email.utils import parsedate_to_datetime  # only conditional requests pay for it
+
     try:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -31,18 +30,23 @@ _PIPELINE_LIMIT = 16  # queued requests that pause reading from the client
 _UPGRADE_BUFFER_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
 class Limits:
-    """What one connection may send and how long it may take."""
+    """What one connection may send and how long it may take. (A plain class: a dataclass
+    costs a millisecond of start-up to build.)"""
 
-    head_timeout: float | None
-    """How long a client may take to send a request head, and stay idle between requests."""
-    max_line: int
-    """Longest request target (414 past it)."""
-    max_field: int
-    """Longest header line (431 past it)."""
-    max_head: int
-    """Longest request head in all (431 past it)."""
+    __slots__ = ("head_timeout", "max_line", "max_field", "max_head")
+
+    def __init__(
+        self, head_timeout: float | None, max_line: int, max_field: int, max_head: int
+    ) -> None:
+        self.head_timeout = head_timeout
+        """How long a client may take to send a request head, and stay idle between them."""
+        self.max_line = max_line
+        """Longest request target (414 past it)."""
+        self.max_field = max_field
+        """Longest header line (431 past it)."""
+        self.max_head = max_head
+        """Longest request head in all (431 past it)."""
 
 
 class ServerState:
@@ -81,15 +85,17 @@ class HttpProtocol(asyncio.Protocol):
         # The head being parsed.
         self._url = b""
         self._headers: CIMultiDict[str] = CIMultiDict()
-        self._head_size = 0
+        self._head_size = 0  # raw bytes received in the head, bounding what llhttp buffers
+        self._header_bytes = 0
         self._in_head = False
         self._body: BodyStream | None = None
         self._expect_continue = False
         # Requests parsed, in order: the one being handled first.
         self._pipeline: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._current: Request | None = None
+        self._head_sent = False  # for the request being handled
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None  # loop time a head has been awaited since
         self._parsing = True  # False after an upgrade or a refused head: bytes are not HTTP
         self._after_head = bytearray()
         self._detached = False
@@ -108,7 +114,7 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self._sockname = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else ""
         self._state.connections.add(self)
-        self._arm_timer()
+        self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -133,7 +139,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_size += len(data)
-            if self._head_size > self._limits.max_head:
+            if self._head_size > self._limits.max_head + self._limits.max_field:
                 self._refuse(431, "request header block too large")
                 return
         try:
@@ -169,6 +175,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = CIMultiDict()
         self._in_head = True
         self._head_size = 0
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -176,14 +183,18 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refused(414, f"request target longer than {self._limits.max_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self._limits.max_field:
+        size = len(name) + len(value)
+        if size > self._limits.max_field:
             raise _Refused(431, f"header line longer than {self._limits.max_field} bytes")
+        self._header_bytes += size + 4  # with ": " and CRLF
+        if self._header_bytes > self._limits.max_head:
+            raise _Refused(431, f"header block longer than {self._limits.max_head} bytes")
         self._headers.add(name.decode("latin-1"), value.decode("utf-8", errors="surrogateescape"))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         request = self._request()
-        self._cancel_timer()
+        self._waiting_since = None
         self._pipeline.append(request)
         if self._task is None:
             self._start_next()
@@ -204,8 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         assert self._transport is not None
         parser = self._parser
         headers = self._headers
-        major, _, minor = parser.get_http_version().partition(".")
-        version = (int(major or 0), int(minor or 0))
+        version = _version(parser.get_http_version())
         if version >= (1, 1) and "Host" not in headers:
             raise _Refused(400, "missing Host header")
         length = _content_length(headers)
@@ -239,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start_next(self) -> None:
         request = self._pipeline[0]
-        self._current = request
+        self._head_sent = False
         self._task = self._loop.create_task(self._handle(request))
         if self._reading_paused and len(self._pipeline) <= _PIPELINE_LIMIT:
             self.resume_reading()
@@ -247,12 +257,18 @@ class HttpProtocol(asyncio.Protocol):
     async def _handle(self, request: Request) -> None:
         try:
             response = await self._state.handler(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled: the client went away, or draining is over. ConnectionError: the
+            # client went away, or its body broke off malformed, while the handler read it.
             self._abort()
             self._task_done()
             return
         except Exception:
             log.exception("Error handling %s %s", request.method, request.path)
+            if self._head_sent:  # too late for a 500: an incomplete answer says it
+                self._abort()
+                self._task_done()
+                return
             response = Response(status=500, text="Internal Server Error\n")
             response.force_close()
         if self._detached:
@@ -270,7 +286,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _task_done(self) -> None:
         self._task = None
-        self._current = None
         if self._pipeline:
             self._pipeline.popleft()
         self._check_finished()
@@ -291,7 +306,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._pipeline:
             self._start_next()
         elif self._parsing:
-            self._arm_timer()
+            self._await_head()
         else:
             self._close()  # a refused head or an upgrade that was answered without one
 
@@ -305,6 +320,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is None or self._closed:
             raise ConnectionResetError("the client closed the connection")
         self._expect_continue = False  # answered without the body: no 100 Continue now
+        self._head_sent = True
         self._transport.write(head + body if body else head)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -391,11 +407,26 @@ class HttpProtocol(asyncio.Protocol):
         self.write_head(head, response.body)
         self._close()
 
-    def _arm_timer(self) -> None:
+    def _await_head(self) -> None:
+        """Start the head timeout. One timer per connection, re-armed only when it fires:
+        far cheaper than a new timer per request on a keep-alive connection."""
         timeout = self._limits.head_timeout
-        if timeout is not None and not self._closed:
-            self._cancel_timer()
-            self._timer = self._loop.call_later(timeout, self._close)
+        if timeout is None or self._closed:
+            return
+        self._waiting_since = now = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        timeout = self._limits.head_timeout
+        if self._waiting_since is None or timeout is None or self._closed:
+            return  # a request is in hand; the next wait for a head arms the timer again
+        deadline = self._waiting_since + timeout
+        if self._loop.time() >= deadline - 0.001:  # timers may fire a little early
+            self._close()  # the client took too long to send a head
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -418,16 +449,26 @@ class HttpProtocol(asyncio.Protocol):
             self.finished.set_result(None)
 
 
-@dataclass(frozen=True, slots=True)
 class _Unparsed:
     """The request a refusal answers, as far as framing is concerned: none was parsed."""
 
-    method: str = "GET"
-    version: tuple[int, int] = (1, 1)
-    keep_alive: bool = False
+    method = "GET"
+    version = (1, 1)
+    keep_alive = False
 
 
 _REFUSAL_CONTEXT = _Unparsed()
+
+
+_VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
+
+
+def _version(text: str) -> tuple[int, int]:
+    version = _VERSIONS.get(text)
+    if version is None:
+        major, _, minor = text.partition(".")
+        version = (int(major or 0), int(minor or 0))
+    return version
 
 
 def _content_length(headers: CIMultiDict[str]) -> int | None:

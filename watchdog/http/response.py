@@ -58,6 +58,18 @@ def reason_for(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+_STATUS_LINES: dict[int, str] = {}
+
+
+def _status_line(status: int, reason: str | None) -> str:
+    if reason is not None:
+        return f"HTTP/1.1 {status} {reason}\r\n"
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason_for(status)}\r\n"
+    return line
+
+
 def has_no_body(status: int) -> bool:
     return status < 200 or status in _NO_BODY_STATUSES
 
@@ -172,8 +184,9 @@ class StreamResponse:
             self._chunked = True
             if not self._head_only:
                 headers["Transfer-Encoding"] = "chunked"
-        elif not self._head_only:
-            keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
+        else:
+            self._chunked = False  # HTTP/1.0 has no chunks: the end of the body is the close
+            keep_alive = keep_alive and self._head_only
         self._keep_alive = keep_alive
         if not keep_alive:
             headers["Connection"] = "close"
@@ -181,8 +194,7 @@ class StreamResponse:
             headers["Connection"] = "keep-alive"
         if "Date" not in headers:
             headers["Date"] = http_date()
-        reason = self.reason or reason_for(self.status)
-        lines = [f"HTTP/1.1 {self.status} {reason}\r\n"]
+        lines = [_status_line(self.status, self.reason)]
         lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
         lines.append("\r\n")
         return "".join(lines).encode("utf-8", errors="surrogateescape")

@@ -15,10 +15,14 @@ class HttpServer:
         self._state = ServerState(handler, limits, bad_request)
         self._server: asyncio.Server | None = None
 
-    async def listen(self, port: int, *, reuse_address: bool = False) -> None:
+    async def listen(
+        self, port: int, *, host: str | None = None, reuse_address: bool = False
+    ) -> None:
+        """Listen on ``port`` of ``host`` (None: every interface, IPv4 and IPv6, each its own
+        socket, so port 0 would give each its own port: pass a host with it)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(self._state), port=port, reuse_address=reuse_address
+            lambda: HttpProtocol(self._state), host=host, port=port, reuse_address=reuse_address
         )
         for sock in self._server.sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
