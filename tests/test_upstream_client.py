@@ -8,11 +8,20 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 import uvloop
-from conftest import FIXTURES, PYTHON, free_port, stop_process
+from conftest import (
+    FIXTURES,
+    PYTHON,
+    RunningWatchdog,
+    free_port,
+    stop_process,
+    wait_until_serving,
+    watchdog_env,
+)
 
 from watchdog.http.tunnel import Tunnel
 from watchdog.http.upstream import HIGH_WATER, UpstreamError, UpstreamPool, UpstreamResponse
@@ -350,3 +359,42 @@ def test_the_tunnel_relays_a_flood_whole(tunnel_port) -> None:  # type: ignore[n
         raise AssertionError("not served")
 
     assert run(scenario()) == 256 * 65536
+
+
+def test_http_mode_never_imports_aiohttp(tmp_path: Path) -> None:
+    # The real entry point, reporting at exit whether aiohttp was loaded.
+    entry = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('AIOHTTP=%s' % ('aiohttp' in sys.modules), flush=True))\n"
+        "runpy.run_module('watchdog', run_name='__main__')\n"
+    )
+    port = free_port()
+    env = watchdog_env(
+        tmp_path,
+        mode="http",
+        fprocess=f"{PYTHON} {FIXTURES / 'http_upstream.py'} {port}",
+        upstream_url=f"http://127.0.0.1:{port}",
+        kill_grace="2s",
+    )
+    log_path = tmp_path / "watchdog.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [PYTHON, "-c", entry], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    wd = RunningWatchdog(proc, int(env["port"]), int(env["metrics_port"]), log_path, tmp_path)
+    try:
+        wait_until_serving(wd)
+        # Proxied, a WebSocket included, and the watchdog never loaded aiohttp (its upstream,
+        # an aiohttp app, is another process).
+        assert wd.request("POST", "/echo", body=b"through").body == b"through"
+
+        async def talk() -> object:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{wd.url}/ws") as ws:
+                    await ws.send_str("hi")
+                    return (await ws.receive(timeout=5)).data
+
+        assert run(talk()) == "echo:hi"
+    finally:
+        stop_process(proc)
+    assert "AIOHTTP=False" in wd.logs(), wd.logs()
