@@ -312,6 +312,7 @@ class _TunnelServer(asyncio.Protocol):
         response = await self.pool.open(method, target, headers)  # type: ignore[arg-type]
         assert response.upgraded
         upstream, after = response.detach()
+        assert self.pool.open_connections == 0  # the pool lets go of it
         tunnel = Tunnel(self.transport, upstream, self.write_timeout)  # type: ignore[arg-type]
         self.transport.set_protocol(tunnel.client)
         answer = f"HTTP/1.1 101 {response.reason}\r\n"

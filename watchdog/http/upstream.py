@@ -151,6 +151,8 @@ class UpstreamResponse:
         head. The caller owns (and closes) it from now on."""
         connection, self._connection = self._connection, None
         assert connection is not None and connection.transport is not None and self.upgraded
+        connection.closed = True  # to the pool: it is no longer an HTTP connection
+        connection.pool.forget(connection)
         return connection.transport, connection.after_upgrade
 
     # -- fed by the connection --------------------------------------------------------------
@@ -489,6 +491,11 @@ class UpstreamPool:
         except BaseException:
             connection.close()
             raise
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or carrying a request."""
+        return len(self._open)
 
     def close(self) -> None:
         for connection in list(self._open):
