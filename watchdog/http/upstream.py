@@ -339,6 +339,17 @@ class _Connection(asyncio.Protocol):
             self._sender = loop.create_task(self._send_stream(stream, chunked))
         return head_future
 
+    def usable(self, now: float, idle_timeout: float) -> bool:
+        """Fit to carry another request: open (its end not even announced) and not idle for
+        so long that the upstream may be closing it right now."""
+        transport = self.transport
+        return (
+            not self.closed
+            and transport is not None
+            and not transport.is_closing()
+            and now - self.idle_since < idle_timeout
+        )
+
     def closed_before_answering(self) -> bool:
         """The connection was lost before any byte of an answer: safe to try again elsewhere
         when the request can be sent again."""
@@ -506,7 +517,7 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < self.idle_timeout:
+            if connection.usable(now, self.idle_timeout):
                 return connection
             connection.close()
         return await self._connect()
