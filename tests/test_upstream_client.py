@@ -117,6 +117,34 @@ def test_a_head_answer_has_no_body_whatever_its_length(upstream: int) -> None:
     run(scenario())
 
 
+class _SaysClose(asyncio.Protocol):
+    """Answers with ``Connection: close`` but leaves closing to the client."""
+
+    accepted = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        _SaysClose.accepted += 1
+
+    def data_received(self, data: bytes) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        self.transport.write(answer)  # type: ignore[attr-defined]
+
+
+def test_a_connection_the_upstream_means_to_close_is_not_reused() -> None:
+    async def scenario() -> None:
+        server, port = await _serve(_SaysClose)
+        async with server:
+            pool = UpstreamPool("127.0.0.1", port)
+            for _ in range(3):
+                response, body = await _answer(pool, "GET", "/")
+                assert body == b"ok" and not response.keep_alive
+            assert pool.opened == _SaysClose.accepted == 3 and pool.open_connections == 0
+            pool.close()
+
+    run(scenario())
+
+
 def test_streamed_bodies_with_and_without_a_length(plain_upstream: int) -> None:
     async def scenario() -> None:
         pool = UpstreamPool("127.0.0.1", plain_upstream)

@@ -144,7 +144,8 @@ class UpstreamResponse:
         """Return the connection to the pool if it can carry another request, else close it."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.finished(self.complete and self._error is None and not self._chunks)
+            reusable = self.complete and self.keep_alive and self._error is None
+            connection.finished(reusable and not self._chunks)
 
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         """For a ``101``: the raw connection, out of the pool, and the bytes that followed the
@@ -381,7 +382,8 @@ class _Connection(asyncio.Protocol):
         await self._drain
 
     def finished(self, response_read_whole: bool) -> None:
-        """The caller is done with the current response."""
+        """The caller is done with the current response (``response_read_whole``: to its end,
+        and it allows keep-alive)."""
         sender, self._sender = self._sender, None
         reusable = (
             response_read_whole
