@@ -345,9 +345,6 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._drain_waiter = None
 
-    def response_finished(self, response: StreamResponse) -> None:
-        return None
-
     # -- FlowControl: what body streams pause and resume ----------------------------------
 
     def pause_reading(self) -> None:
