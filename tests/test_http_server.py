@@ -253,3 +253,28 @@ async def _cancelled_on_disconnect() -> bool:
 
 def test_the_handler_is_cancelled_when_the_client_goes_away() -> None:
     assert asyncio.run(_cancelled_on_disconnect())
+
+
+async def _unread_body_then_another_request() -> tuple[bytes, bytes]:
+    async def ignore_body(request: Request) -> StreamResponse:
+        return Response(text=f"{request.method} {request.path}\n")
+
+    server = HttpServer(ignore_body, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        first = await reader.readuntil(b"POST /first\n")  # answered before its body came
+        writer.write(b"0123456789GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await reader.readuntil(b"GET /second\n")  # the same connection goes on
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return first, second
+
+
+def test_a_body_the_handler_did_not_read_is_dropped_and_the_connection_kept() -> None:
+    first, second = asyncio.run(_unread_body_then_another_request())
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, first
+    assert second.startswith(b"HTTP/1.1 200 "), second

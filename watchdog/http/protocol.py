@@ -28,6 +28,7 @@ BadRequestLog = Callable[[str | None, str], None]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE_LIMIT = 16  # queued requests that pause reading from the client
 _UPGRADE_BUFFER_LIMIT = 64 * 1024
+_LINGER_LIMIT = 1024 * 1024  # unwanted body bytes read and dropped to keep a connection
 
 
 class Limits:
@@ -94,6 +95,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pipeline: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._head_sent = False  # for the request being handled
+        self._lingering: tuple[Request, StreamResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None  # loop time a head has been awaited since
         self._parsing = True  # False after an upgrade or a refused head: bytes are not HTTP
@@ -202,14 +204,20 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
-        if self._body is not None:
-            self._body.feed_data(body)
+        body_stream = self._body
+        if body_stream is not None:
+            body_stream.feed_data(body)
+            if (body_stream.discarded or 0) > _LINGER_LIMIT:
+                self._close()  # too much unwanted body to wait for the end of
 
     def on_message_complete(self) -> None:
         if self._body is not None:
             self._body.feed_eof()
             self._body = None
         self._expect_continue = False
+        lingering, self._lingering = self._lingering, None
+        if lingering is not None:
+            self._after_response(*lingering)
 
     def _request(self) -> Request:
         assert self._transport is not None
@@ -293,6 +301,9 @@ class HttpProtocol(asyncio.Protocol):
     def _after_response(self, request: Request, response: StreamResponse) -> None:
         if self._closed:
             return
+        if not request.content.complete and self._parsing and not self._expect_continue:
+            self._linger(request, response)
+            return
         keep_alive = (
             response.keep_alive is not False
             and request.keep_alive
@@ -310,7 +321,14 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._close()  # a refused head or an upgrade that was answered without one
 
-    # -- Channel: what responses write through --------------------------------------------
+    def _linger(self, request: Request, response: StreamResponse) -> None:
+        """Read and drop the rest of a body the handler did not want, then go on as if it had
+        (:meth:`on_message_complete`): closing with unread bytes would make the kernel reset
+        the connection, and the client could lose the answer it is reading. The head timeout
+        and :data:`_LINGER_LIMIT` bound how long and how much."""
+        self._lingering = (request, response)
+        request.content.discard()
+        self._await_head()
 
     @property
     def channel(self) -> HttpProtocol:
@@ -319,7 +337,6 @@ class HttpProtocol(asyncio.Protocol):
     def write_head(self, head: bytes, body: bytes | bytearray | memoryview | None) -> None:
         if self._transport is None or self._closed:
             raise ConnectionResetError("the client closed the connection")
-        self._expect_continue = False  # answered without the body: no 100 Continue now
         self._head_sent = True
         self._transport.write(head + body if body else head)
 
@@ -345,9 +362,6 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._drain_waiter = None
 
-    def response_finished(self, response: StreamResponse) -> None:
-        return None
-
     # -- FlowControl: what body streams pause and resume ----------------------------------
 
     def pause_reading(self) -> None:
@@ -361,7 +375,8 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def body_wanted(self) -> None:
-        if self._expect_continue and self._transport is not None and not self._closed:
+        if self._expect_continue and not self._head_sent and not self._closed:
+            assert self._transport is not None
             self._expect_continue = False
             self._transport.write(_CONTINUE)
 

@@ -42,7 +42,17 @@ class BodyStream:
     ``readany`` returns b"" at the end; it raises ``ConnectionResetError`` if the client went
     away before the end, so that a truncated body is never taken for a whole one."""
 
-    __slots__ = ("_chunks", "_size", "_eof", "_error", "_waiter", "_flow", "_paused", "_wanted")
+    __slots__ = (
+        "_chunks",
+        "_size",
+        "_eof",
+        "_error",
+        "_waiter",
+        "_flow",
+        "_paused",
+        "_wanted",
+        "discarded",
+    )
 
     def __init__(self, flow: FlowControl | None, *, eof: bool = False) -> None:
         self._chunks: deque[bytes] = deque()
@@ -53,10 +63,14 @@ class BodyStream:
         self._flow = flow
         self._paused = False
         self._wanted = False
+        self.discarded: int | None = None  # bytes dropped since discard(); None: not dropping
 
     # -- the server's side ----------------------------------------------------------------
 
     def feed_data(self, data: bytes) -> None:
+        if self.discarded is not None:
+            self.discarded += len(data)
+            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > BODY_HIGH_WATER and not self._paused and self._flow is not None:
@@ -74,6 +88,13 @@ class BodyStream:
             self._error = error
         self._resume()
         self._wake()
+
+    def discard(self) -> None:
+        """The handler is done: drop what is buffered and whatever more arrives."""
+        self._chunks.clear()
+        self._size = 0
+        self.discarded = 0
+        self._resume()
 
     @property
     def complete(self) -> bool:

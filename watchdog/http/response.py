@@ -51,8 +51,6 @@ class Channel(Protocol):
             ConnectionResetError: the client went away.
         """
 
-    def response_finished(self, response: StreamResponse) -> None: ...
-
 
 def reason_for(status: int) -> str:
     return _REASONS.get(status, "Unknown")
@@ -163,7 +161,6 @@ class StreamResponse:
         self._eof = True
         if self._chunked and not self._head_only:
             channel.write(b"0\r\n\r\n")
-        channel.response_finished(self)
         await channel.drain()
 
     def head_bytes(self, request: Framing, body_length: int | None = None) -> bytes:
@@ -246,7 +243,6 @@ class Response(StreamResponse):
         else:
             channel.write_head(head, body)
         self._eof = True
-        channel.response_finished(self)
         await channel.drain()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
