@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from watchdog.forwarding import HOP_BY_HOP
 from watchdog.gateway.config import GatewayConfig, default_retry_policy
 from watchdog.gateway.invoke import InvokeError, function_url
 from watchdog.gateway.queue.base import LeasedCall, QueueBackend
@@ -29,7 +30,6 @@ from watchdog.gateway.worker import (
     read_capped,
     replay_headers,
 )
-from watchdog.proxy import HOP_BY_HOP
 
 T = TypeVar("T")
 

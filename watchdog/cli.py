@@ -154,7 +154,6 @@ def _serve(config: WatchdogConfig) -> int:
     import uvloop
 
     from .health import LockFileError
-    from .modes.http import UpstreamStartError
     from .modes.static import StaticRootError
     from .process import SpawnError
     from .server import Watchdog
@@ -162,18 +161,29 @@ def _serve(config: WatchdogConfig) -> int:
     async def serve() -> int:
         return await Watchdog(config).serve()
 
+    start_errors: tuple[type[Exception], ...] = (LockFileError, *_start_errors(config))
     try:
         return uvloop.run(serve())
     except (SpawnError, StaticRootError) as exc:
         print(f"fwatchdog: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (LockFileError, UpstreamStartError) as exc:
+    except start_errors as exc:
         log.error("%s", exc)
         return EXIT_START
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START
     return 0
+
+
+def _start_errors(config: WatchdogConfig) -> tuple[type[Exception], ...]:
+    """The run mode's own start failures; only http mode has any, and only it imports its
+    module (the fork and static modes must not pay for its HTTP client)."""
+    if config.mode != "http":
+        return ()
+    from .modes.http import UpstreamStartError
+
+    return (UpstreamStartError,)
 
 
 def run_gateway(

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from aiohttp import StreamReader, web
+from .http import Request, StreamResponse
 
 T = TypeVar("T")
+
+
+class ByteStream(Protocol):
+    """A body as it arrives: the watchdog's :class:`.http.BodyStream` or aiohttp's reader."""
+
+    async def readany(self) -> bytes: ...
 
 
 class BodyTimeout(Exception):
@@ -64,12 +70,10 @@ class InflightLimiter:
 
 
 async def read_body(
-    request: web.BaseRequest, deadline: float | None, limit: int | None = None
+    request: Request, deadline: float | None, limit: int | None = None
 ) -> bytearray:
-    """Read the whole body before the loop-time ``deadline``, at most ``limit`` bytes.
-
-    Read here rather than with ``request.read()``: that one stops at aiohttp's own 1 MiB
-    (``client_max_size``, with its own 413) and then copies the body once more into ``bytes``.
+    """Read the whole body before the loop-time ``deadline``, at most ``limit`` bytes, into
+    one buffer (``content.read()`` would join the pieces into one more copy).
 
     Raises:
         BodyTimeout: the deadline passed first.
@@ -86,7 +90,7 @@ async def read_body(
         raise BodyTimeout from None
 
 
-async def read_stream(content: StreamReader, limit: int | None) -> bytearray:
+async def read_stream(content: ByteStream, limit: int | None) -> bytearray:
     """All of ``content`` (a request's or an upstream answer's body), in one buffer.
 
     Raises:
@@ -109,11 +113,9 @@ async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
         raise ClientStalled from None
 
 
-async def send_whole(
-    request: web.BaseRequest, response: web.StreamResponse, timeout: float | None
-) -> None:
+async def send_whole(request: Request, response: StreamResponse, timeout: float | None) -> None:
     """Write a response that is complete in memory (status, headers, body and end) within
-    ``timeout`` in all: aiohttp would otherwise write it after the handler returned, with no
+    ``timeout`` in all: the server would otherwise write it after the handler returned, with no
     deadline, while a client that never reads keeps the connection and the body alive.
 
     Raises:
@@ -121,23 +123,10 @@ async def send_whole(
     """
 
     async def prepare_and_finish() -> None:
-        writer = await response.prepare(request)
-        if writer is not None and _large_body(response):
-            # aiohttp joins the headers and the body into one new bytes object before writing
-            # them (before Python 3.12.9, which lacks a safe writelines): for a large answer
-            # that is a second copy of it in memory. Headers apart is one extra small write.
-            writer.send_headers()
+        await response.prepare(request)  # a Response goes out whole here, head and body
         await response.write_eof()
 
     await within_write_timeout(prepare_and_finish(), timeout)
-
-
-_COALESCE_LIMIT = 64 * 1024
-
-
-def _large_body(response: web.StreamResponse) -> bool:
-    body = response.body if isinstance(response, web.Response) else None
-    return isinstance(body, (bytes, bytearray)) and len(body) > _COALESCE_LIMIT
 
 
 def seconds_or_none(value: float) -> float | None:

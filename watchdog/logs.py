@@ -12,9 +12,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
-
-from aiohttp.http_exceptions import HttpProcessingError
 
 CONTINUED = " [...]"
 BAD_REQUESTS_PER_SECOND = 10
@@ -56,18 +55,36 @@ def setup_logging(log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    server = logging.getLogger("aiohttp.server")
-    for old in [f for f in server.filters if isinstance(f, MalformedRequests)]:
-        server.removeFilter(old)
-    server.addFilter(MalformedRequests(BAD_REQUESTS_PER_SECOND))
+    # One filter for both servers: the watchdog's own and aiohttp's (the gateway's).
+    malformed = MalformedRequests(BAD_REQUESTS_PER_SECOND)
+    for name in (BAD_REQUEST_LOGGER, "aiohttp.server"):
+        server = logging.getLogger(name)
+        for old in [f for f in server.filters if isinstance(f, MalformedRequests)]:
+            server.removeFilter(old)
+        server.addFilter(malformed)
+
+
+BAD_REQUEST_LOGGER = "watchdog.http.bad_request"
+
+
+def bad_request_log() -> Callable[[str | None, str], None]:
+    """How the watchdog's server reports a request head it refused (answered 4xx): one
+    line, rate-limited by :class:`MalformedRequests`."""
+    logger = logging.getLogger(BAD_REQUEST_LOGGER)
+
+    def report(peer: str | None, reason: str) -> None:
+        logger.warning("bad request from %s: %s", peer, _one_line(reason))
+
+    return report
 
 
 class MalformedRequests(logging.Filter):
-    """aiohttp logs every request its parser refuses (answered 400) with a traceback of its own
-    code, twelve lines that say nothing about ours. This filter makes each one line, ``bad
-    request from PEER: REASON``, and lets at most ``per_second`` through per second, so a flood
-    of bad requests cannot flood the log: the rest are counted and reported in one line when
-    the second is over. Every other aiohttp record (a real 500 included) passes unchanged."""
+    """At most ``per_second`` lines a second about malformed requests, so a flood of bad
+    requests cannot flood the log: the rest are counted and reported in one line when the
+    second is over. The watchdog's own server logs each as one line already; aiohttp (the
+    gateway's) logs each with a traceback of its own code, twelve lines that say nothing about
+    ours, which this filter makes one line, ``bad request from PEER: REASON``. Every other
+    aiohttp record (a real 500 included) passes unchanged."""
 
     def __init__(self, per_second: int) -> None:
         super().__init__()
@@ -77,9 +94,22 @@ class MalformedRequests(logging.Filter):
         self._suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == BAD_REQUEST_LOGGER:
+            return self._within_rate()
         error = record.exc_info[1] if record.exc_info else None
-        if not isinstance(error, HttpProcessingError):
+        if not _is_aiohttp_parse_error(error):
             return True
+        if not self._within_rate():
+            return False
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        message = str(getattr(error, "message", error))
+        record.msg, record.args = "bad request from %s: %s", (peer, _one_line(message))
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+    def _within_rate(self) -> bool:
+        """Whether one more line fits in this second (else it is counted for the summary)."""
         now = time.monotonic()
         if now >= self._window_end:
             self._window_end, self._logged = now + 1.0, 0
@@ -89,10 +119,6 @@ class MalformedRequests(logging.Filter):
             self._suppressed += 1
             return False
         self._logged += 1
-        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        record.msg, record.args = "bad request from %s: %s", (peer, _one_line(error.message))
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
     def _report_at_window_end(self, delay: float) -> None:
@@ -107,6 +133,14 @@ class MalformedRequests(logging.Filter):
         logging.getLogger("watchdog.logs").warning(
             "bad requests: suppressed %d more lines in the last second", count
         )
+
+
+def _is_aiohttp_parse_error(error: BaseException | None) -> bool:
+    """aiohttp's HttpProcessingError, looked up only if aiohttp is loaded (the gateway): the
+    watchdog never imports it."""
+    module = sys.modules.get("aiohttp.http_exceptions")
+    kind = getattr(module, "HttpProcessingError", None) if module is not None else None
+    return isinstance(kind, type) and isinstance(error, kind)
 
 
 def _one_line(reason: str) -> str:

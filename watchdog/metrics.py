@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import psutil
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .http import Request, Response
 from .process import ProcessTable
 
 # The anchors stop at 10 s, so slow functions all land in +Inf; ours reach five minutes.
@@ -94,17 +93,13 @@ class WatchdogMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def app(self) -> web.Application:
-        """The application served on metrics_port."""
-
-        async def serve_metrics(_: web.Request) -> web.Response:
-            response = web.Response(body=self.exposition())
-            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-            return response
-
-        app = web.Application()
-        app.router.add_get("/metrics", serve_metrics)
-        return app
+    async def serve(self, request: Request) -> Response:
+        """What metrics_port answers: ``/metrics``, and nothing else."""
+        if request.path != "/metrics":
+            return Response(status=404, text="404: Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return Response(status=405, text="405: Method Not Allowed", headers={"Allow": "GET"})
+        return Response(body=self.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 class _HandlerCollector(Collector):
@@ -114,6 +109,8 @@ class _HandlerCollector(Collector):
         self._processes = processes
 
     def collect(self) -> Iterator[Metric]:
+        import psutil  # on the first scrape, not at start-up
+
         running = self._processes.running
         rss, cpu = 0, 0.0
         for child in running:

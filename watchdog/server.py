@@ -15,17 +15,15 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-
 from . import __version__
 from .config import WatchdogConfig
 from .health import Health
+from .http import HttpServer, Limits, Request, Response, StreamResponse
 from .limits import ClientStalled, InflightLimiter, seconds_or_none, send_whole
-from .logs import FunctionLog
+from .logs import FunctionLog, bad_request_log
 from .metrics import WatchdogMetrics
 from .modes import Runner, build_runner
 from .process import ProcessTable
-from .proxy import abort_connection
 from .responses import sent_status, text_response
 from .signals import stop_on_signals
 from .targets import refuse_target
@@ -34,6 +32,7 @@ log = logging.getLogger("watchdog.server")
 
 _MAX_LINE = 64 * 1024  # request line; long query strings are common behind gateways
 _MAX_FIELD = 64 * 1024
+_MAX_HEAD = 1024 * 1024  # all header lines together
 
 
 class Watchdog:
@@ -51,8 +50,8 @@ class Watchdog:
             max_line=config.log_buffer_size,
         )
         self.runner: Runner = build_runner(config, self.processes, self.metrics, function_log)
-        self._http: web.BaseRunner | None = None
-        self._metrics_http: web.BaseRunner | None = None
+        self._http: HttpServer | None = None
+        self._metrics_http: HttpServer | None = None
 
     async def serve(self, stop: asyncio.Event | None = None) -> int:
         """Start, serve until ``stop`` is set or a termination signal arrives, then drain.
@@ -87,27 +86,20 @@ class Watchdog:
         return 0
 
     async def _listen(self) -> None:
-        server = web.Server(
-            self._dispatch,
-            handler_cancellation=True,
-            access_log=None,
-            auto_decompress=False,
-            # aiohttp arms this timer when a connection opens, so it also bounds how long a
-            # client may take to send its headers; Go's IdleTimeout defaults to ReadTimeout too.
-            keepalive_timeout=self.config.read_timeout or 3600,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_FIELD,
+        limits = Limits(
+            # Bounds how long a client may take to send its head, and stay idle between
+            # requests; Go's IdleTimeout defaults to ReadTimeout too.
+            head_timeout=seconds_or_none(self.config.read_timeout),
+            max_line=_MAX_LINE,
+            max_field=_MAX_FIELD,
+            max_head=_MAX_HEAD,
         )
-        self._http = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=self.config.write_timeout or 3600
-        )
-        await self._http.setup()
-        await web.TCPSite(self._http, port=self.config.port, reuse_address=True).start()
-        log.info("Listening on port: %s", _bound_port(self._http))
-        self._metrics_http = web.AppRunner(self.metrics.app(), access_log=None)
-        await self._metrics_http.setup()
-        await web.TCPSite(self._metrics_http, port=self.config.metrics_port).start()
-        log.info("Metrics listening on port: %s", _bound_port(self._metrics_http))
+        self._http = HttpServer(self._dispatch, limits, bad_request_log())
+        await self._http.listen(self.config.port, reuse_address=True)
+        log.info("Listening on port: %s", self._http.port)
+        self._metrics_http = HttpServer(self.metrics.serve, limits, bad_request_log())
+        await self._metrics_http.listen(self.config.metrics_port)
+        log.info("Metrics listening on port: %s", self._metrics_http.port)
 
     async def _shutdown(self) -> None:
         self.health.start_draining()
@@ -119,21 +111,22 @@ class Watchdog:
             pass
         log.info("No new connections allowed, draining: %d requests", self.limiter.inflight)
         if self._http is not None:
-            await self._http.cleanup()  # waits up to write_timeout, then cancels the rest
+            # Waits up to write_timeout, then cancels the rest.
+            await self._http.shutdown(seconds_or_none(self.config.write_timeout))
             self._http = None
         log.info("Exiting. In flight when stopped: %d", self.limiter.inflight)
 
     async def _close(self) -> None:
         for http in (self._http, self._metrics_http):
             if http is not None:
-                await http.cleanup()
+                await http.shutdown(0)
         await self.runner.stop(self.config.kill_grace)
         self.processes.close()
         self.health.remove_lock()
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> StreamResponse:
         refusal = _refuse_target(request)
         if refusal is not None:
             return refusal
@@ -144,7 +137,7 @@ class Watchdog:
             return await self._probe(request, readiness=True)
         return await self._invoke(request)
 
-    async def _invoke(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _invoke(self, request: Request) -> StreamResponse:
         started = time.monotonic()
         if not self.limiter.try_acquire():
             self.metrics.rejected.labels(reason="max_inflight").inc()
@@ -169,7 +162,7 @@ class Watchdog:
             self.metrics.in_flight.dec()
             self.metrics.observe(status, request.method, time.monotonic() - started)
 
-    async def _send(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+    async def _send(self, request: Request, response: StreamResponse) -> None:
         """Write a response the mode returned unsent, within write_timeout, while the request
         still holds its in-flight slot; a client that does not take it is cut off."""
         try:
@@ -180,20 +173,20 @@ class Watchdog:
                 request.method,
                 request.path,
             )
-            abort_connection(request)
+            request.transport.abort()
         except ConnectionError:
-            pass  # the client went away; aiohttp logs nothing for that either
+            pass  # the client went away: nothing to tell anyone
 
-    async def _probe(self, request: web.BaseRequest, *, readiness: bool) -> web.Response:
+    async def _probe(self, request: Request, *, readiness: bool) -> Response:
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+            return Response(status=405, headers={"Allow": "GET, HEAD"})
         if not (self.health.live and self.runner.healthy()):
-            return web.Response(status=503, text="Service Unavailable\n")
+            return Response(status=503, text="Service Unavailable\n")
         if readiness and self.limiter.saturated:
-            return web.Response(status=429, text="Too Many Requests\n")
+            return Response(status=429, text="Too Many Requests\n")
         if readiness and not await self.runner.ready():
-            return web.Response(status=503, text="Service Unavailable\n")
-        return web.Response(text="OK")
+            return Response(status=503, text="Service Unavailable\n")
+        return Response(text="OK")
 
     def _log_start(self) -> None:
         log.info("Version: %s", __version__)
@@ -201,15 +194,10 @@ class Watchdog:
         log.info("Effective configuration: %s", summary)
 
 
-def _refuse_target(request: web.BaseRequest) -> web.Response | None:
+def _refuse_target(request: Request) -> Response | None:
     """Only origin-form targets are served, in every mode (:mod:`.targets`), so no request can
     steer http mode's upstream address."""
     refused = refuse_target(request.method, request.raw_path, request.version)
     if refused is None:
         return None
     return refused.apply(text_response(refused.status, refused.message + "\n", time.monotonic()))
-
-
-def _bound_port(runner: web.BaseRunner) -> int:
-    address = runner.addresses[0]
-    return int(address[1])

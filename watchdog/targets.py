@@ -3,16 +3,31 @@
 An upstream's or a function's address comes from its configured URL alone, never from the
 request, so anything but ``/path?query`` is refused before any route or network: CONNECT gets
 405, absolute-form (``GET http://host/``) and ``OPTIONS *`` get 400, and a request line without
-a version (HTTP/0.9, which aiohttp's parser accepts) gets 400 and a closed connection.
+a version (HTTP/0.9, which aiohttp's parser and llhttp accept) gets 400 and a closed connection.
+
+Both servers use it: the watchdog's own (:mod:`.http`) and the gateway's (aiohttp).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+class Refusable(Protocol):
+    """A response of either server: headers, and a way to close the connection after it."""
+
+    @property
+    def headers(self) -> CIMultiDict[str]: ...
+
+    def force_close(self) -> None: ...
+
+
+R = TypeVar("R", bound=Refusable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +37,7 @@ class Refusal:
     close: bool = False  # end the connection after the answer
     allow: str | None = None  # the Allow header of a 405
 
-    def apply(self, response: web.Response) -> web.Response:
+    def apply(self, response: R) -> R:
         """``response`` (this refusal's status and message, in the server's own shape) with
         its ``Allow`` header and connection close."""
         if self.allow:

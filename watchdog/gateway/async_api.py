@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from ..config import parse_duration
+from ..forwarding import forwarded_headers
 from ..limits import BodyTooLarge, read_stream
-from ..proxy import forwarded_headers
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text, unavailable
 from .callbacks import CallbackPolicy

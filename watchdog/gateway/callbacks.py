@@ -60,7 +60,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from .. import __version__
-from ..proxy import HOP_BY_HOP
+from ..forwarding import HOP_BY_HOP
 from ..settings import ConfigError
 from ._aio import first_of, record_outcome
 from .queue.base import CallbackAttempt, CallbackJob, CallbackOutbox, QueueError

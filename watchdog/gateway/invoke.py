@@ -23,9 +23,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..proxy import CLIENT_AUTO_HEADERS, forwarded_headers, response_headers, small_body
+from ..forwarding import forwarded_headers
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
+from .proxy import CLIENT_AUTO_HEADERS, response_headers, small_body
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 
 CALL_ID_HEADER = "X-Call-Id"

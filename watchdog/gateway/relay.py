@@ -7,9 +7,9 @@ import logging
 
 from aiohttp import web
 
-from ..proxy import UpstreamError, abort_connection, relay
 from .answers import SERVED_BY
 from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
+from .proxy import UpstreamError, abort_connection, relay
 from .registry import Function
 
 log = logging.getLogger("watchdog.gateway")

@@ -27,10 +27,11 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from ..proxy import HOP_BY_HOP, response_headers
+from ..forwarding import HOP_BY_HOP
 from ..responses import INTERNAL_HEADER
 from ._aio import first_of, record_outcome
 from .invoke import Call, InvokeError, Invoker
+from .proxy import response_headers
 from .queue.base import (
     AttemptResult,
     CallRunQueue,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from aiohttp import web
+from ..http import Request, StreamResponse
 
 
 class Runner(Protocol):
@@ -18,7 +18,7 @@ class Runner(Protocol):
     async def start(self) -> None:
         """Prepare to serve; return once requests can be handled. Raise on a fatal start error."""
 
-    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+    async def handle(self, request: Request, started: float) -> StreamResponse:
         """Answer one request. ``started`` is its ``time.monotonic()`` arrival time."""
 
     def healthy(self) -> bool:

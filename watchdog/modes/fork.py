@@ -19,12 +19,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..forkserver import ForkServer
+from ..http import Request, Response, StreamResponse
 from ..limits import (
     BodyTimeout,
     BodyTooLarge,
@@ -115,7 +115,7 @@ class ForkRunner:
     async def stop(self, grace: float) -> None:
         await self.processes.kill_all(grace)
 
-    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+    async def handle(self, request: Request, started: float) -> StreamResponse:
         body: bytearray | None = None
         loop = asyncio.get_running_loop()
         read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
@@ -150,17 +150,17 @@ class ForkRunner:
         finally:
             await call.finish()
 
-    def _request_env(self, request: web.BaseRequest) -> dict[str, str]:
+    def _request_env(self, request: Request) -> dict[str, str]:
         if not self.config.cgi_headers:
             return {}
         return request_variables(
             request.method,
             request.path,
-            request.rel_url.raw_query_string,
+            request.query_string,
             request.headers.items(),
         )
 
-    def _body_timeout(self, started: float) -> web.Response:
+    def _body_timeout(self, started: float) -> Response:
         return text_response(408, _body_timeout_text(self.config.read_timeout), started)
 
 
@@ -174,7 +174,7 @@ class _Call:
     def __init__(
         self,
         runner: ForkRunner,
-        request: web.BaseRequest,
+        request: Request,
         child: Child,
         started: float,
         read_deadline: float | None,
@@ -185,7 +185,7 @@ class _Call:
         self.child = child
         self.started = started
         self.read_deadline = read_deadline
-        self.response: web.StreamResponse | None = None
+        self.response: StreamResponse | None = None
         self._stderr_tail = bytearray()
         self._stderr: PipeDrain | None = None
         self._splitter: LineSplitter | None = None
@@ -195,7 +195,7 @@ class _Call:
 
     # -- the request ----------------------------------------------------------------------
 
-    async def run(self, body: bytearray | None) -> web.StreamResponse:
+    async def run(self, body: bytearray | None) -> StreamResponse:
         self._drain_stderr()
         prefix = b""
         whole: bytes | bytearray | None = body
@@ -225,7 +225,7 @@ class _Call:
 
     async def _respond_while_feeding(
         self, body: memoryview | None, prefix: bytes
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         """Respond while a task feeds stdin; a body that stops arriving ends the request (408)."""
         feeder = asyncio.ensure_future(self._feed_stdin(body, prefix))
         responding = asyncio.ensure_future(self._respond())
@@ -259,7 +259,7 @@ class _Call:
 
     # -- the response ---------------------------------------------------------------------
 
-    async def _respond(self) -> web.StreamResponse:
+    async def _respond(self) -> StreamResponse:
         output, eof = await self._read_initial_output()
         if eof:
             returncode = await self.child.exited
@@ -283,7 +283,7 @@ class _Call:
             if over and not (self.config.cgi_response and self._head(output, final=False) is None):
                 return output, False
 
-    def _complete(self, output: bytearray, returncode: int) -> web.Response:
+    def _complete(self, output: bytearray, returncode: int) -> Response:
         self._count_exit(returncode)
         if returncode != 0:
             return self._failed_response(output, returncode)
@@ -295,18 +295,18 @@ class _Call:
         # memory, not 2): the CGI head is cut off in place, and nothing copies it to bytes.
         if head:
             del output[: head.body_offset]
-        response = web.Response(body=output, status=head.status if head else 200)
+        response = Response(body=output, status=head.status if head else 200)
         self._apply_head(response, head)
         if self.config.write_debug:
             log.info("Response body (%d bytes): %r", len(output), bytes(output[:4096]))
         return response
 
-    async def _stream(self, output: bytearray) -> web.StreamResponse:
+    async def _stream(self, output: bytearray) -> StreamResponse:
         try:
             head = self._head(output, final=False)
         except CGIHeaderError as exc:
             return self._bad_head(exc)
-        response = web.StreamResponse(status=head.status if head else 200)
+        response = StreamResponse(status=head.status if head else 200)
         self._apply_head(response, head)
         response.enable_chunked_encoding()
         write_timeout = seconds_or_none(self.config.write_timeout)
@@ -334,7 +334,7 @@ class _Call:
             return None
         return parse_head(output, final=final)
 
-    def _apply_head(self, response: web.StreamResponse, head: CGIHead | None) -> None:
+    def _apply_head(self, response: StreamResponse, head: CGIHead | None) -> None:
         headers: CIMultiDict[str] = head.headers if head else CIMultiDict()
         if head and head.reason:
             response.set_status(head.status, head.reason)
@@ -351,7 +351,7 @@ class _Call:
             or "application/octet-stream"
         )
 
-    def _failed_response(self, output: bytearray, returncode: int) -> web.Response:
+    def _failed_response(self, output: bytearray, returncode: int) -> Response:
         what = describe_exit(returncode)
         log.error("Handler %s", what)
         text = what + "\n"
@@ -361,7 +361,7 @@ class _Call:
             text += self._stderr_tail.decode("utf-8", errors="replace")
         return text_response(500, text, self.started)
 
-    def _bad_head(self, exc: CGIHeaderError) -> web.Response:
+    def _bad_head(self, exc: CGIHeaderError) -> Response:
         text = f"Handler wrote a malformed CGI header block: {exc}"
         log.error("%s", text)
         return text_response(502, text + "\n", self.started)
@@ -372,7 +372,7 @@ class _Call:
 
     # -- failure and clean-up -------------------------------------------------------------
 
-    async def fail(self, status: int, text: str) -> web.StreamResponse:
+    async def fail(self, status: int, text: str) -> StreamResponse:
         """Answer ``status`` if nothing was sent yet, else cut the connection."""
         await self._kill()
         if self.response is not None:

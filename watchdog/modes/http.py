@@ -5,38 +5,34 @@ Beyond the of-watchdog: the watchdog is only ready once the upstream accepts con
 quick 503; an upstream that keeps timing out is declared hung and restarted; a known
 Content-Length is kept; responses are relayed write by write; WebSockets pass under the same
 limits.
+
+The proxying is the watchdog's own (:mod:`..http.upstream`, :mod:`..http.tunnel`): one
+upstream, reached over pooled keep-alive connections, needs none of a general HTTP client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-
 from ..config import WatchdogConfig, parse_duration
+from ..forwarding import forwarded_pairs, returned_pairs
+from ..http import Request, Response, StreamResponse
+from ..http.tunnel import Tunnel
+from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
 from ..limits import (
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
+    read_body,
     seconds_or_none,
     within_write_timeout,
 )
 from ..logs import FunctionLog
 from ..process import ProcessTable, resolve_program
-from ..proxy import (
-    CLIENT_AUTO_HEADERS,
-    RequestBody,
-    UpstreamError,
-    abort_connection,
-    forwarded_headers,
-    open_upstream,
-    relay,
-    response_for,
-    response_headers,
-)
 from ..responses import (
     DURATION_HEADER,
     duration_value,
@@ -47,9 +43,20 @@ from ..responses import (
 from ..supervisor import Supervisor
 
 log = logging.getLogger("watchdog.http")
+T = TypeVar("T")
 
 _PROBE_INTERVAL = 0.02
 _PROBE_TIMEOUT = 2.0
+_PROBE_BODY_LIMIT = 64 * 1024
+
+WHOLE_BODY_LIMIT = 64 * 1024
+"""A request or response body of at most this size with a known length is read whole and
+sent together with its head: one write (one system call) instead of head, body and end apart,
+which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
+
+# Methods a body-less request is sent with "Content-Length: 0" for, as HTTP clients do: an
+# upstream may otherwise wait for a body or refuse with 411.
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class UpstreamStartError(Exception):
@@ -69,23 +76,21 @@ class HttpRunner:
         parts = urlsplit(config.upstream_url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._session: aiohttp.ClientSession | None = None
+        self._probe_host = parts.netloc or f"{self._host}:{self._port}"
+        self._pool = UpstreamPool(self._host, self._port)
+        self._write_timeout = seconds_or_none(config.write_timeout)
         self._supervisor: Supervisor | None = None
         self._available = False  # the upstream runs and has accepted a connection
         self._consecutive_timeouts = 0
         self._watcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         env = dict(self.config.environ)
         program = resolve_program(self.config.fprocess, env.get("PATH"))
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=False,
-            skip_auto_headers=CLIENT_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
         self._supervisor = Supervisor(
             self.processes,
             program,
@@ -125,8 +130,7 @@ class HttpRunner:
             self._watcher.cancel()
         if self._supervisor is not None:
             await self._supervisor.stop()
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
     async def _wait_until_usable(self) -> None:
         assert self._supervisor is not None
@@ -162,28 +166,33 @@ class HttpRunner:
         return True
 
     async def _ready_path_answers(self) -> bool:
-        assert self._session is not None
+        response: UpstreamResponse | None = None
         try:
-            async with self._session.get(
-                self.base_url + self.config.ready_path,
-                timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT),
-            ) as probe:
-                return 200 <= probe.status < 300
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                response = await self._pool.request(
+                    "GET", self.config.ready_path, [("Host", self._probe_host)]
+                )
+                await response.read(_PROBE_BODY_LIMIT)
+                return 200 <= response.status < 300
+        except (UpstreamError, TimeoutError, ValueError):
             return False
+        finally:
+            if response is not None:
+                response.release()
 
     # -- requests -------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+    async def handle(self, request: Request, started: float) -> StreamResponse:
         if not self._available:
             return text_response(503, "Upstream is not running; it is being restarted\n", started)
         timeout = self._deadline(request)
-        exchange = _Exchange(self._read_deadline())
+        read_timeout = self.config.read_timeout
+        # (Monotonic time is the loop's time; asking the loop would cost a getpid() on 3.11.)
+        exchange = _Exchange(started + read_timeout if read_timeout else None)
         try:
-            async with asyncio.timeout(timeout):
-                if _is_websocket(request):
-                    return await self._proxy_websocket(request, exchange)
-                return await self._proxy(request, started, exchange)
+            if timeout is None:
+                return await self._route(request, started, exchange)
+            return await self._within(timeout, self._route(request, started, exchange))
         except TimeoutError:
             return self._timed_out(request, started, timeout, exchange)
         except BodyTimeout:
@@ -198,18 +207,41 @@ class HttpRunner:
                 504, "Client did not read the response within write_timeout\n", started
             )
         except UpstreamError as exc:
-            if exchange.body.timed_out:
-                return self._body_timed_out(request, started, exchange)
             log.error("Upstream request failed: %s", exc)
+            if self._cut(request, exchange):  # the answer had begun: cut it short
+                return exchange.response  # type: ignore[return-value]
             return text_response(
                 502, f"Upstream refused or dropped the connection: {exc}\n", started
             )
+        finally:
+            exchange.release()
 
-    def _read_deadline(self) -> float | None:
-        read_timeout = self.config.read_timeout
-        return asyncio.get_running_loop().time() + read_timeout if read_timeout else None
+    async def _within(self, delay: float, work: Awaitable[T]) -> T:
+        """``work``, cancelled after ``delay`` seconds with a ``TimeoutError``: what
+        ``asyncio.timeout`` does, at half its cost (it asks the loop three times, which costs a
+        getpid() each on Python 3.11, and keeps a state machine) on the path of every request.
+        """
+        loop = self._loop
+        assert loop is not None
+        task = asyncio.current_task(loop)
+        assert task is not None
+        deadline = _Deadline(task)
+        timer = loop.call_later(delay, deadline.expire)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if deadline.expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise  # the client went away (or the server is stopping)
+        finally:
+            timer.cancel()
 
-    def _deadline(self, request: web.BaseRequest) -> float | None:
+    async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
+        if _is_websocket(request):
+            return await self._proxy_upgrade(request, started, exchange)
+        return await self._proxy(request, started, exchange)
+
+    def _deadline(self, request: Request) -> float | None:
         """exec_timeout, shortened (never lengthened) by a valid X-Timeout header."""
         limit = self.config.exec_timeout or None
         asked = request.headers.get("X-Timeout")
@@ -222,29 +254,85 @@ class HttpRunner:
                 return wanted
         return limit
 
-    async def _proxy(
-        self, request: web.BaseRequest, started: float, exchange: _Exchange
-    ) -> web.StreamResponse:
-        assert self._session is not None
-        upstream = await open_upstream(
-            self._session,
-            request,
-            self.base_url + request.raw_path,
-            buffer_body=self.config.buffer_http,
-            body_limit=self.config.max_body_size,
-            extra_headers={"Host": request.host},
-            body=exchange.body,
-        )
+    async def _proxy(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
+        headers = forwarded_pairs(request, {"Host": request.host})
+        method = request.method
+        body = exchange.body
+        if self.config.buffer_http or _small_body(request):
+            # A small body goes with the request head in one write; buffer_http asks for it.
+            limit = self.config.max_body_size if self.config.buffer_http else None
+            whole = await _read_whole(request, body, limit)
+            upstream = await self._pool.request(method, request.raw_path, headers, whole)
+        elif not request.body_exists:
+            body.complete = True
+            empty = None if method in _BODYLESS_METHODS else b""
+            upstream = await self._pool.request(method, request.raw_path, headers, empty)
+        else:
+            upstream = await self._pool.request(
+                method,
+                request.raw_path,
+                headers,
+                stream=_ClientBody(request, body),
+                content_length=request.content_length,
+            )
+        return await self._answer(request, started, exchange, upstream)
+
+    async def _answer(
+        self, request: Request, started: float, exchange: _Exchange, upstream: UpstreamResponse
+    ) -> StreamResponse:
+        """Relay the upstream's answer: whole in one write when small, else write by write."""
+        exchange.upstream = upstream
+        exchange.answered = True
         self._consecutive_timeouts = 0
-        headers = response_headers(upstream)
-        headers[DURATION_HEADER] = duration_value(started)
-        exchange.response = response_for(upstream, headers)
-        write_timeout = seconds_or_none(self.config.write_timeout)
-        return await relay(request, upstream, exchange.response, write_timeout)
+        headers = _returned_headers(upstream)
+        headers.append((DURATION_HEADER, duration_value(started)))
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= WHOLE_BODY_LIMIT
+            and request.method != "HEAD"
+            and upstream.typed
+        ):
+            # (Without a Content-Type of its own a whole Response would be given a default.)
+            whole = Response(upstream.status, reason=upstream.reason, body=await upstream.read())
+            whole.headers.extend(headers)
+            return whole
+        response = StreamResponse(upstream.status, upstream.reason)
+        response.headers.extend(headers)
+        response.content_length = length
+        exchange.response = response
+        write_timeout = self._write_timeout
+        await within_write_timeout(response.prepare(request), write_timeout)
+        if request.method != "HEAD":
+            while chunk := await upstream.read_chunk():
+                await within_write_timeout(response.write(chunk), write_timeout)
+        await within_write_timeout(response.write_eof(), write_timeout)
+        return response
+
+    async def _proxy_upgrade(
+        self, request: Request, started: float, exchange: _Exchange
+    ) -> StreamResponse:
+        """A WebSocket: the handshake goes to the upstream; on its 101 the two connections are
+        joined byte for byte (frames pass untouched) until either side closes."""
+        exchange.body.complete = True  # an upgrade request has no body: the handshake is all
+        headers = forwarded_pairs(request, {"Host": request.host})
+        headers += [("Connection", "Upgrade"), ("Upgrade", request.headers.get("Upgrade", ""))]
+        upstream = await self._pool.open(request.method, request.raw_path, headers)
+        if not upstream.upgraded:
+            return await self._answer(request, started, exchange, upstream)
+        exchange.answered = True
+        self._consecutive_timeouts = 0
+        connection, after_head = upstream.detach()
+        tunnel = Tunnel(request.transport, connection, self._write_timeout)
+        exchange.tunnel = tunnel
+        from_client = request.detach(tunnel.client)
+        note_sent(request, 101)
+        await tunnel.run(_switching_head(upstream) + after_head, from_client)
+        return _Tunnelled(101)
 
     def _timed_out(
-        self, request: web.BaseRequest, started: float, timeout: float | None, exchange: _Exchange
-    ) -> web.StreamResponse:
+        self, request: Request, started: float, timeout: float | None, exchange: _Exchange
+    ) -> StreamResponse:
         limit = format_seconds(timeout or 0)
         if exchange.body.complete:
             what = f"Upstream did not answer within {limit}"
@@ -268,8 +356,8 @@ class HttpRunner:
             )
 
     def _body_timed_out(
-        self, request: web.BaseRequest, started: float, exchange: _Exchange
-    ) -> web.StreamResponse:
+        self, request: Request, started: float, exchange: _Exchange
+    ) -> StreamResponse:
         limit = format_seconds(self.config.read_timeout)
         log.warning(
             "Request body of %s %s not received within %s", request.method, request.path, limit
@@ -279,97 +367,139 @@ class HttpRunner:
         )
 
     @staticmethod
-    def _cut(request: web.BaseRequest, exchange: _Exchange) -> web.StreamResponse | None:
+    def _cut(request: Request, exchange: _Exchange) -> StreamResponse | None:
         """Once the status is out only a cut connection can tell the client something failed."""
+        if exchange.tunnel is not None:
+            request.transport.abort()
+            return _Tunnelled(101)
         if exchange.response is not None and exchange.response.prepared:
-            abort_connection(request)
+            request.transport.abort()
             return exchange.response
         return None
 
-    async def _proxy_websocket(
-        self, request: web.BaseRequest, exchange: _Exchange
-    ) -> web.StreamResponse:
-        assert self._session is not None
-        exchange.body.complete = True  # an upgrade request has no body: the handshake is all
-        headers = forwarded_headers(request)
-        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
-            headers.popall(name, None)
-        protocols = [
-            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
-        ]
-        try:
-            upstream = await self._session.ws_connect(
-                self.base_url + request.raw_path, headers=headers, protocols=protocols
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(str(exc)) from exc
-        client = web.WebSocketResponse(protocols=protocols)
-        exchange.response = client
-        await client.prepare(request)
-        note_sent(request, 101)
-        async with upstream:
-            await _pump_both_ways(client, upstream, seconds_or_none(self.config.write_timeout))
-        return client
 
-
-def _is_websocket(request: web.BaseRequest) -> bool:
+def _is_websocket(request: Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _small_body(request: Request) -> bool:
+    """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
+    whole and sent in one write than streamed chunk by chunk."""
+    length = request.content_length
+    return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
+
+
+async def _read_whole(request: Request, body: _BodyState, limit: int | None) -> bytes | bytearray:
+    """The whole body, before ``body``'s deadline, at most ``limit`` bytes.
+
+    Raises:
+        BodyTimeout: the deadline passed first.
+        BodyTooLarge: the body is longer than ``limit``.
+    """
+    content = request.content
+    if limit is None and content.complete:  # all here already (a small body usually is)
+        whole: bytes | bytearray = content.read_nowait()
+    else:
+        try:
+            whole = await read_body(request, body.deadline, limit)
+        except BodyTimeout:
+            body.timed_out = True
+            raise
+    body.complete = True
+    return whole
+
+
+def _returned_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
+    return returned_pairs(upstream.headers, upstream.connection_tokens)
+
+
+def _switching_head(upstream: UpstreamResponse) -> bytes:
+    """The upstream's 101 head as it came (its Upgrade and Connection included)."""
+    lines = [f"HTTP/1.1 101 {upstream.reason or 'Switching Protocols'}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in upstream.headers]
+    lines.append("\r\n")
+    return encode("".join(lines))
+
+
+class _Deadline:
+    """Whether a request's deadline has passed; when it does, its task is cancelled."""
+
+    __slots__ = ("task", "expired")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+
+class _Tunnelled(StreamResponse):
+    """What a tunnelled WebSocket returns: its status for the metrics. Its head went out with
+    the tunnel (the upstream's own 101), so the server must not send one."""
+
+    __slots__ = ()
+
+    @property
+    def prepared(self) -> bool:
+        return True
+
+
+class _BodyState:
+    """How far the client's request body has got, against its ``deadline`` (loop time)."""
+
+    __slots__ = ("deadline", "complete", "timed_out")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.complete = False
+        """All of it has been read from the client (and handed on to the upstream)."""
+        self.timed_out = False
+        """The client did not deliver it before the deadline."""
+
+
+class _ClientBody:
+    """The client's body as the upstream client streams it, each read within the deadline."""
+
+    __slots__ = ("content", "state")
+
+    def __init__(self, request: Request, state: _BodyState) -> None:
+        self.content = request.content
+        self.state = state
+
+    async def next_chunk(self) -> bytes:
+        state = self.state
+        try:
+            async with asyncio.timeout_at(state.deadline):
+                chunk = await self.content.readany()
+        except TimeoutError:
+            state.timed_out = True
+            raise BodyTimeout from None
+        if not chunk:
+            state.complete = True
+        return chunk
 
 
 class _Exchange:
     """How far one proxied request has got, for the deadline handlers to look at."""
 
-    __slots__ = ("body", "response")
+    __slots__ = ("body", "answered", "response", "upstream", "tunnel")
 
     def __init__(self, read_deadline: float | None) -> None:
-        self.body = RequestBody(read_deadline)
-        self.response: web.StreamResponse | None = None
+        self.body = _BodyState(read_deadline)
+        self.answered = False
+        """The upstream's response head has arrived."""
+        self.response: StreamResponse | None = None
+        """The response being streamed to the client, once there is one."""
+        self.upstream: UpstreamResponse | None = None
+        self.tunnel: Tunnel | None = None
 
     @property
     def awaiting_upstream(self) -> bool:
         """The whole request is with the upstream, which has not answered yet."""
-        return self.body.complete and self.response is None
+        return self.body.complete and not self.answered
 
-
-async def _pump_both_ways(
-    client: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    write_timeout: float | None,
-) -> None:
-    """Relay messages both ways until either side closes.
-
-    Raises:
-        ClientStalled: the client did not take a message within ``write_timeout``.
-    """
-
-    async def client_to_upstream() -> None:
-        async for message in client:
-            await _forward(message, upstream)
-        await upstream.close()
-
-    async def upstream_to_client() -> None:
-        async for message in upstream:
-            await within_write_timeout(_forward(message, client), write_timeout)
-        await client.close()
-
-    tasks = [
-        asyncio.ensure_future(client_to_upstream()),
-        asyncio.ensure_future(upstream_to_client()),
-    ]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if any(not t.cancelled() and isinstance(t.exception(), ClientStalled) for t in done):
-        raise ClientStalled
-
-
-async def _forward(
-    message: aiohttp.WSMessage, to: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-) -> None:
-    if message.type == aiohttp.WSMsgType.TEXT:
-        await to.send_str(message.data)
-    elif message.type == aiohttp.WSMsgType.BINARY:
-        await to.send_bytes(message.data)
+    def release(self) -> None:
+        if self.upstream is not None:
+            self.upstream.release()

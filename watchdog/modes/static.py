@@ -1,6 +1,6 @@
 """mode=static: serve the files under ``static_path``, and nothing outside it.
 
-aiohttp's FileResponse supplies content types, ETag/Last-Modified with conditional requests, and
+:mod:`..http.files` supplies content types, ETag/Last-Modified with conditional requests, and
 Range. Containment is ours: the decoded path is resolved (symlinks included) and must stay
 under the root, so ``..``, ``%2e%2e``, absolute paths and symlinks leaving the tree all get 404.
 """
@@ -11,9 +11,9 @@ import asyncio
 from pathlib import Path
 from urllib.parse import quote
 
-from aiohttp import web
-
 from ..config import WatchdogConfig
+from ..http import Request, Response, StreamResponse
+from ..http.files import FileResponse
 
 
 class StaticRootError(Exception):
@@ -41,17 +41,19 @@ class StaticRunner:
     async def stop(self, grace: float) -> None:
         return None
 
-    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+    async def handle(self, request: Request, started: float) -> StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+            return Response(status=405, headers={"Allow": "GET, HEAD"})
         target = self._contained(request.path)
         if target is not None and target.is_dir():
             if not request.path.endswith("/"):
-                raise web.HTTPMovedPermanently(_directory_location(request.path))
+                location = _directory_location(request.path)
+                moved = {"Location": location}
+                return Response(status=301, text="301: Moved Permanently", headers=moved)
             target = target / "index.html"
         if target is None or not target.is_file():
-            return web.Response(status=404, text="404 page not found\n")
-        return web.FileResponse(target)
+            return Response(status=404, text="404 page not found\n")
+        return FileResponse(target)
 
     def _contained(self, path: str) -> Path | None:
         if "\0" in path:

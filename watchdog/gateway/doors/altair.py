@@ -38,7 +38,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ...proxy import forwarded_headers
+from ...forwarding import forwarded_headers
 from ...responses import INTERNAL_HEADER
 from ..answers import json_response
 from ..async_api import (

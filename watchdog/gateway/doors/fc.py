@@ -59,8 +59,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ...forwarding import forwarded_headers
 from ...limits import BodyTooLarge, read_stream
-from ...proxy import forwarded_headers
 from ..activations import encode_body
 from ..answers import SERVED_BY, json_response
 from ..async_api import read_limited

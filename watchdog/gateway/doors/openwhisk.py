@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ...proxy import forwarded_headers
+from ...forwarding import forwarded_headers
 from ..activations import encode_body, headers_object
 from ..answers import json_response
 from ..app import basic_credentials

@@ -1,10 +1,10 @@
-"""Reverse proxying one request to an HTTP upstream, streaming both ways.
+"""The gateway's reverse proxying of one request to a function's watchdog, with aiohttp's
+client, streaming both ways.
 
-Shared by the watchdog's http mode (to the function's upstream) and the gateway (to a
-function's watchdog). Callers choose the target URL, the deadline and the extra headers; this
-module moves the bytes: hop-by-hop headers are dropped, ``X-Forwarded-*`` added, a known
-Content-Length kept, and the response streamed back chunk by chunk (each write goes straight to
-the socket, so event streams are not held back).
+Callers choose the target URL, the deadline and the extra headers; this module moves the bytes:
+the header rules are :mod:`..forwarding`'s (shared with the watchdog's http mode, which has its
+own client), a known Content-Length is kept, and the response is streamed back chunk by chunk
+(each write goes straight to the socket, so event streams are not held back).
 """
 
 from __future__ import annotations
@@ -14,28 +14,12 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from .limits import BodyTimeout, read_body, within_write_timeout
+from ..forwarding import NOT_RETURNED, connection_tokens, forwarded_headers
+from ..limits import BodyTimeout, BodyTooLarge, read_stream, within_write_timeout
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# The client's Host goes on as X-Forwarded-Host; aiohttp writes the upstream's own Host.
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
-_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 CHUNK = 65536
 # Headers aiohttp's client adds when the request has none. A proxy must not invent them: an
 # added Accept-Encoding makes the upstream compress for a client that never asked for it.
@@ -44,31 +28,6 @@ CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type"
 
 class UpstreamError(Exception):
     """The upstream refused, dropped or broke the connection before answering."""
-
-
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", []):
-        tokens.update(t.strip().lower() for t in value.split(","))
-    return tokens
-
-
-def forwarded_headers(
-    request: web.BaseRequest, extra: Mapping[str, str] | None = None
-) -> CIMultiDict[str]:
-    """The request's end-to-end headers plus ``X-Forwarded-For/Host/Proto`` and ``extra``."""
-    drop = _NOT_FORWARDED | _connection_tokens(request.headers)
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in drop
-    )
-    peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers.setdefault("X-Forwarded-Host", request.host)
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    if extra:
-        headers.update(extra)
-    return headers
 
 
 WHOLE_BODY_LIMIT = 64 * 1024
@@ -114,6 +73,26 @@ async def _read_some(request: web.BaseRequest, body: RequestBody) -> bytes:
         raise BodyTimeout from None
 
 
+async def _read_body(
+    request: web.BaseRequest, deadline: float | None, limit: int | None
+) -> bytearray:
+    """The whole body before the loop-time ``deadline``, at most ``limit`` bytes (read here:
+    ``request.read()`` stops at aiohttp's own 1 MiB and copies the body once more).
+
+    Raises:
+        BodyTimeout: the deadline passed first.
+        BodyTooLarge: the body is longer than ``limit``.
+    """
+    length = request.content_length
+    if limit is not None and length is not None and length > limit:
+        raise BodyTooLarge(limit)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await read_stream(request.content, limit)
+    except TimeoutError:
+        raise BodyTimeout from None
+
+
 async def open_upstream(
     session: aiohttp.ClientSession,
     request: web.BaseRequest,
@@ -146,7 +125,7 @@ async def open_upstream(
     if buffer_body or small_body(request):
         # A small body goes with the request headers in one write; buffer_body asks for it.
         try:
-            data = await read_body(request, body.deadline, body_limit if buffer_body else None)
+            data = await _read_body(request, body.deadline, body_limit if buffer_body else None)
         except BodyTimeout:
             body.timed_out = True
             raise
@@ -173,7 +152,7 @@ async def open_upstream(
 
 
 def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    drop = _NOT_RETURNED | _connection_tokens(upstream.headers)
+    drop = NOT_RETURNED | connection_tokens(upstream.headers)
     return CIMultiDict(
         (name, value) for name, value in upstream.headers.items() if name.lower() not in drop
     )

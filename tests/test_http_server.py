@@ -1,0 +1,280 @@
+"""The watchdog's own HTTP server (watchdog/http, issue 13): HTTP/1.1 framing on one connection,
+limits on the head, upgrades handed over, and no aiohttp in the fork and static modes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, RunningWatchdog, stop_process, wait_until_serving, watchdog_env
+
+from watchdog.http import Handler, HttpServer, Limits, Request, Response, StreamResponse
+
+# The real entry point, reporting at exit which modules it loaded.
+_REPORTING_ENTRY = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('AIOHTTP_LOADED=%s' % ('aiohttp' in sys.modules), flush=True))\n"
+    "runpy.run_module('watchdog', run_name='__main__')\n"
+)
+
+
+def _exchange(port: int, data: bytes, *, until: bytes | None = None) -> bytes:
+    """Send ``data``; what comes back until the server closes (or ``until`` has arrived)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        reply = b""
+        while until is None or until not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize("mode", ["auto", "static"])
+def test_fork_and_static_modes_never_import_aiohttp(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "index.html").write_text("home")
+    env = watchdog_env(tmp_path, fprocess="cat", mode=mode, static_path=str(root))
+    log_path = tmp_path / "watchdog.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [PYTHON, "-c", _REPORTING_ENTRY],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    wd = RunningWatchdog(proc, int(env["port"]), int(env["metrics_port"]), log_path, tmp_path)
+    try:
+        wait_until_serving(wd)
+        if mode == "static":
+            assert wd.request("GET", "/").text == "home"
+        else:
+            assert wd.request("POST", "/", body=b"echo").text == "echo"
+        assert "http_requests_total" in wd.metrics()
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, wd.logs()
+    assert "AIOHTTP_LOADED=False" in wd.logs(), wd.logs()
+
+
+def test_pipelined_requests_are_answered_in_order(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat")
+    requests = b"".join(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        for body in (b"first", b"second", b"third")
+    )
+    health = b"GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = _exchange(wd.port, requests + health, until=b"\r\n\r\nOK")
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 4, reply
+    first, second, third = reply.index(b"first"), reply.index(b"second"), reply.index(b"third")
+    assert first < second < third < reply.index(b"\r\n\r\nOK"), reply
+
+
+@pytest.mark.parametrize("mode", ["auto", "streaming"])
+def test_http_1_0_and_connection_close_end_the_connection(start_watchdog, mode: str) -> None:
+    wd = start_watchdog(fprocess="cat", mode=mode)  # streaming: no chunks for HTTP/1.0
+    reply = _exchange(wd.port, b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nhi"), reply
+    assert b"\r\nConnection: close\r\n" in reply
+    reply = _exchange(wd.port, b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"OK"), reply
+
+
+def test_http_1_0_keep_alive_is_kept(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat")
+    ask = b"GET /_/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=10) as sock:
+        for _ in range(2):  # the second answer comes on the same connection
+            sock.sendall(ask)
+            reply = b""
+            while not reply.endswith(b"\r\n\r\nOK"):
+                reply += sock.recv(4096)
+            assert b"\r\nConnection: keep-alive\r\n" in reply, reply
+
+
+def test_a_chunked_body_reaches_the_handler_whole(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat", mode="serializing")
+    body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    reply = _exchange(wd.port, head + body)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hello world"), reply
+
+
+def test_expect_100_continue_is_answered_before_the_body(start_watchdog) -> None:
+    wd = start_watchdog(fprocess="cat")
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=10) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"body")
+        reply = b""
+        while not reply.endswith(b"body"):
+            reply += sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /" + b"a" * (65 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (65 * 1024) + b"\r\n\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Many: c\r\n" * 100_000 + b"\r\n", b"431"),
+    ],
+)
+def test_oversized_heads_are_refused(start_watchdog, request_head: bytes, status: bytes) -> None:
+    wd = start_watchdog(fprocess="cat")
+    reply = _exchange(wd.port, request_head)
+    assert reply.split(b" ", 2)[1] == status, reply[:200]
+    assert wd.request("GET", "/_/health").status == 200
+
+
+class _Echo(asyncio.Protocol):
+    """What an upgraded connection is handed to: echoes bytes until the client closes."""
+
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self.closed = closed
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raise AssertionError("a detached connection is already made")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _upgrade_round_trip() -> tuple[bytes, bytes]:
+    async def handle(request: Request) -> StreamResponse:
+        if not request.upgrade:
+            return Response(status=400, text="not an upgrade\n")
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        echo = _Echo(closed)
+        echo.transport = request.transport
+        request.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n")
+        early = request.detach(echo)
+        request.transport.write(early)
+        await closed
+        return StreamResponse(status=101)
+
+    server = HttpServer(handle, Limits(None, 1024, 1024, 65536), lambda peer, reason: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        echoed = await reader.readexactly(len(b"early"))
+        writer.write(b"later")
+        echoed += await reader.readexactly(len(b"later"))
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return head, echoed
+
+
+def test_an_upgrade_hands_the_connection_and_its_early_bytes_over() -> None:
+    head, echoed = asyncio.run(_upgrade_round_trip())
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert echoed == b"earlylater"
+
+
+async def _serve_one(handle: Handler, data: bytes) -> bytes:
+    """``data`` sent to a server running ``handle``; its whole answer, until it closes."""
+    server = HttpServer(handle, Limits(None, 1024, 1024, 65536), lambda peer, reason: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        reply = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_a_failing_handler_is_a_500_before_its_head_and_a_cut_after() -> None:
+    async def fail_early(request: Request) -> StreamResponse:
+        raise RuntimeError("boom")
+
+    async def fail_late(request: Request) -> StreamResponse:
+        response = StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial")
+        raise RuntimeError("boom")
+
+    ask = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    early = asyncio.run(_serve_one(fail_early, ask))
+    assert early.startswith(b"HTTP/1.1 500 ") and b"\r\nConnection: close\r\n" in early, early
+    late = asyncio.run(_serve_one(fail_late, ask))
+    assert late.startswith(b"HTTP/1.1 200 ") and late.count(b"HTTP/1.1") == 1, late
+    assert b"partial" in late and not late.endswith(b"0\r\n\r\n"), late  # no final chunk
+
+
+async def _cancelled_on_disconnect() -> bool:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def wait_forever(request: Request) -> StreamResponse:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response()
+
+    server = HttpServer(wait_forever, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await started.wait()
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 10)
+    finally:
+        await server.shutdown(5)
+    return cancelled.is_set()
+
+
+def test_the_handler_is_cancelled_when_the_client_goes_away() -> None:
+    assert asyncio.run(_cancelled_on_disconnect())
+
+
+async def _unread_body_then_another_request() -> tuple[bytes, bytes]:
+    async def ignore_body(request: Request) -> StreamResponse:
+        return Response(text=f"{request.method} {request.path}\n")
+
+    server = HttpServer(ignore_body, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        first = await reader.readuntil(b"POST /first\n")  # answered before its body came
+        writer.write(b"0123456789GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await reader.readuntil(b"GET /second\n")  # the same connection goes on
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return first, second
+
+
+def test_a_body_the_handler_did_not_read_is_dropped_and_the_connection_kept() -> None:
+    first, second = asyncio.run(_unread_body_then_another_request())
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, first
+    assert second.startswith(b"HTTP/1.1 200 "), second

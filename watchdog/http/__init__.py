@@ -1,0 +1,15 @@
+"""The per-container watchdog's HTTP/1.1 server: asyncio protocols on uvloop, llhttp parsing.
+
+Lean on purpose (no aiohttp: it costs the watchdog 110 ms of start-up and 12 MB per replica):
+:mod:`.protocol` is one connection, :mod:`.request` and :mod:`.response` what handlers see,
+:mod:`.server` listening and draining.
+"""
+
+from __future__ import annotations
+
+from .protocol import Handler, Limits
+from .request import BodyStream, Request
+from .response import Response, StreamResponse
+from .server import HttpServer
+
+__all__ = ["BodyStream", "Handler", "HttpServer", "Limits", "Request", "Response", "StreamResponse"]
