@@ -18,7 +18,6 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
@@ -26,7 +25,15 @@ from yarl import URL
 from ..forwarding import forwarded_headers
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
-from .proxy import CLIENT_AUTO_HEADERS, response_headers, small_body
+from .proxy import (
+    ChunkSource,
+    FunctionUpstreams,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+    response_headers,
+    small_body,
+)
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 
 CALL_ID_HEADER = "X-Call-Id"
@@ -63,19 +70,57 @@ def new_call_id() -> str:
     return str(uuid.uuid4())
 
 
-def function_url(base_url: str, target: str) -> URL:
-    """``target`` (path and query, still percent-encoded) on a function's own URL.
+def function_target(prefix: str, target: str) -> str:
+    """``target`` (path and query, still percent-encoded) under a function URL's path.
 
-    Only a target that starts with ``/`` is appended: anything else could extend the
-    authority (``http://fn:8080`` + ``@other:9`` is a URL of host ``other``), so the scheme,
-    host and port always come from the function's configured URL alone.
+    Only a target that starts with ``/`` is taken: anything else could extend the authority
+    (``http://fn:8080`` + ``@other:9`` is a URL of host ``other``), so the scheme, host and
+    port always come from the function's configured URL alone.
 
     Raises:
         InvokeError: 400 for a target that is not a path.
     """
     if not target.startswith("/"):
         raise InvokeError(400, f"the request target {target[:80]!r} is not a path")
-    return URL(base_url + target, encoded=True)
+    return prefix + target
+
+
+def function_url(base_url: str, target: str) -> URL:
+    """``target`` on a function's own URL (for clients of their own: the asynchronous
+    worker's direct mode); :func:`function_target`'s rule.
+
+    Raises:
+        InvokeError: 400 for a target that is not a path.
+    """
+    return URL(base_url + function_target("", target), encoded=True)
+
+
+# What the invoke path writes itself: the framing of the body (the client's), the call's id
+# and start time.
+_NOT_SENT = frozenset({"content-length", "transfer-encoding", "x-call-id", "x-start-time"})
+# Methods for which an absent body is sent as an empty one (Content-Length: 0), as HTTP
+# clients (aiohttp's, Go's) do for methods that expect a body.
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def request_pairs(call: Call, upstream: Upstream) -> list[tuple[str, str]]:
+    """The headers ``call`` goes out with: Host (the call's own, else the function URL's),
+    its end-to-end headers, then its id and start time. The client frames the body."""
+    headers = call.headers
+    pairs = [(name, value) for name, value in headers.items() if name.lower() not in _NOT_SENT]
+    if "Host" not in headers:
+        pairs.insert(0, ("Host", upstream.host))
+    if upstream.authorization is not None:
+        pairs = [pair for pair in pairs if pair[0].lower() != "authorization"]
+        pairs.append(("Authorization", upstream.authorization))
+    pairs.append((CALL_ID_HEADER, call.call_id))
+    pairs.append((START_TIME_HEADER, str(call.start_time_ns)))
+    return pairs
+
+
+def _content_length(headers: CIMultiDict[str]) -> int | None:
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 @dataclass(slots=True)
@@ -130,7 +175,7 @@ class Invocation:
 
     function: Function
     call: Call
-    upstream: aiohttp.ClientResponse
+    upstream: UpstreamResponse
     started: float
     headers_after: float
     status: int = 0
@@ -138,7 +183,7 @@ class Invocation:
     def response_headers(self) -> CIMultiDict[str]:
         """The function's end-to-end headers plus the call id, start time and the duration
         until the response headers came (the gateway's measure, replacing the watchdog's)."""
-        headers = response_headers(self.upstream)
+        headers = CIMultiDict(response_headers(self.upstream))
         headers[CALL_ID_HEADER] = self.call.call_id
         headers[START_TIME_HEADER] = str(self.call.start_time_ns)
         headers[DURATION_HEADER] = f"{self.headers_after:.6f}"
@@ -146,19 +191,20 @@ class Invocation:
 
 
 class Invoker:
-    """Resolves function references and performs calls through one pooled client session."""
+    """Resolves function references and performs calls through keep-alive connection pools,
+    one per watchdog address (``upstreams``: closed by their owner, after the last call)."""
 
     def __init__(
         self,
         registry: FunctionRegistry,
-        session: aiohttp.ClientSession,
+        upstreams: FunctionUpstreams,
         metrics: GatewayMetrics,
         *,
         namespace: str,
         default_timeout: float,
     ) -> None:
         self.registry = registry
-        self.session = session
+        self.upstreams = upstreams
         self.metrics = metrics
         self.namespace = namespace
         self.default_timeout = default_timeout
@@ -192,6 +238,13 @@ class Invoker:
     def timeout_of(self, function: Function) -> float:
         return function.timeout if function.timeout is not None else self.default_timeout
 
+    def _upstream_of(self, function: Function) -> Upstream:
+        try:
+            return self.upstreams.of(function.base_url)
+        except ValueError as exc:
+            message = f"function {function.name!r} is unreachable: {exc}"
+            raise InvokeError(502, message, function=function) from None
+
     @asynccontextmanager
     async def invoke(self, function: Function, call: Call) -> AsyncIterator[Invocation]:
         """Send ``call`` to ``function``; yield once the response headers have arrived.
@@ -205,7 +258,8 @@ class Invoker:
                 if it cannot be reached or drops the connection before answering, 504 if it
                 does not answer within its timeout.
         """
-        url = function_url(function.base_url, call.target)
+        upstream_of = self._upstream_of(function)
+        target = function_target(upstream_of.prefix, call.target)
         key = function.key
         started = time.monotonic()
         inflight = self._inflight.get(key, 0)
@@ -223,28 +277,33 @@ class Invoker:
         self.metrics.started(key)
         status = 500
         timeout = self.timeout_of(function)
-        headers = call.headers.copy()
-        headers[CALL_ID_HEADER] = call.call_id
-        headers[START_TIME_HEADER] = str(call.start_time_ns)
+        headers = request_pairs(call, upstream_of)
+        body = call.body
+        whole: bytes | None = None
+        stream: ChunkSource | None = None
+        if isinstance(body, bytes | bytearray):
+            whole = bytes(body) if isinstance(body, bytearray) else body
+        elif body is not None:
+            stream = ChunkSource(body)
+        elif call.method not in _BODYLESS:
+            whole = b""
         answered = False
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    upstream = await self.session.request(
+                    upstream = await upstream_of.pool.request(
                         call.method,
-                        url,
-                        headers=headers,
-                        data=call.body,
-                        allow_redirects=False,
-                        auto_decompress=False,
-                        skip_auto_headers=CLIENT_AUTO_HEADERS,
+                        target,
+                        headers,
+                        whole,
+                        stream=stream,
+                        content_length=_content_length(call.headers) if stream else None,
                     )
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                except UpstreamError as exc:
                     status = 502
                     raise InvokeError(
                         502,
-                        f"function {function.name!r} is unreachable: "
-                        f"{exc or exc.__class__.__name__}",
+                        f"function {function.name!r} is unreachable: {exc}",
                         function=function,
                     ) from None
                 status, answered = upstream.status, True
