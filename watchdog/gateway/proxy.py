@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from ..forwarding import connection_tokens_of, returned_pairs
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
@@ -32,6 +31,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamResponse",
     "abort_connection",
+    "body_pending",
     "relay",
     "response_headers",
     "small_body",
@@ -146,6 +146,12 @@ def small_body(request: web.BaseRequest) -> bool:
     return length is not None and length <= WHOLE_BODY_LIMIT and request.body_exists
 
 
+def body_pending(request: web.BaseRequest) -> bool:
+    """The request has a small body (read whole, see :func:`small_body`) that has not all
+    arrived yet: reading it may wait on the client."""
+    return small_body(request) and not request.content.is_eof()
+
+
 def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
     """``upstream``'s end-to-end headers, in order (hop-by-hop ones, those its
     ``Connection`` names and Content-Length dropped: the gateway's server frames the body)."""
@@ -161,9 +167,11 @@ def abort_connection(request: web.BaseRequest) -> None:
 
 
 async def relay(
-    request: web.BaseRequest, upstream: UpstreamResponse, headers: CIMultiDict[str]
+    request: web.BaseRequest, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
 ) -> web.StreamResponse:
-    """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body.
+    """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body, sent
+    before returning (what the caller does next, counting the call, adds nothing to the
+    client's wait).
 
     A small body with a known length is read whole and goes in one write with the headers;
     any other streams write by write. If the upstream breaks off during a streamed body, the
@@ -178,9 +186,12 @@ async def relay(
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
         body = await upstream.read()
-        return web.Response(
+        whole = web.Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
+        await whole.prepare(request)
+        await whole.write_eof()
+        return whole
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length

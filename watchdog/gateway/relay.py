@@ -35,10 +35,10 @@ async def answer_call(
     """
     try:
         async with invoker.invoke(function, call) as invocation:
-            headers = invocation.response_headers()
-            headers["X-Served-By"] = SERVED_BY
+            served: tuple[tuple[str, str], ...] = (("X-Served-By", SERVED_BY),)
             if content_type is not None:
-                headers["Content-Type"] = content_type
+                served += (("Content-Type", content_type),)
+            headers = invocation.response_pairs(served)
             try:
                 return await relay(request, invocation.upstream, headers)
             except UpstreamError as exc:  # broke off before anything was sent
