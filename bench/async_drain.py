@@ -18,13 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import psutil
 import uvloop
 
 from watchdog.gateway.config import default_retry_policy
 from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
+from watchdog.gateway.proxy import FunctionUpstreams
 from watchdog.gateway.queue.base import CallRequest, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
@@ -60,10 +60,10 @@ async def drain(args: argparse.Namespace, queue: QueueBackend, url: str) -> dict
     figures["rss_full_mb"] = _rss()
     samples: list[float] = []
     stop = asyncio.Event()
-    async with aiohttp.ClientSession() as session:
+    with FunctionUpstreams() as upstreams:
         registry = InMemoryRegistry([Function("cat", url)])
         path = Invoker(
-            registry, session, GatewayMetrics(), namespace="openfaas-fn", default_timeout=30
+            registry, upstreams, GatewayMetrics(), namespace="openfaas-fn", default_timeout=30
         )
         policy = replace(default_retry_policy(), initial_backoff=0.1, max_backoff=1)
         worker = AsyncWorker(

@@ -437,6 +437,7 @@ def test_the_worker_invokes_through_the_gateways_sync_path(
 ) -> None:
     from watchdog.gateway.invoke import Invoker
     from watchdog.gateway.metrics import GatewayMetrics
+    from watchdog.gateway.proxy import FunctionUpstreams
     from watchdog.gateway.registry import Function, InMemoryRegistry
     from watchdog.gateway.worker import InvokePathRunner
 
@@ -448,9 +449,13 @@ def test_the_worker_invokes_through_the_gateways_sync_path(
         await queue.open()
         stop = asyncio.Event()
         try:
-            async with aiohttp.ClientSession() as session:
+            with FunctionUpstreams() as upstreams:
                 path = Invoker(
-                    registry, session, GatewayMetrics(), namespace="openfaas-fn", default_timeout=5
+                    registry,
+                    upstreams,
+                    GatewayMetrics(),
+                    namespace="openfaas-fn",
+                    default_timeout=5,
                 )
                 gateway = InvokePathRunner(path)
                 assert gateway.limit_for("reflect") == 2 and gateway.limit_for("nope") is None

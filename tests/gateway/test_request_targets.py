@@ -20,6 +20,7 @@ from test_request_targets import Bystander
 
 from watchdog.gateway.invoke import Invoker
 from watchdog.gateway.metrics import GatewayMetrics
+from watchdog.gateway.proxy import FunctionUpstreams
 from watchdog.gateway.queue.base import CallRequest, LeasedCall
 from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.worker import InvokePathRunner, InvokeResult
@@ -164,10 +165,11 @@ def test_a_stored_path_that_is_not_a_path_never_reaches_another_host() -> None:
             direct = HttpAttemptRunner(session, {stored.function: url}.get, lambda name: 5.0)
             registry = InMemoryRegistry([Function("fn", url)])
             metrics = GatewayMetrics()
-            invoker = Invoker(
-                registry, session, metrics, namespace="openfaas-fn", default_timeout=5.0
-            )
-            return [await direct.invoke(leased), await InvokePathRunner(invoker).invoke(leased)]
+            with FunctionUpstreams() as upstreams:
+                invoker = Invoker(
+                    registry, upstreams, metrics, namespace="openfaas-fn", default_timeout=5.0
+                )
+                return [await direct.invoke(leased), await InvokePathRunner(invoker).invoke(leased)]
 
     try:
         for outcome in run(replay()):

@@ -42,6 +42,7 @@ from .invoke import (
     new_call_id,
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from .proxy import body_pending
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 from .relay import answer_call
 
@@ -154,6 +155,7 @@ class GatewayApp:
         self.routes: tuple[Route, ...] = tuple(
             sorted([*own, *routes], key=lambda route: len(route.prefix), reverse=True)
         )
+        self._by_segment = _routes_by_segment(self.routes)
         self._info = _info_body()
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -161,7 +163,8 @@ class GatewayApp:
         if refused is not None:
             return refused
         raw_path = request.raw_path.partition("?")[0]
-        for route in self.routes:
+        candidates = self._by_segment.get(_first_segment(raw_path), self.routes)
+        for route in candidates:
             if raw_path.startswith(route.prefix):
                 guarded = route.protected or request.method in route.protected_methods
                 if guarded and not self.auth.authorized(request):
@@ -190,13 +193,23 @@ class GatewayApp:
                 if wait is not None:
                     return await self.converter.call_converting(request, function, target, wait)
             try:
-                async with asyncio.timeout(self.invoker.timeout_of(function)):
-                    call = await Call.from_request(request, target)
+                call = await self._call_of(request, function, target)
             except TimeoutError:
                 return refusal(408, "request body not received within the timeout")
             return await answer_call(self.invoker, request, function, call)
         except InvokeError as exc:
             return _invoke_error(exc, call, request)
+
+    async def _call_of(self, request: web.BaseRequest, function: Function, target: str) -> Call:
+        """The request as a call, its small body read within the function's timeout.
+
+        Raises:
+            TimeoutError: the body did not arrive in time.
+        """
+        if not body_pending(request):  # nothing to wait for: no timer to set and cancel
+            return await Call.from_request(request, target)
+        async with asyncio.timeout(self.invoker.timeout_of(function)):
+            return await Call.from_request(request, target)
 
     # -- system API -------------------------------------------------------------------------
 
@@ -272,6 +285,27 @@ class GatewayApp:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _first_segment(raw_path: str) -> str:
+    """``/function/`` of ``/function/echo/x``; empty for a path of one segment."""
+    return raw_path[: raw_path.find("/", 1) + 1]
+
+
+def _routes_by_segment(routes: tuple[Route, ...]) -> dict[str, tuple[Route, ...]]:
+    """For each first segment of a route's prefix, the routes a path starting with it can
+    match, longest prefix first: a few instead of all of them on every request. (A route
+    matching such a path either starts with the segment or is a prefix of it.) Paths with
+    another first segment try every route."""
+    segments = {_first_segment(route.prefix) for route in routes} - {""}
+    return {
+        segment: tuple(
+            route
+            for route in routes
+            if route.prefix.startswith(segment) or segment.startswith(route.prefix)
+        )
+        for segment in segments
+    }
+
+
 def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     """Only origin-form targets are served, as by the watchdog (:mod:`..targets`): a
     function's address comes from its configured URL alone, never from the request."""
@@ -312,6 +346,8 @@ def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
     router (gorilla/mux) does, so ``/function/a/../b`` never reaches function ``a`` as ``/../b``.
     Percent-encoded dots count as dots; everything else stays encoded."""
     raw_path, mark, query = request.raw_path.partition("?")
+    if "//" not in raw_path and "/." not in raw_path and "/%2" not in raw_path:
+        return None  # no empty segment, none that is (or decodes to) a dot or two
     segments = raw_path.split("/")[1:]
     if not any(seg in ("", ".", "..") or unquote(seg) in (".", "..") for seg in segments[:-1]) and (
         unquote(segments[-1]) not in (".", "..")

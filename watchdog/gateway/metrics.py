@@ -54,14 +54,25 @@ class GatewayMetrics:
         self.registry.register(self._started)
         ProcessCollector(registry=self.registry)
         self._observers: dict[tuple[str, int], Callable[[float], None]] = {}
+        self._inflight_of: dict[str, Gauge] = {}
 
     def started(self, function_name: str) -> None:
         """A call was let through to the function (not refused by a limit)."""
         self._started.counts[function_name] = self._started.counts.get(function_name, 0) + 1
-        self._inflight.labels(function_name=function_name).inc()
+        self._inflight_gauge(function_name).inc()
 
     def finished(self, function_name: str) -> None:
-        self._inflight.labels(function_name=function_name).dec()
+        self._inflight_gauge(function_name).dec()
+
+    def _inflight_gauge(self, function_name: str) -> Gauge:
+        """The function's in-flight child, cached: ``labels()`` takes a lock and builds a key
+        on every call, on the hot path twice per call."""
+        gauge = self._inflight_of.get(function_name)
+        if gauge is None:
+            gauge = self._inflight_of[function_name] = self._inflight.labels(
+                function_name=function_name
+            )
+        return gauge
 
     def observe(self, function_name: str, status: int, seconds: float) -> None:
         """Count one finished (or refused) call; label children are cached per pair."""

@@ -1,34 +1,41 @@
-"""The gateway's reverse proxying of one request to a function's watchdog, with aiohttp's
-client, streaming both ways.
+"""The gateway's reverse proxying of one call to a function's watchdog, streaming both ways.
 
-Callers choose the target URL, the deadline and the extra headers; this module moves the bytes:
-the header rules are :mod:`..forwarding`'s (shared with the watchdog's http mode, which has its
-own client), a known Content-Length is kept, and the response is streamed back chunk by chunk
-(each write goes straight to the socket, so event streams are not held back).
+Requests go out through :mod:`..http.upstream`, the watchdog's own client (keep-alive
+HTTP/1.1 over asyncio protocols, httptools' parser), one pool per watchdog address
+(:class:`FunctionUpstreams`). It adds no header of its own: the function gets the call's
+headers, the Host of its configured URL and the framing of the body, nothing invented. The
+header rules are :mod:`..forwarding`'s (shared with the watchdog's http mode). Answers go back
+through aiohttp's server: a small body with a known length in one write with the headers, any
+other chunk by chunk as it arrives (each write goes to the socket, so event streams are not
+held back).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping
+import base64
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from ..forwarding import NOT_RETURNED, connection_tokens, forwarded_headers
-from ..limits import BodyTimeout, BodyTooLarge, read_stream, within_write_timeout
+from ..forwarding import connection_tokens_of, returned_pairs
+from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
-CHUNK = 65536
-# Headers aiohttp's client adds when the request has none. A proxy must not invent them: an
-# added Accept-Encoding makes the upstream compress for a client that never asked for it.
-CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-
-
-class UpstreamError(Exception):
-    """The upstream refused, dropped or broke the connection before answering."""
-
+__all__ = [
+    "WHOLE_BODY_LIMIT",
+    "ChunkSource",
+    "FunctionUpstreams",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamResponse",
+    "abort_connection",
+    "body_pending",
+    "relay",
+    "response_headers",
+    "small_body",
+]
 
 WHOLE_BODY_LIMIT = 64 * 1024
 """A request or response body of at most this size with a known length is read whole and
@@ -36,126 +43,119 @@ sent together with its headers: one write (one system call) instead of headers, 
 apart, which is most of a small proxied request's cost. Longer or unknown-length bodies
 stream."""
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A function's watchdog as its configured URL names it.
+
+    Attributes:
+        pool: the keep-alive connections to its address (shared by URLs with the same one).
+        host: the ``Host`` header its URL implies (``host`` or ``host:port``).
+        prefix: the URL's path, still percent-encoded, put before every call's target.
+        authorization: the ``Authorization`` header of credentials in the URL, if any.
+    """
+
+    pool: UpstreamPool
+    host: str
+    prefix: str
+    authorization: str | None = None
+
+
+class FunctionUpstreams:
+    """One :class:`UpstreamPool` per watchdog address, made on first use; :meth:`close` (or
+    leaving a ``with`` block) closes every connection."""
+
+    def __init__(self, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.idle_timeout = idle_timeout
+        self._by_url: dict[str, Upstream] = {}
+        self._pools: dict[tuple[str, str, int], UpstreamPool] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def of(self, base_url: str) -> Upstream:
+        """The upstream of a function's URL (``http://host:port[/prefix]``, no trailing /).
+
+        Raises:
+            ValueError: not an http(s) URL with a host (the configuration refuses those).
+        """
+        upstream = self._by_url.get(base_url)
+        if upstream is None:
+            upstream = self._by_url[base_url] = self._parse(base_url)
+        return upstream
+
+    def __enter__(self) -> FunctionUpstreams:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        self._by_url.clear()
+
+    def _parse(self, base_url: str) -> Upstream:
+        parts = urlsplit(base_url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        if scheme not in _DEFAULT_PORTS or not host:
+            raise ValueError(f"not an http(s) URL with a host: {base_url!r}")
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        key = (scheme, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            tls = self._tls_context() if scheme == "https" else None
+            pool = self._pools[key] = UpstreamPool(host, port, self.idle_timeout, ssl=tls)
+        shown = f"[{host}]" if ":" in host else host
+        if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
+            shown = f"{shown}:{port}"
+        authorization = None
+        if parts.username is not None:
+            # As aiohttp's client did: credentials in a function's URL are sent as basic auth.
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(secret.encode()).decode("ascii")
+        return Upstream(pool, shown, parts.path, authorization)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+
+class ChunkSource:
+    """A call's streamed body (any async iterable of bytes) as the client's
+    :class:`~..http.upstream.BodySource`: empty chunks are skipped, ``b""`` only at the end."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks: AsyncIterator[bytes] = aiter(chunks)
+
+    async def next_chunk(self) -> bytes:
+        async for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return b""
+
 
 def small_body(request: web.BaseRequest) -> bool:
     """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
-    return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
+    return length is not None and length <= WHOLE_BODY_LIMIT and request.body_exists
 
 
-class RequestBody:
-    """How far the client's request body has got, against its ``deadline`` (loop time)."""
-
-    __slots__ = ("deadline", "complete", "timed_out")
-
-    def __init__(self, deadline: float | None = None) -> None:
-        self.deadline = deadline
-        self.complete = False
-        """All of it has been read from the client (and handed on to the upstream)."""
-        self.timed_out = False
-        """The client did not deliver it before the deadline."""
+def body_pending(request: web.BaseRequest) -> bool:
+    """The request has a small body (read whole, see :func:`small_body`) that has not all
+    arrived yet: reading it may wait on the client."""
+    return small_body(request) and not request.content.is_eof()
 
 
-async def _stream_body(request: web.BaseRequest, body: RequestBody) -> AsyncIterator[bytes]:
-    while chunk := await _read_some(request, body):
-        yield chunk
-    body.complete = True
-
-
-async def _read_some(request: web.BaseRequest, body: RequestBody) -> bytes:
-    # The deadline wraps each read, never a yield: the generator runs in aiohttp's writer task.
-    try:
-        async with asyncio.timeout_at(body.deadline):
-            return await request.content.readany()
-    except TimeoutError:
-        body.timed_out = True
-        raise BodyTimeout from None
-
-
-async def _read_body(
-    request: web.BaseRequest, deadline: float | None, limit: int | None
-) -> bytearray:
-    """The whole body before the loop-time ``deadline``, at most ``limit`` bytes (read here:
-    ``request.read()`` stops at aiohttp's own 1 MiB and copies the body once more).
-
-    Raises:
-        BodyTimeout: the deadline passed first.
-        BodyTooLarge: the body is longer than ``limit``.
-    """
-    length = request.content_length
-    if limit is not None and length is not None and length > limit:
-        raise BodyTooLarge(limit)
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await read_stream(request.content, limit)
-    except TimeoutError:
-        raise BodyTimeout from None
-
-
-async def open_upstream(
-    session: aiohttp.ClientSession,
-    request: web.BaseRequest,
-    url: str | URL,
-    *,
-    buffer_body: bool = False,
-    extra_headers: Mapping[str, str] | None = None,
-    body: RequestBody | None = None,
-    body_limit: int | None = None,
-) -> aiohttp.ClientResponse:
-    """Send ``request`` to ``url`` and return the upstream's response once its headers arrive.
-
-    The body streams unless ``buffer_body`` (then it is read whole and sent with a length). A
-    known Content-Length is kept either way, so the upstream sees no chunked upload it did not
-    get from the client. A ``str`` ``url`` is taken as already percent-encoded and sent as it
-    is (yarl would otherwise re-quote it: ``%7e`` would become ``~``, ``%zz`` ``%25zz``), so a
-    raw path and query from the client reach the upstream unchanged. ``body`` (optional)
-    holds the deadline for reading the client's body and reports how far it got.
-    ``body_limit`` bounds a ``buffer_body`` read (a streamed body is not bounded).
-
-    Raises:
-        UpstreamError: the connection failed before the response headers (also when the body
-            stopped arriving while it streamed: ``body.timed_out`` tells).
-        BodyTimeout: ``buffer_body`` and the body did not arrive before its deadline.
-        BodyTooLarge: ``buffer_body`` and the body is longer than ``body_limit``.
-    """
-    body = body or RequestBody()
-    headers = forwarded_headers(request, extra_headers)
-    data: bytearray | AsyncIterator[bytes] | None
-    if buffer_body or small_body(request):
-        # A small body goes with the request headers in one write; buffer_body asks for it.
-        try:
-            data = await _read_body(request, body.deadline, body_limit if buffer_body else None)
-        except BodyTimeout:
-            body.timed_out = True
-            raise
-        body.complete = True
-    elif not request.body_exists:
-        data = None
-        body.complete = True
-    else:
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
-        data = _stream_body(request, body)
-    try:
-        return await session.request(
-            request.method,
-            URL(url, encoded=True) if isinstance(url, str) else url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            auto_decompress=False,
-            skip_auto_headers=CLIENT_AUTO_HEADERS,
-        )
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
-
-
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    drop = NOT_RETURNED | connection_tokens(upstream.headers)
-    return CIMultiDict(
-        (name, value) for name, value in upstream.headers.items() if name.lower() not in drop
-    )
+def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
+    """``upstream``'s end-to-end headers, in order (hop-by-hop ones, those its
+    ``Connection`` names and Content-Length dropped: the gateway's server frames the body)."""
+    return returned_pairs(upstream.headers, connection_tokens_of(upstream.headers))
 
 
 def abort_connection(request: web.BaseRequest) -> None:
@@ -166,74 +166,42 @@ def abort_connection(request: web.BaseRequest) -> None:
         transport.abort()
 
 
-def response_for(
-    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str] | None = None
+async def relay(
+    request: web.BaseRequest, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
 ) -> web.StreamResponse:
-    """A response carrying ``upstream``'s status and (by default) end-to-end headers."""
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(headers if headers is not None else response_headers(upstream))
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
-    return response
+    """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body, sent
+    before returning (what the caller does next, counting the call, adds nothing to the
+    client's wait).
 
-
-async def read_whole_if_small(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse
-) -> bytes | None:
-    """``upstream``'s whole body if it qualifies (see :data:`WHOLE_BODY_LIMIT`), else None.
+    A small body with a known length is read whole and goes in one write with the headers;
+    any other streams write by write. If the upstream breaks off during a streamed body, the
+    client's connection is cut (see :func:`abort_connection`). A client that goes away raises
+    ``ConnectionError``.
 
     Raises:
-        UpstreamError: the upstream broke off before the end of the body (nothing has been
-            sent to the client yet, so an error status can still be answered).
+        UpstreamError: the upstream broke off before the end of a small body (nothing has
+            been sent to the client yet, so an error status can still be answered).
     """
     length = upstream.content_length
-    if request.method == "HEAD" or length is None or length > WHOLE_BODY_LIMIT:
-        return None
-    try:
-        return await upstream.read()
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamError(str(exc) or exc.__class__.__name__) from exc
-    finally:
-        upstream.release()
-
-
-def whole_response(response: web.StreamResponse, body: bytes) -> web.Response:
-    """``response``'s status and headers with ``body``, sent in one write."""
-    return web.Response(
-        status=response.status, reason=response.reason, headers=response.headers, body=body
-    )
-
-
-async def relay(
-    request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
-    response: web.StreamResponse,
-    write_timeout: float | None = None,
-) -> web.StreamResponse:
-    """Send ``response`` and stream ``upstream``'s body into it, write by write (a small body
-    with a known length goes in one write with the headers instead).
-
-    If the upstream breaks off during the body, the client's connection is cut (see
-    :func:`abort_connection`). A client that goes away raises ``ConnectionError``; on a
-    deadline the caller checks ``response.prepared`` to decide between answering and cutting.
-
-    Raises:
-        ClientStalled: one write to the client took longer than ``write_timeout``.
-    """
-    body = await read_whole_if_small(request, upstream)
-    if body is not None:
-        return whole_response(response, body)
-    if request.method == "HEAD":
-        response.content_length = upstream.content_length
-    await within_write_timeout(response.prepare(request), write_timeout)
-    try:
-        if request.method != "HEAD":
-            while chunk := await upstream.content.readany():
-                await within_write_timeout(response.write(chunk), write_timeout)
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
-        abort_connection(request)
-        return response
-    finally:
-        upstream.release()
-    await within_write_timeout(response.write_eof(), write_timeout)
+    head_only = request.method == "HEAD"
+    if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
+        body = await upstream.read()
+        whole = web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
+        await whole.prepare(request)
+        await whole.write_eof()
+        return whole
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    if not head_only:
+        try:
+            while chunk := await upstream.read_chunk():
+                await response.write(chunk)
+        except UpstreamError:
+            abort_connection(request)
+            return response
+    await response.write_eof()
     return response

@@ -35,16 +35,12 @@ async def answer_call(
     """
     try:
         async with invoker.invoke(function, call) as invocation:
-            upstream = invocation.upstream
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(invocation.response_headers())
-            response.headers["X-Served-By"] = SERVED_BY
+            served: tuple[tuple[str, str], ...] = (("X-Served-By", SERVED_BY),)
             if content_type is not None:
-                response.headers["Content-Type"] = content_type
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
+                served += (("Content-Type", content_type),)
+            headers = invocation.response_pairs(served)
             try:
-                return await relay(request, upstream, response)
+                return await relay(request, invocation.upstream, headers)
             except UpstreamError as exc:  # broke off before anything was sent
                 invocation.status = 502
                 message = f"function {function.key} broke off its response: {exc}"
@@ -53,7 +49,7 @@ async def answer_call(
                 # The caller went away (aiohttp's ClientConnectionResetError is one too).
                 invocation.status = CLIENT_GONE
                 abort_connection(request)
-                return response
+                return web.Response(status=CLIENT_GONE)  # never sent: the connection is cut
     except TimeoutError:
         log.warning("function %s timed out while answering", function.key)
         abort_connection(request)

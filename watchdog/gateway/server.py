@@ -1,10 +1,11 @@
-"""The gateway process: listener, the pooled client session, the queue of asynchronous calls
-with its worker, callback dispatcher and retention purge, signals and shutdown.
+"""The gateway process: listener, the pools of connections to the functions, the queue of
+asynchronous calls with its worker, callback dispatcher and retention purge, signals and
+shutdown.
 
 Shutdown, on SIGTERM or SIGINT: ``/healthz`` answers 503, the listener closes, calls in flight
 get up to ``write_timeout`` to finish; then the worker stops leasing and lets its running calls
 finish for up to ``write_timeout`` too (what remains runs again after a restart: leases), the
-queue closes, then the client session.
+queue closes, then the connection pools.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 from aiohttp import web
 
 from .. import __version__
@@ -26,6 +26,7 @@ from .console import UI_PATH, Console
 from .doors import DoorServices, mount
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
+from .proxy import FunctionUpstreams
 from .queue import QueueBackend
 from .queue.factory import build_queue
 from .registry import FunctionRegistry, InMemoryRegistry
@@ -38,10 +39,13 @@ log = logging.getLogger("watchdog.gateway")
 # to 1 MiB in all; aiohttp's default stops a request line at 8 KiB.
 _MAX_LINE = 1024 * 1024
 _MAX_FIELD = 64 * 1024
+_IDLE_UPSTREAM = 15.0
+"""Seconds an idle connection to a function is kept for reuse."""
 
 
 class Gateway:
-    """One gateway: the routes of :class:`GatewayApp` served over one pooled client session.
+    """One gateway: the routes of :class:`GatewayApp`, calling functions through keep-alive
+    connection pools (:class:`FunctionUpstreams`).
 
     ``registry`` defaults to an in-memory one holding the configured functions; pass your own
     (e.g. the local runner's) to fill it at run time.
@@ -51,7 +55,7 @@ class Gateway:
         self.config = config
         self.registry: FunctionRegistry = registry or InMemoryRegistry(config.functions)
         self.metrics = GatewayMetrics()
-        self._session: aiohttp.ClientSession | None = None
+        self._upstreams: FunctionUpstreams | None = None
         self._http: web.ServerRunner | None = None
         self.app: GatewayApp | None = None
         self.port: int | None = None
@@ -75,19 +79,12 @@ class Gateway:
             await self.close()
 
     async def start(self) -> None:
-        # One pool for every function: no cap on connections (the per-function limits are the
-        # gateway's own), idle connections kept for reuse. Timeouts are the invoker's.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=15)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-            max_line_size=_MAX_FIELD,
-            max_field_size=_MAX_FIELD,
-        )
+        # A pool per watchdog address: no cap on connections (the per-function limits are the
+        # gateway's own), idle ones kept for reuse. Timeouts are the invoker's.
+        self._upstreams = FunctionUpstreams(idle_timeout=_IDLE_UPSTREAM)
         invoker = Invoker(
             self.registry,
-            self._session,
+            self._upstreams,
             self.metrics,
             namespace=self.config.namespace,
             default_timeout=self.config.upstream_timeout,
@@ -216,9 +213,9 @@ class Gateway:
             await self._http.cleanup()
             self._http = None
         await self._stop_async()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstreams is not None:
+            self._upstreams.close()
+            self._upstreams = None
 
 
 def _queue_routes(config: GatewayConfig, calls: AsyncCalls, console: Console) -> list[Route]:

@@ -31,7 +31,7 @@ from ..forwarding import HOP_BY_HOP
 from ..responses import INTERNAL_HEADER
 from ._aio import first_of, record_outcome
 from .invoke import Call, InvokeError, Invoker
-from .proxy import response_headers
+from .proxy import UpstreamError, response_headers
 from .queue.base import (
     AttemptResult,
     CallRunQueue,
@@ -110,10 +110,18 @@ def platform_failure(started: float, error: str) -> AttemptResult:
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """Read the whole body, keeping at most ``limit`` bytes; True if some were dropped."""
+    """:func:`read_capped_chunks` of an aiohttp client's response (direct delivery)."""
+    return await read_capped_chunks(response.content.readany, limit)
+
+
+async def read_capped_chunks(
+    read_chunk: Callable[[], Awaitable[bytes]], limit: int
+) -> tuple[bytes, bool]:
+    """Read a whole body (``read_chunk`` gives ``b""`` at its end), keeping at most ``limit``
+    bytes; True if some were dropped."""
     kept = bytearray()
     truncated = False
-    while chunk := await response.content.readany():
+    while chunk := await read_chunk():
         room = limit - len(kept)
         if len(chunk) > room:
             truncated = True
@@ -162,8 +170,9 @@ class InvokePathRunner:
         outgoing = Call(request.method, target, headers, request.body, call.call_id)
         try:
             async with self.invoker.invoke(function, outgoing) as invocation:
-                body, truncated = await read_capped(invocation.upstream, self.result_limit)
-                kept = tuple(response_headers(invocation.upstream).items())
+                upstream = invocation.upstream
+                body, truncated = await read_capped_chunks(upstream.read_chunk, self.result_limit)
+                kept = tuple(response_headers(upstream))
                 return InvokeResult(classify(invocation.status, kept, body, truncated, started))
         except InvokeError as exc:
             retry_after: Headers = ()
@@ -182,7 +191,7 @@ class InvokePathRunner:
             timeout = self.invoker.timeout_of(function)
             error = f"timed out after {timeout:g}s"
             return InvokeResult(platform_failure(started, error), gateway_status=504)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             error = f"connection to the function failed: {exc.__class__.__name__}: {exc}"
             return InvokeResult(platform_failure(started, error), gateway_status=502)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as tls
 import time
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -441,10 +442,19 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to one ``host:port``, newest idle one reused first."""
 
-    def __init__(self, host: str, port: int, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        idle_timeout: float = IDLE_TIMEOUT,
+        *,
+        ssl: tls.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.idle_timeout = idle_timeout
+        self.ssl = ssl
+        """TLS to the upstream when given (the gateway's https functions)."""
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self.opened = 0
@@ -528,7 +538,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await loop.create_connection(
-                lambda: _Connection(self), self.host, self.port
+                lambda: _Connection(self), self.host, self.port, ssl=self.ssl
             )
         except OSError as exc:
             reason = exc.strerror or str(exc) or exc.__class__.__name__

@@ -55,16 +55,15 @@ from functools import partial
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, unquote_plus
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
-from ...limits import BodyTooLarge, read_stream
 from ..activations import encode_body
 from ..answers import SERVED_BY, json_response
 from ..async_api import read_limited
 from ..invoke import CALL_ID_HEADER, Call, InvokeError
+from ..proxy import UpstreamError
 from ..queue.base import (
     ActivationRecord,
     CallRequest,
@@ -391,8 +390,8 @@ class FcApi:
         try:
             async with self.invoker.invoke(function, call) as invocation:
                 try:
-                    data = bytes(await read_stream(invocation.upstream.content, MAX_SYNC_RESPONSE))
-                except BodyTooLarge:
+                    data = await invocation.upstream.read(MAX_SYNC_RESPONSE)
+                except ValueError:  # longer than the limit
                     invocation.status = 502
                     limit = MAX_SYNC_RESPONSE
                     return error(502, "FunctionResponseTooLarge", f"answer over {limit} bytes")
@@ -401,7 +400,7 @@ class FcApi:
             return _invoke_error(exc)
         except TimeoutError:
             return _invoke_error(InvokeError(504, f"function {function.name!r} timed out"))
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except UpstreamError as exc:
             return _invoke_error(InvokeError(502, f"function {function.name!r} broke off: {exc}"))
         # Whole, not streamed (relay.answer_call): an error answer's body may be rewritten.
         if status < 400:
