@@ -16,9 +16,24 @@ from watchdog.http import Handler, HttpServer, Limits, Request, Response, Stream
 # The real entry point, reporting at exit which modules it loaded.
 _REPORTING_ENTRY = (
     "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('AIOHTTP_LOADED=%s' % ('aiohttp' in sys.modules), flush=True))\n"
+    "atexit.register(lambda: print('AIOHTTP_LOADED=%s PROMETHEUS_LOADED=%s' % (\n"
+    "    'aiohttp' in sys.modules, 'prometheus_client' in sys.modules), flush=True))\n"
     "runpy.run_module('watchdog', run_name='__main__')\n"
 )
+
+
+def _start_reporting_watchdog(tmp_path: Path, **settings: str) -> RunningWatchdog:
+    env = watchdog_env(tmp_path, **settings)
+    log_path = tmp_path / "watchdog.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [PYTHON, "-c", _REPORTING_ENTRY],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return RunningWatchdog(proc, int(env["port"]), int(env["metrics_port"]), log_path, tmp_path)
 
 
 def _exchange(port: int, data: bytes, *, until: bytes | None = None) -> bytes:
@@ -39,17 +54,8 @@ def test_fork_and_static_modes_never_import_aiohttp(tmp_path: Path, mode: str) -
     root = tmp_path / "public"
     root.mkdir()
     (root / "index.html").write_text("home")
-    env = watchdog_env(tmp_path, fprocess="cat", mode=mode, static_path=str(root))
-    log_path = tmp_path / "watchdog.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [PYTHON, "-c", _REPORTING_ENTRY],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    wd = RunningWatchdog(proc, int(env["port"]), int(env["metrics_port"]), log_path, tmp_path)
+    wd = _start_reporting_watchdog(tmp_path, fprocess="cat", mode=mode, static_path=str(root))
+    proc = wd.proc
     try:
         wait_until_serving(wd)
         if mode == "static":
@@ -61,6 +67,32 @@ def test_fork_and_static_modes_never_import_aiohttp(tmp_path: Path, mode: str) -
         stop_process(proc)
     assert proc.returncode == 0, wd.logs()
     assert "AIOHTTP_LOADED=False" in wd.logs(), wd.logs()
+
+
+def test_prometheus_client_is_loaded_by_the_first_scrape_only(tmp_path: Path) -> None:
+    """An unscraped watchdog never pays for prometheus_client; requests served before the first
+    scrape are in it."""
+    wd = _start_reporting_watchdog(tmp_path, fprocess="cat")
+    try:
+        wait_until_serving(wd)
+        for _ in range(3):
+            assert wd.request("POST", "/", body=b"echo").text == "echo"
+    finally:
+        stop_process(wd.proc)
+    assert "PROMETHEUS_LOADED=False" in wd.logs(), wd.logs()
+
+    wd = _start_reporting_watchdog(tmp_path, fprocess="cat")
+    try:
+        wait_until_serving(wd)
+        for _ in range(3):
+            assert wd.request("POST", "/", body=b"echo").text == "echo"
+        text = wd.metrics()
+    finally:
+        stop_process(wd.proc)
+    assert 'http_requests_total{code="200",method="post"} 3.0' in text
+    assert 'http_request_duration_seconds_count{code="200",method="post"} 3.0' in text
+    assert "process_resident_memory_bytes" in text
+    assert "PROMETHEUS_LOADED=True" in wd.logs(), wd.logs()
 
 
 def test_pipelined_requests_are_answered_in_order(start_watchdog) -> None:
