@@ -16,8 +16,10 @@ from watchdog.http import Handler, HttpServer, Limits, Request, Response, Stream
 # The real entry point, reporting at exit which modules it loaded.
 _REPORTING_ENTRY = (
     "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('AIOHTTP_LOADED=%s PROMETHEUS_LOADED=%s' % (\n"
-    "    'aiohttp' in sys.modules, 'prometheus_client' in sys.modules), flush=True))\n"
+    "atexit.register(lambda: print('AIOHTTP_LOADED=%s PROMETHEUS_LOADED=%s UNNEEDED=%s' % (\n"
+    "    'aiohttp' in sys.modules, 'prometheus_client' in sys.modules,\n"
+    "    sorted(m for m in ('argparse', 'shutil', 'secrets') if m in sys.modules)),\n"
+    "    flush=True))\n"
     "runpy.run_module('watchdog', run_name='__main__')\n"
 )
 
@@ -80,6 +82,8 @@ def test_prometheus_client_is_loaded_by_the_first_scrape_only(tmp_path: Path) ->
     finally:
         stop_process(wd.proc)
     assert "PROMETHEUS_LOADED=False" in wd.logs(), wd.logs()
+    # Nor what only the other commands need: each would cost memory in every replica.
+    assert "UNNEEDED=[]" in wd.logs(), wd.logs()
 
     wd = _start_reporting_watchdog(tmp_path, fprocess="cat")
     try:

@@ -13,7 +13,6 @@ failed while running.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,9 +21,12 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import WatchdogConfig
-from .settings import CommandParser, ConfigError, UsageError, declared, plain
+from .settings import ConfigError, declared, plain
 
 if TYPE_CHECKING:
+    import argparse
+
+    from .flags import CommandParser
     from .gateway.config import GatewayConfig
 
 EXIT_CONFIG = 2
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args == [args[0]] and args[0] in HEALTHCHECK_ARGS:
         return _run_healthcheck(os.environ)
+    from .flags import UsageError  # argparse is for commands, not the container's entry point
+
     gateway_problems: list[str] = []
     if args[0] == "gateway":
         from .gateway.config import join_flag_values
@@ -87,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> CommandParser:
     """The whole command line: the watchdog's options and every subcommand."""
+    import argparse
+
     from . import client
     from .devtools.cli import add_commands
+    from .flags import CommandParser
     from .gateway.config import add_arguments as add_gateway_arguments
 
     parser = CommandParser(
@@ -232,6 +239,7 @@ def _serve_gateway(config: GatewayConfig) -> int:
 def run_client(command: str, args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """``fwatchdog invoke`` and ``fwatchdog activations``: talk to a gateway."""
     from . import client
+    from .flags import UsageError
 
     try:
         if command == "invoke":

@@ -19,7 +19,7 @@ from email.message import Message
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
-from .settings import UsageError
+from .flags import UsageError
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 EXIT_FAILED = 1

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
-from .http import Request, StreamResponse
+from .http import Request, Response, StreamResponse
 
 T = TypeVar("T")
 
@@ -121,9 +121,15 @@ async def send_whole(request: Request, response: StreamResponse, timeout: float 
     Raises:
         ClientStalled: the client did not take it all in time.
     """
+    if isinstance(response, Response):
+        response.write_whole(request)
+        channel = request.channel
+        if channel.congested:  # the deadline costs nothing while the client keeps up
+            await within_write_timeout(channel.drain(), timeout)
+        return
 
     async def prepare_and_finish() -> None:
-        await response.prepare(request)  # a Response goes out whole here, head and body
+        await response.prepare(request)
         await response.write_eof()
 
     await within_write_timeout(prepare_and_finish(), timeout)

@@ -14,8 +14,6 @@ import ctypes
 import itertools
 import logging
 import os
-import secrets
-import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,10 +85,24 @@ def resolve_program(argv: Sequence[str], path: str | None) -> str:
     Raises:
         SpawnError: the program does not exist or is not executable.
     """
-    found = shutil.which(argv[0], path=path)
+    found = _which(argv[0], path)
     if found is None:
         raise SpawnError(f"{argv[0]!r} was not found or is not executable (PATH={path!r})")
     return os.path.abspath(found)
+
+
+def _which(name: str, path: str | None) -> str | None:
+    """``shutil.which`` for an executable file, without importing shutil (which loads the
+    bz2, lzma and zlib modules to see if they exist: 0.6 MB of every watchdog)."""
+    if os.sep in name:
+        candidates = [name]
+    else:
+        directories = (path if path is not None else os.defpath).split(os.pathsep)
+        candidates = [os.path.join(directory or os.curdir, name) for directory in directories]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -147,7 +159,7 @@ class ProcessTable:
         self._children: dict[int, Child] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._fork_server: Spawner | None = None
-        self._mark_prefix = secrets.token_hex(4) + "-"
+        self._mark_prefix = os.urandom(4).hex() + "-"
         self._marks = itertools.count(1)
         self.started_total = 0
         self.cpu_seconds_total = 0.0

@@ -21,13 +21,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..flags import CommandParser, UsageError, add_flags
 from ..settings import (
-    CommandParser,
     ConfigError,
     Invalid,
     Setting,
-    UsageError,
-    add_flags,
     declared,
     default_of,
     int_in,

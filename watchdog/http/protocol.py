@@ -350,6 +350,10 @@ class HttpProtocol(asyncio.Protocol):
             raise ConnectionResetError("the client closed the connection")
         self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
 
+    @property
+    def congested(self) -> bool:
+        return self._write_paused
+
     async def drain(self) -> None:
         if self._closed:
             raise ConnectionResetError("the client closed the connection")

@@ -44,6 +44,10 @@ class Channel(Protocol):
 
     def write_chunk(self, data: bytes | bytearray | memoryview) -> None: ...
 
+    @property
+    def congested(self) -> bool:
+        """The transport's buffer is above its high-water mark: :meth:`drain` would wait."""
+
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark.
 
@@ -227,6 +231,13 @@ class Response(StreamResponse):
         """Send head and body (at once when the body is small) and end the response."""
         if self._channel is not None:
             return
+        self.write_whole(request)
+        await request.channel.drain()
+
+    def write_whole(self, request: Request) -> None:
+        """Hand head, body and end to the transport without waiting: a response is usually
+        taken at once, and a wait (with its deadline) is only needed when the client's buffer
+        is full (``channel.congested``)."""
         channel = request.channel
         self._channel = channel
         self._head_only = request.method == "HEAD" or has_no_body(self.status)
@@ -243,7 +254,6 @@ class Response(StreamResponse):
         else:
             channel.write_head(head, body)
         self._eof = True
-        await channel.drain()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         raise RuntimeError("a Response is sent whole; use StreamResponse to write a body")
