@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
+from ..http import Request, Response, StreamResponse
 
 from ..forwarding import connection_tokens_of, returned_pairs
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
@@ -139,14 +139,14 @@ class ChunkSource:
         return b""
 
 
-def small_body(request: web.BaseRequest) -> bool:
+def small_body(request: Request) -> bool:
     """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
     return length is not None and length <= WHOLE_BODY_LIMIT and request.body_exists
 
 
-def body_pending(request: web.BaseRequest) -> bool:
+def body_pending(request: Request) -> bool:
     """The request has a small body (read whole, see :func:`small_body`) that has not all
     arrived yet: reading it may wait on the client."""
     return small_body(request) and not request.content.is_eof()
@@ -158,7 +158,7 @@ def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
     return returned_pairs(upstream.headers, connection_tokens_of(upstream.headers))
 
 
-def abort_connection(request: web.BaseRequest) -> None:
+def abort_connection(request: Request) -> None:
     """Cut the client's connection: once status and headers are out, an incomplete answer is
     the only way left to tell the client that the rest is not coming."""
     transport = request.transport
@@ -167,8 +167,8 @@ def abort_connection(request: web.BaseRequest) -> None:
 
 
 async def relay(
-    request: web.BaseRequest, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
-) -> web.StreamResponse:
+    request: Request, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
+) -> StreamResponse:
     """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body, sent
     before returning (what the caller does next, counting the call, adds nothing to the
     client's wait).
@@ -186,13 +186,13 @@ async def relay(
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
         body = await upstream.read()
-        whole = web.Response(
+        whole = Response(
             status=upstream.status, reason=upstream.reason, headers=headers, body=body
         )
         await whole.prepare(request)
         await whole.write_eof()
         return whole
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length
     await response.prepare(request)

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import time
 from http import HTTPStatus
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict
 
 if TYPE_CHECKING:
     from .request import Request
+
+
+Headers = CIMultiDict[str] | Mapping[str, str] | Iterable[tuple[str, str]]
+"""What a response's headers may be given as: a multidict, a mapping or (name, value) pairs."""
 
 
 class Framing(Protocol):
@@ -91,7 +96,7 @@ class StreamResponse:
         self,
         status: int = 200,
         reason: str | None = None,
-        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -208,7 +213,7 @@ class Response(StreamResponse):
         *,
         body: bytes | bytearray = b"",
         text: str | None = None,
-        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        headers: Headers | None = None,
         content_type: str | None = None,
         reason: str | None = None,
     ) -> None:
