@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..http import Response
-
 from .. import __version__
+from ..http import Response
 from ..responses import INTERNAL_HEADER
 from .invoke import CALL_ID_HEADER
 from .queue.base import QueueUnavailable

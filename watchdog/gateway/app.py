@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
-from ..http import Request, Response, StreamResponse
-
 from .. import __version__
+from ..http import Request, Response, StreamResponse
 from ..targets import refuse_target
 from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig

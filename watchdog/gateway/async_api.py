@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
-from ..http import Request, Response, StreamResponse
-
 from ..config import parse_duration
 from ..forwarding import forwarded_headers
+from ..http import Request, Response, StreamResponse
 from ..limits import BodyTooLarge, read_stream
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text, unavailable

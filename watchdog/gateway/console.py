@@ -14,7 +14,6 @@ from importlib.resources import files
 from urllib.parse import urlsplit
 
 from ..http import Request, Response, StreamResponse
-
 from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text, unavailable
 from .metrics import GatewayMetrics, function_figures
 from .queue.base import ListQuery, QueueBackend, QueueUnavailable

@@ -20,11 +20,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ..http import Request
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..forwarding import NOT_RETURNED, connection_tokens_of, forwarded_headers
+from ..http import Request
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .proxy import (

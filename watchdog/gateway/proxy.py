@@ -5,9 +5,9 @@ HTTP/1.1 over asyncio protocols, httptools' parser), one pool per watchdog addre
 (:class:`FunctionUpstreams`). It adds no header of its own: the function gets the call's
 headers, the Host of its configured URL and the framing of the body, nothing invented. The
 header rules are :mod:`..forwarding`'s (shared with the watchdog's http mode). Answers go back
-through aiohttp's server: a small body with a known length in one write with the headers, any
-other chunk by chunk as it arrives (each write goes to the socket, so event streams are not
-held back).
+through the gateway's server (the watchdog's own, :mod:`..http`): a small body with a known
+length in one write with the headers, any other chunk by chunk as it arrives (each write goes
+to the socket, so event streams are not held back).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from ..http import Request, Response, StreamResponse
-
 from ..forwarding import connection_tokens_of, returned_pairs
+from ..http import Request, Response, StreamResponse
+from ..http.response import DEFAULT_CONTENT_TYPE
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
 __all__ = [
@@ -186,15 +186,15 @@ async def relay(
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
         body = await upstream.read()
-        whole = Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body
-        )
+        whole = Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         await whole.prepare(request)
-        await whole.write_eof()
         return whole
     response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length
+    if length != 0 and not head_only and "Content-Type" not in response.headers:
+        # As a whole body gets it (and as aiohttp's server, the gateway's before, did).
+        response.headers["Content-Type"] = DEFAULT_CONTENT_TYPE
     await response.prepare(request)
     if not head_only:
         try:

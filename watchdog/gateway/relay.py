@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from ..http import Request, Response, StreamResponse
-
 from .answers import SERVED_BY
 from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
 from .proxy import UpstreamError, abort_connection, relay
@@ -46,7 +45,7 @@ async def answer_call(
                 message = f"function {function.key} broke off its response: {exc}"
                 raise InvokeError(502, message, function=function) from None
             except ConnectionError:
-                # The caller went away (aiohttp's ClientConnectionResetError is one too).
+                # The caller went away while its answer was being written.
                 invocation.status = CLIENT_GONE
                 abort_connection(request)
                 return Response(status=CLIENT_GONE)  # never sent: the connection is cut

@@ -14,10 +14,9 @@ import asyncio
 import logging
 import time
 
+from .. import __version__
 from ..http import HttpServer, Limits
 from ..logs import bad_request_log
-
-from .. import __version__
 from ..signals import stop_on_signals
 from .app import BasicAuth, GatewayApp, Route
 from .async_api import AsyncCalls

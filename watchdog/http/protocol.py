@@ -335,20 +335,27 @@ class HttpProtocol(asyncio.Protocol):
         return self
 
     def write_head(self, head: bytes, body: bytes | bytearray | memoryview | None) -> None:
-        if self._transport is None or self._closed:
-            raise ConnectionResetError("the client closed the connection")
+        transport = self._writable()
         self._head_sent = True
-        self._transport.write(head + body if body else head)
+        transport.write(head + body if body else head)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._transport is None or self._closed:
-            raise ConnectionResetError("the client closed the connection")
-        self._transport.write(data)
+        self._writable().write(data)
 
     def write_chunk(self, data: bytes | bytearray | memoryview) -> None:
-        if self._transport is None or self._closed:
+        self._writable().writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def _writable(self) -> asyncio.Transport:
+        """The transport, unless the client went away or a handler cut the connection (an
+        answer returned after that is never sent).
+
+        Raises:
+            ConnectionResetError: the connection is closed or closing.
+        """
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        return transport
 
     async def drain(self) -> None:
         if self._closed:

@@ -5,8 +5,8 @@ when the head goes out."""
 from __future__ import annotations
 
 import time
-from http import HTTPStatus
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict

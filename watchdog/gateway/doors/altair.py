@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from ...http import Request, Response, StreamResponse
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ...responses import INTERNAL_HEADER
 from ..answers import json_response
 from ..async_api import (

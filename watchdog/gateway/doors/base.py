@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ...http import Request, StreamResponse
-
 from ..config import GatewayConfig
 from ..invoke import Invoker
 from ..queue.base import QueueBackend

@@ -55,10 +55,10 @@ from functools import partial
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, unquote_plus
 
-from ...http import Request, Response, StreamResponse
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ..activations import encode_body
 from ..answers import SERVED_BY, json_response
 from ..async_api import read_limited
@@ -283,9 +283,7 @@ class FcApi:
         keys = self.config.fc_keys
         return bool(keys) and signature_problem(request, keys, time.time()) is None
 
-    async def handle(
-        self, version: Version, request: Request, rest: str
-    ) -> StreamResponse:
+    async def handle(self, version: Version, request: Request, rest: str) -> StreamResponse:
         rid = request_id(request)
         if self.config.fc_keys:
             problem = signature_problem(request, self.config.fc_keys, time.time())
@@ -353,9 +351,7 @@ class FcApi:
 
     # -- invoke ---------------------------------------------------------------------------
 
-    async def _invoke(
-        self, request: Request, function: Function, rid: str
-    ) -> StreamResponse:
+    async def _invoke(self, request: Request, function: Function, rid: str) -> StreamResponse:
         mode = request.headers.get(INVOCATION_TYPE, "Sync").strip().lower()
         if mode not in ("sync", "async"):
             raise BadInput(f"{INVOCATION_TYPE} must be Sync or Async, not {mode!r}")
@@ -382,9 +378,7 @@ class FcApi:
         headers[REQUEST_ID] = rid
         return headers
 
-    async def _call(
-        self, request: Request, function: Function, body: bytes, rid: str
-    ) -> Response:
+    async def _call(self, request: Request, function: Function, body: bytes, rid: str) -> Response:
         """One synchronous call through the invoke path; the function's answer as it came."""
         call = Call("POST", "/", self._headers(request, rid), body)
         try:

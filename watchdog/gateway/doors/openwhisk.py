@@ -52,10 +52,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from ...http import Request, Response, StreamResponse
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ..activations import encode_body, headers_object
 from ..answers import json_response
 from ..app import basic_credentials
@@ -265,9 +265,7 @@ class OpenWhiskApi:
 
     # -- web actions ----------------------------------------------------------------------
 
-    async def _web_action(
-        self, request: Request, rest: str, rid: str
-    ) -> StreamResponse:
+    async def _web_action(self, request: Request, rest: str, rid: str) -> StreamResponse:
         """``web/NS/PKG/NAME[.EXT][/PATH]``: the request, as it came, to the function's
         ``/PATH``; its answer streamed back (no record, as DigitalOcean keeps none)."""
         raw_path, mark, query = rest.partition("?")
