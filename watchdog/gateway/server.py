@@ -101,6 +101,8 @@ class Gateway:
             max_line=_MAX_LINE,
             max_field=_MAX_FIELD,
             max_head=_MAX_HEAD,
+            # As the gateway has always answered a longer target (aiohttp's server did).
+            line_status=400,
         )
         self._http = HttpServer(self.app.dispatch, limits, bad_request_log())
         await self._http.listen(self.config.port, reuse_address=True)
