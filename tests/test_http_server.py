@@ -278,3 +278,60 @@ def test_a_body_the_handler_did_not_read_is_dropped_and_the_connection_kept() ->
     first, second = asyncio.run(_unread_body_then_another_request())
     assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, first
     assert second.startswith(b"HTTP/1.1 200 "), second
+
+
+async def _serve_with(limits: Limits, data: bytes) -> bytes:
+    async def answer(request: Request) -> StreamResponse:
+        return Response(text="ok\n")
+
+    server = HttpServer(answer, limits, lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        reply = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_the_answer_to_a_target_past_the_limit_can_be_chosen() -> None:
+    """The gateway answers 400 there, as it always has; the watchdog 414 (the default)."""
+    long_target = b"GET /" + b"a" * 2048 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = asyncio.run(_serve_with(Limits(None, 1024, 1024, 65536, line_status=400), long_target))
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert b"\r\nConnection: close\r\n" in reply
+
+
+async def _answer_after_cutting(events: list[str]) -> bytes:
+    async def cut(request: Request) -> StreamResponse:
+        request.transport.abort()
+        response = Response(text="never sent\n")
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:
+            events.append("refused")
+            raise
+        return response
+
+    server = HttpServer(cut, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            reply = await reader.read()
+        except ConnectionResetError:
+            reply = b""
+        writer.close()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_an_answer_written_after_the_handler_cut_the_connection_is_refused() -> None:
+    events: list[str] = []
+    assert asyncio.run(_answer_after_cutting(events)) == b""
+    assert events == ["refused"]
