@@ -335,3 +335,32 @@ def test_an_answer_written_after_the_handler_cut_the_connection_is_refused() -> 
     events: list[str] = []
     assert asyncio.run(_answer_after_cutting(events)) == b""
     assert events == ["refused"]
+
+
+def test_a_response_of_header_pairs_is_framed_as_any_other() -> None:
+    from watchdog.http import PairsResponse
+
+    async def answer(request: Request) -> StreamResponse:
+        status = int(request.path.strip("/"))
+        pairs = [("X-One", "1"), ("Date", "Mon, 07 Dec 2026 12:00:00 GMT")]
+        if request.query_string == "undated":
+            pairs = [("X-One", "1")]
+        return PairsResponse(status, None, pairs, b"" if status == 204 else b"body")
+
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    reply = asyncio.run(_serve_one(answer, b"GET /200 HTTP/1.1\r\n" + close))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert body == b"body"
+    assert head.split(b"\r\n")[1:] == [
+        b"X-One: 1",
+        b"Date: Mon, 07 Dec 2026 12:00:00 GMT",  # the given one, not a second
+        b"Content-Type: application/octet-stream",
+        b"Content-Length: 4",
+        b"Connection: close",
+    ]
+    reply = asyncio.run(_serve_one(answer, b"GET /200?undated HTTP/1.0\r\n\r\n"))
+    assert b"\r\nConnection: close\r\nDate: " in reply and reply.endswith(b"\r\n\r\nbody"), reply
+    reply = asyncio.run(_serve_one(answer, b"GET /204 HTTP/1.1\r\n" + close))
+    assert reply.startswith(b"HTTP/1.1 204 No Content\r\n") and b"Content-Length" not in reply
+    reply = asyncio.run(_serve_one(answer, b"HEAD /200 HTTP/1.1\r\n" + close))
+    assert b"\r\nContent-Length: 4\r\n" in reply and reply.endswith(b"\r\n\r\n"), reply

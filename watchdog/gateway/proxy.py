@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from ..forwarding import connection_tokens_of, returned_pairs
-from ..http import Request, Response, StreamResponse
+from ..http import PairsResponse, Request, StreamResponse
 from ..http.response import DEFAULT_CONTENT_TYPE
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
@@ -167,11 +167,11 @@ def abort_connection(request: Request) -> None:
 
 
 async def relay(
-    request: Request, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
+    request: Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
 ) -> StreamResponse:
-    """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body, sent
-    before returning (what the caller does next, counting the call, adds nothing to the
-    client's wait).
+    """Answer ``request`` with ``upstream``'s status, the given ``headers`` (end-to-end ones
+    only: the server frames the body) and its body, sent before returning (what the caller
+    does next, counting the call, adds nothing to the client's wait).
 
     A small body with a known length is read whole and goes in one write with the headers;
     any other streams write by write. If the upstream breaks off during a streamed body, the
@@ -186,7 +186,7 @@ async def relay(
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
         body = await upstream.read()
-        whole = Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        whole = PairsResponse(upstream.status, upstream.reason, headers, body)
         await whole.prepare(request)
         return whole
     response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
