@@ -314,3 +314,89 @@ def test_a_body_the_handler_did_not_read_is_dropped_and_the_connection_kept() ->
     first, second = asyncio.run(_unread_body_then_another_request())
     assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, first
     assert second.startswith(b"HTTP/1.1 200 "), second
+
+
+async def _serve_with(limits: Limits, data: bytes) -> bytes:
+    async def answer(request: Request) -> StreamResponse:
+        return Response(text="ok\n")
+
+    server = HttpServer(answer, limits, lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        reply = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_the_answer_to_a_target_past_the_limit_can_be_chosen() -> None:
+    """The gateway answers 400 there, as it always has; the watchdog 414 (the default)."""
+    long_target = b"GET /" + b"a" * 2048 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = asyncio.run(_serve_with(Limits(None, 1024, 1024, 65536, line_status=400), long_target))
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert b"\r\nConnection: close\r\n" in reply
+
+
+async def _answer_after_cutting(events: list[str]) -> bytes:
+    async def cut(request: Request) -> StreamResponse:
+        request.transport.abort()
+        response = Response(text="never sent\n")
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:
+            events.append("refused")
+            raise
+        return response
+
+    server = HttpServer(cut, Limits(None, 1024, 1024, 65536), lambda p, r: None)
+    await server.listen(0, host="127.0.0.1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            reply = await reader.read()
+        except ConnectionResetError:
+            reply = b""
+        writer.close()
+    finally:
+        await server.shutdown(5)
+    return reply
+
+
+def test_an_answer_written_after_the_handler_cut_the_connection_is_refused() -> None:
+    events: list[str] = []
+    assert asyncio.run(_answer_after_cutting(events)) == b""
+    assert events == ["refused"]
+
+
+def test_a_response_of_header_pairs_is_framed_as_any_other() -> None:
+    from watchdog.http import PairsResponse
+
+    async def answer(request: Request) -> StreamResponse:
+        status = int(request.path.strip("/"))
+        pairs = [("X-One", "1"), ("Date", "Mon, 07 Dec 2026 12:00:00 GMT")]
+        if request.query_string == "undated":
+            pairs = [("X-One", "1")]
+        return PairsResponse(status, None, pairs, b"" if status == 204 else b"body")
+
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    reply = asyncio.run(_serve_one(answer, b"GET /200 HTTP/1.1\r\n" + close))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert body == b"body"
+    assert head.split(b"\r\n")[1:] == [
+        b"X-One: 1",
+        b"Date: Mon, 07 Dec 2026 12:00:00 GMT",  # the given one, not a second
+        b"Content-Type: application/octet-stream",
+        b"Content-Length: 4",
+        b"Connection: close",
+    ]
+    reply = asyncio.run(_serve_one(answer, b"GET /200?undated HTTP/1.0\r\n\r\n"))
+    assert b"\r\nConnection: close\r\nDate: " in reply and reply.endswith(b"\r\n\r\nbody"), reply
+    reply = asyncio.run(_serve_one(answer, b"GET /204 HTTP/1.1\r\n" + close))
+    assert reply.startswith(b"HTTP/1.1 204 No Content\r\n") and b"Content-Length" not in reply
+    reply = asyncio.run(_serve_one(answer, b"HEAD /200 HTTP/1.1\r\n" + close))
+    assert b"\r\nContent-Length: 4\r\n" in reply and reply.endswith(b"\r\n\r\n"), reply

@@ -1,8 +1,8 @@
 """The header rules of a reverse proxy, free of any HTTP library.
 
-Shared by the watchdog's http mode (its own client, no aiohttp) and the gateway (aiohttp's
-client): hop-by-hop headers and those named in ``Connection`` are dropped both ways, the
-client's Host goes on as ``X-Forwarded-Host`` and ``X-Forwarded-For/Proto`` are added.
+Shared by the watchdog's http mode and the gateway (both on :mod:`.http`, the watchdog's own
+client and server): hop-by-hop headers and those named in ``Connection`` are dropped both ways,
+the client's Host goes on as ``X-Forwarded-Host`` and ``X-Forwarded-For/Proto`` are added.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ request, so anything but ``/path?query`` is refused before any route or network:
 405, absolute-form (``GET http://host/``) and ``OPTIONS *`` get 400, and a request line without
 a version (HTTP/0.9, which aiohttp's parser and llhttp accept) gets 400 and a closed connection.
 
-Both servers use it: the watchdog's own (:mod:`.http`) and the gateway's (aiohttp).
+The watchdog's server (:mod:`.http`) applies it, for the watchdog and for the gateway.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from aiohttp import web
-
 from .. import __version__
+from ..http import Response
 from ..responses import INTERNAL_HEADER
 from .invoke import CALL_ID_HEADER
 from .queue.base import QueueUnavailable
@@ -14,27 +13,27 @@ from .queue.base import QueueUnavailable
 SERVED_BY = f"fwatchdog-gateway/{__version__}"
 
 
-def text(status: int, body: str) -> web.Response:
-    response = web.Response(status=status, text=body + "\n", content_type="text/plain")
+def text(status: int, body: str) -> Response:
+    response = Response(status=status, text=body + "\n", content_type="text/plain")
     response.headers["X-Served-By"] = SERVED_BY
     return response
 
 
-def json_response(status: int, body: object) -> web.Response:
-    response = web.Response(
+def json_response(status: int, body: object) -> Response:
+    response = Response(
         status=status, body=json.dumps(body).encode(), content_type="application/json"
     )
     response.headers["X-Served-By"] = SERVED_BY
     return response
 
 
-def method_not_allowed(allow: str) -> web.Response:
+def method_not_allowed(allow: str) -> Response:
     response = text(405, "Method Not Allowed")
     response.headers["Allow"] = allow
     return response
 
 
-def refusal(status: int, body: str) -> web.Response:
+def refusal(status: int, body: str) -> Response:
     """A plain-text answer of the gateway instead of the function, marked
     ``X-OpenFaaS-Internal: gateway`` (retry policies tell platform failures apart by it)."""
     response = text(status, body)
@@ -42,7 +41,7 @@ def refusal(status: int, body: str) -> web.Response:
     return response
 
 
-def unavailable(exc: QueueUnavailable, call_id: str | None) -> web.Response:
+def unavailable(exc: QueueUnavailable, call_id: str | None) -> Response:
     """503 while the queue cannot be reached: a JSON reason, ``Retry-After``, and for a
     submission the call id it was written under (its outcome is unknown)."""
     body: dict[str, object] = {

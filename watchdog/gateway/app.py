@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
-from aiohttp import web
-
 from .. import __version__
+from ..http import Request, Response, StreamResponse
 from ..targets import refuse_target
 from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
@@ -48,7 +47,7 @@ from .relay import answer_call
 
 log = logging.getLogger("watchdog.gateway")
 
-Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request, str], Awaitable[StreamResponse]]
 REALM = 'Basic realm="Restricted"'
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -70,14 +69,14 @@ class Route:
 class Converter(Protocol):
     """Turns slow synchronous calls into asynchronous ones (:mod:`.async_api`)."""
 
-    def conversion_wait(self, request: web.BaseRequest, function: Function) -> float | None: ...
+    def conversion_wait(self, request: Request, function: Function) -> float | None: ...
 
     async def call_converting(
-        self, request: web.BaseRequest, function: Function, target: str, wait: float
-    ) -> web.StreamResponse: ...
+        self, request: Request, function: Function, target: str, wait: float
+    ) -> StreamResponse: ...
 
 
-def basic_credentials(request: web.BaseRequest) -> bytes | None:
+def basic_credentials(request: Request) -> bytes | None:
     """The decoded ``user:password`` of a ``Basic`` Authorization header, else None."""
     scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -98,7 +97,7 @@ class BasicAuth:
     def enabled(self) -> bool:
         return self._credentials is not None
 
-    def authorized(self, request: web.BaseRequest) -> bool:
+    def authorized(self, request: Request) -> bool:
         """True when basic auth is off or the request carries its credentials."""
         if self._credentials is None:
             return True
@@ -158,7 +157,7 @@ class GatewayApp:
         self._by_segment = _routes_by_segment(self.routes)
         self._info = _info_body()
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> StreamResponse:
         refused = _refuse_target(request)
         if refused is not None:
             return refused
@@ -176,7 +175,7 @@ class GatewayApp:
 
     # -- /function/NAME ---------------------------------------------------------------------
 
-    async def function(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def function(self, request: Request, rest: str) -> StreamResponse:
         redirect = _clean_redirect(request)
         if redirect is not None:
             return redirect
@@ -200,7 +199,7 @@ class GatewayApp:
         except InvokeError as exc:
             return _invoke_error(exc, call, request)
 
-    async def _call_of(self, request: web.BaseRequest, function: Function, target: str) -> Call:
+    async def _call_of(self, request: Request, function: Function, target: str) -> Call:
         """The request as a call, its small body read within the function's timeout.
 
         Raises:
@@ -213,7 +212,7 @@ class GatewayApp:
 
     # -- system API -------------------------------------------------------------------------
 
-    async def system_functions(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def system_functions(self, request: Request, rest: str) -> StreamResponse:
         if rest.partition("?")[0] not in ("", "/"):
             return text(404, "Not Found")
         if request.method not in ("GET", "HEAD"):
@@ -222,7 +221,7 @@ class GatewayApp:
         body = [self._status(fn) for fn in self.registry.list(namespace)]
         return json_response(200, body)
 
-    async def system_function(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def system_function(self, request: Request, rest: str) -> StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed("GET, HEAD")
         ref = unquote(rest.partition("?")[0])
@@ -236,28 +235,28 @@ class GatewayApp:
             return text(404, f"function {ref!r} not found in namespace {namespace!r}")
         return json_response(200, self._status(function))
 
-    async def system_info(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def system_info(self, request: Request, rest: str) -> StreamResponse:
         if rest.partition("?")[0]:
             return text(404, "Not Found")
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed("GET, HEAD")
         return json_response(200, self._info)
 
-    async def system_unknown(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def system_unknown(self, request: Request, rest: str) -> StreamResponse:
         return text(404, "Not Found")
 
-    async def healthz(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def healthz(self, request: Request, rest: str) -> StreamResponse:
         if rest.partition("?")[0]:
             return text(404, "Not Found")
         if not self.healthy:
             return text(503, "Service Unavailable")
         return text(200, "OK")
 
-    async def serve_metrics(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def serve_metrics(self, request: Request, rest: str) -> StreamResponse:
         if rest.partition("?")[0]:
             return text(404, "Not Found")
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
-        response = web.Response(body=body)
+        response = Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
@@ -306,7 +305,7 @@ def _routes_by_segment(routes: tuple[Route, ...]) -> dict[str, tuple[Route, ...]
     }
 
 
-def _refuse_target(request: web.BaseRequest) -> web.Response | None:
+def _refuse_target(request: Request) -> Response | None:
     """Only origin-form targets are served, as by the watchdog (:mod:`..targets`): a
     function's address comes from its configured URL alone, never from the request."""
     refused = refuse_target(request.method, request.raw_path, request.version)
@@ -315,13 +314,13 @@ def _refuse_target(request: web.BaseRequest) -> web.Response | None:
     return refused.apply(text(refused.status, refused.message))
 
 
-def _unauthorized() -> web.Response:
+def _unauthorized() -> Response:
     response = text(401, "Unauthorized")
     response.headers["WWW-Authenticate"] = REALM
     return response
 
 
-def _invoke_error(exc: InvokeError, call: Call | None, request: web.BaseRequest) -> web.Response:
+def _invoke_error(exc: InvokeError, call: Call | None, request: Request) -> Response:
     response = refusal(exc.status, exc.message)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
@@ -335,13 +334,13 @@ def _invoke_error(exc: InvokeError, call: Call | None, request: web.BaseRequest)
     return response
 
 
-def _abort(request: web.BaseRequest) -> None:
+def _abort(request: Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
 
 
-def _clean_redirect(request: web.BaseRequest) -> web.Response | None:
+def _clean_redirect(request: Request) -> Response | None:
     """301 to the cleaned path for ``//``, ``.`` and ``..`` segments, as the OpenFaaS gateway's
     router (gorilla/mux) does, so ``/function/a/../b`` never reaches function ``a`` as ``/../b``.
     Percent-encoded dots count as dots; everything else stays encoded."""

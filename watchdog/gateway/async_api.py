@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
-from aiohttp import web
-
 from ..config import parse_duration
 from ..forwarding import forwarded_headers
+from ..http import Request, Response, StreamResponse
 from ..limits import BodyTooLarge, read_stream
 from .activations import accepted_body, not_found_body, record_json, status_path
 from .answers import json_response, method_not_allowed, refusal, text, unavailable
@@ -80,7 +79,7 @@ class RefusedCallback(BadRequest):
         self.problem = problem
 
 
-def callback_url(request: web.BaseRequest, policy: CallbackPolicy) -> str | None:
+def callback_url(request: Request, policy: CallbackPolicy) -> str | None:
     """The request's ``X-Callback-Url``, checked when the call is accepted (None: none given;
     the front doors that take one use this too).
 
@@ -124,7 +123,7 @@ class AsyncCalls:
 
     # -- /async-function/ -----------------------------------------------------------------
 
-    async def accept(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def accept(self, request: Request, rest: str) -> StreamResponse:
         path, _, query = rest.partition("?")
         segment, slash, sub_path = path.partition("/")
         if request.method == "DELETE" and not slash:
@@ -169,25 +168,25 @@ class AsyncCalls:
             return refusal(409, str(exc))
         return accepted(result.call_id, result.status)
 
-    def _directives(self, request: web.BaseRequest) -> Directives:
+    def _directives(self, request: Request) -> Directives:
         return Directives(
             callback_url=self._callback_url(request),
             delay=_delay(request.headers.get(DELAY_HEADER)),
             idempotency_key=_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER)),
         )
 
-    def _callback_url(self, request: web.BaseRequest) -> str | None:
+    def _callback_url(self, request: Request) -> str | None:
         return callback_url(request, self.config.callback_policy)
 
     # -- /system/activations --------------------------------------------------------------
 
-    async def activations(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def activations(self, request: Request, rest: str) -> StreamResponse:
         try:
             return await self._activations(request, rest)
         except QueueUnavailable as exc:
             return unavailable(exc, None)
 
-    async def _activations(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def _activations(self, request: Request, rest: str) -> StreamResponse:
         path, _, query = rest.partition("?")
         if path and not path.startswith("/"):
             return text(404, "Not Found")
@@ -207,7 +206,7 @@ class AsyncCalls:
             )
         return text(404, "Not Found")
 
-    async def _list(self, query: str) -> web.StreamResponse:
+    async def _list(self, query: str) -> StreamResponse:
         try:
             wanted = self._list_query(parse_qs(query))
         except BadRequest as exc:
@@ -245,13 +244,13 @@ class AsyncCalls:
             cursor=one("cursor"),
         )
 
-    async def _get(self, call_id: str) -> web.StreamResponse:
+    async def _get(self, call_id: str) -> StreamResponse:
         record = await self.queue.get(call_id)
         if record is None:
             return self._not_found(call_id)
         return json_response(200, record_json(record))
 
-    async def _result(self, call_id: str) -> web.StreamResponse:
+    async def _result(self, call_id: str) -> StreamResponse:
         record = await self.queue.get(call_id)
         if record is None:
             return self._not_found(call_id)
@@ -261,7 +260,7 @@ class AsyncCalls:
         if record.status_code is None:
             message = f"call {call_id} {record.status} without a response: {record.error}"
             return _conflict("no_response", call_id, record.status, message)
-        response = web.Response(status=record.status_code, body=record.response_body or b"")
+        response = Response(status=record.status_code, body=record.response_body or b"")
         for name, value in record.response_headers:
             if name.lower() not in _NOT_RETURNED:
                 response.headers.add(name, value)
@@ -270,7 +269,7 @@ class AsyncCalls:
             response.headers["X-Result-Truncated"] = "true"
         return response
 
-    async def _cancel(self, call_id: str) -> web.StreamResponse:
+    async def _cancel(self, call_id: str) -> StreamResponse:
         outcome = await self.queue.cancel(call_id)
         if outcome == "not_found":
             return self._not_found(call_id)
@@ -280,12 +279,12 @@ class AsyncCalls:
         record = await self.queue.get(call_id)
         return json_response(200, record_json(record) if record else {"callId": call_id})
 
-    def _not_found(self, call_id: str) -> web.Response:
+    def _not_found(self, call_id: str) -> Response:
         return json_response(404, not_found_body(call_id, self.config.activation_retention))
 
     # -- conversion of slow synchronous calls ---------------------------------------------
 
-    def conversion_wait(self, request: web.BaseRequest, function: Function) -> float | None:
+    def conversion_wait(self, request: Request, function: Function) -> float | None:
         """Seconds after which this synchronous call turns asynchronous; None: never."""
         preferred = prefer_wait(request.headers.getall("Prefer", []))
         if preferred is not None:
@@ -296,8 +295,8 @@ class AsyncCalls:
         return configured or None
 
     async def call_converting(
-        self, request: web.BaseRequest, function: Function, target: str, wait: float
-    ) -> web.StreamResponse:
+        self, request: Request, function: Function, target: str, wait: float
+    ) -> StreamResponse:
         """Run the call; answer it if it ends within ``wait`` seconds, else answer 202 and
         hand it to the worker."""
         try:
@@ -342,7 +341,7 @@ class AsyncCalls:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def accepted(call_id: str, status: str) -> web.Response:
+def accepted(call_id: str, status: str) -> Response:
     response = json_response(202, accepted_body(call_id, status))
     response.headers[CALL_ID_HEADER] = call_id
     response.headers["Location"] = status_path(call_id)
@@ -350,7 +349,7 @@ def accepted(call_id: str, status: str) -> web.Response:
     return response
 
 
-async def read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
+async def read_limited(request: Request, limit: int) -> bytes | None:
     """The whole body, or None as soon as it is known to exceed ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
         return None
@@ -370,7 +369,7 @@ def prefer_wait(values: list[str]) -> float | None:
     return None
 
 
-def client_call_id(request: web.BaseRequest) -> str:
+def client_call_id(request: Request) -> str:
     """The caller's ``X-Call-Id`` if it is a safe one, else a new id (the front doors that
     take one use this too).
 
@@ -450,22 +449,22 @@ def _as_status(status: str | None) -> Status | None:
     return None
 
 
-def _too_large(limit: int) -> web.Response:
+def _too_large(limit: int) -> Response:
     return refusal(413, f"request body exceeds the limit of {limit} bytes")
 
 
-def _queue_full(exc: QueueFull) -> web.Response:
+def _queue_full(exc: QueueFull) -> Response:
     response = refusal(429, f"{exc}; try again later")
     response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return response
 
 
-def _conflict(error: str, call_id: str, status: str, message: str) -> web.Response:
+def _conflict(error: str, call_id: str, status: str, message: str) -> Response:
     body = {"error": error, "callId": call_id, "status": status, "message": message}
     return json_response(409, body)
 
 
-def _sync_answer(call: CallRequest, outcome: InvokeResult) -> web.Response:
+def _sync_answer(call: CallRequest, outcome: InvokeResult) -> Response:
     """The answer of a call that ended before it was converted: the function's response,
     or the gateway's own error when there was none."""
     result = outcome.result
@@ -473,7 +472,7 @@ def _sync_answer(call: CallRequest, outcome: InvokeResult) -> web.Response:
         status = outcome.gateway_status or 502
         response = refusal(status, result.error or "the function did not answer")
     else:
-        response = web.Response(status=result.status_code, body=result.body)
+        response = Response(status=result.status_code, body=result.body)
         for name, value in result.headers:
             if name.lower() not in _NOT_RETURNED:
                 response.headers.add(name, value)

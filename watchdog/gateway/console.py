@@ -13,8 +13,7 @@ import time
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
+from ..http import Request, Response, StreamResponse
 from .answers import SERVED_BY, json_response, method_not_allowed, refusal, text, unavailable
 from .metrics import GatewayMetrics, function_figures
 from .queue.base import ListQuery, QueueBackend, QueueUnavailable
@@ -47,7 +46,7 @@ def load_assets() -> dict[str, tuple[bytes, str]]:
     return assets
 
 
-def cross_site(request: web.BaseRequest) -> bool:
+def cross_site(request: Request) -> bool:
     """True for a request a page of another site made (Sec-Fetch-Site, else Origin vs Host);
     requests without either header (curl, servers) are not cross-site."""
     fetch_site = request.headers.get("Sec-Fetch-Site")
@@ -59,7 +58,7 @@ def cross_site(request: web.BaseRequest) -> bool:
     return urlsplit(origin).netloc.lower() != request.headers.get("Host", "").lower()
 
 
-def refuse_cross_site() -> web.Response:
+def refuse_cross_site() -> Response:
     return refusal(
         403,
         "cross-site request refused: state-changing calls must come from the"
@@ -90,7 +89,7 @@ class Console:
         self.default_convert_after = default_convert_after
         self.assets = load_assets()
 
-    async def root(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def root(self, request: Request, rest: str) -> StreamResponse:
         """``GET /`` only (this route's prefix matches every path no other route takes)."""
         if rest.partition("?")[0] not in ("", "ui"):
             return text(404, "Not Found")
@@ -98,7 +97,7 @@ class Console:
         response.headers["Location"] = UI_PATH
         return response
 
-    async def static(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def static(self, request: Request, rest: str) -> StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed("GET, HEAD")
         name = rest.partition("?")[0] or "index.html"
@@ -106,7 +105,7 @@ class Console:
         if asset is None:
             return text(404, "Not Found")
         body, content_type = asset
-        response = web.Response(body=body)
+        response = Response(body=body)
         response.headers["Content-Type"] = content_type
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -115,7 +114,7 @@ class Console:
         response.headers["X-Served-By"] = SERVED_BY
         return response
 
-    async def stats(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def stats(self, request: Request, rest: str) -> StreamResponse:
         if rest.partition("?")[0]:
             return text(404, "Not Found")
         if request.method not in ("GET", "HEAD"):

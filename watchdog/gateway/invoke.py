@@ -20,11 +20,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..forwarding import NOT_RETURNED, connection_tokens_of, forwarded_headers
+from ..http import Request
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -154,7 +154,7 @@ class Call:
     start_time_ns: int = field(default_factory=time.time_ns)
 
     @classmethod
-    async def from_request(cls, request: web.BaseRequest, target: str) -> Call:
+    async def from_request(cls, request: Request, target: str) -> Call:
         """The call a client's request makes: its method, headers (plus ``X-Forwarded-*``) and
         body (read whole when small, else streamed); its ``X-Call-Id`` if it sent one."""
         headers = forwarded_headers(request)
@@ -163,7 +163,7 @@ class Call:
         if small_body(request):
             content = request.content
             # All of it here already (the usual case): taken as it is, without a read loop.
-            body = content.read_nowait() if content.is_eof() else await request.read()
+            body = content.read_nowait() if content.is_eof() else await request.content.read()
         elif request.body_exists:
             if request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
@@ -171,7 +171,7 @@ class Call:
         return cls(request.method, target, headers, body, call_id)
 
 
-async def _stream_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+async def _stream_body(request: Request) -> AsyncIterator[bytes]:
     while chunk := await request.content.readany():
         yield chunk
 

@@ -5,22 +5,22 @@ HTTP/1.1 over asyncio protocols, httptools' parser), one pool per watchdog addre
 (:class:`FunctionUpstreams`). It adds no header of its own: the function gets the call's
 headers, the Host of its configured URL and the framing of the body, nothing invented. The
 header rules are :mod:`..forwarding`'s (shared with the watchdog's http mode). Answers go back
-through aiohttp's server: a small body with a known length in one write with the headers, any
-other chunk by chunk as it arrives (each write goes to the socket, so event streams are not
-held back).
+through the gateway's server (the watchdog's own, :mod:`..http`): a small body with a known
+length in one write with the headers, any other chunk by chunk as it arrives (each write goes
+to the socket, so event streams are not held back).
 """
 
 from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
-
 from ..forwarding import connection_tokens_of, returned_pairs
+from ..http import PairsResponse, Request, StreamResponse
+from ..http.response import DEFAULT_CONTENT_TYPE
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
 __all__ = [
@@ -139,14 +139,14 @@ class ChunkSource:
         return b""
 
 
-def small_body(request: web.BaseRequest) -> bool:
+def small_body(request: Request) -> bool:
     """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
     return length is not None and length <= WHOLE_BODY_LIMIT and request.body_exists
 
 
-def body_pending(request: web.BaseRequest) -> bool:
+def body_pending(request: Request) -> bool:
     """The request has a small body (read whole, see :func:`small_body`) that has not all
     arrived yet: reading it may wait on the client."""
     return small_body(request) and not request.content.is_eof()
@@ -158,7 +158,7 @@ def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
     return returned_pairs(upstream.headers, connection_tokens_of(upstream.headers))
 
 
-def abort_connection(request: web.BaseRequest) -> None:
+def abort_connection(request: Request) -> None:
     """Cut the client's connection: once status and headers are out, an incomplete answer is
     the only way left to tell the client that the rest is not coming."""
     transport = request.transport
@@ -167,11 +167,11 @@ def abort_connection(request: web.BaseRequest) -> None:
 
 
 async def relay(
-    request: web.BaseRequest, upstream: UpstreamResponse, headers: Sequence[tuple[str, str]]
-) -> web.StreamResponse:
-    """Answer ``request`` with ``upstream``'s status, the given ``headers`` and its body, sent
-    before returning (what the caller does next, counting the call, adds nothing to the
-    client's wait).
+    request: Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
+) -> StreamResponse:
+    """Answer ``request`` with ``upstream``'s status, the given ``headers`` (end-to-end ones
+    only: the server frames the body) and its body, sent before returning (what the caller
+    does next, counting the call, adds nothing to the client's wait).
 
     A small body with a known length is read whole and goes in one write with the headers;
     any other streams write by write. If the upstream breaks off during a streamed body, the
@@ -186,15 +186,15 @@ async def relay(
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
         body = await upstream.read()
-        whole = web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body
-        )
+        whole = PairsResponse(upstream.status, upstream.reason, headers, body)
         await whole.prepare(request)
-        await whole.write_eof()
         return whole
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length
+    if length != 0 and not head_only and "Content-Type" not in response.headers:
+        # As a whole body gets it (and as aiohttp's server, the gateway's before, did).
+        response.headers["Content-Type"] = DEFAULT_CONTENT_TYPE
     await response.prepare(request)
     if not head_only:
         try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
-
+from ..http import Request, Response, StreamResponse
 from .answers import SERVED_BY
 from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
 from .proxy import UpstreamError, abort_connection, relay
@@ -17,11 +16,11 @@ log = logging.getLogger("watchdog.gateway")
 
 async def answer_call(
     invoker: Invoker,
-    request: web.BaseRequest,
+    request: Request,
     function: Function,
     call: Call,
     content_type: str | None = None,
-) -> web.StreamResponse:
+) -> StreamResponse:
     """Run ``call`` on ``function`` and send its status, headers and body to ``request``'s
     client as they come (a small body in one write); ``content_type`` replaces the
     function's.
@@ -46,11 +45,11 @@ async def answer_call(
                 message = f"function {function.key} broke off its response: {exc}"
                 raise InvokeError(502, message, function=function) from None
             except ConnectionError:
-                # The caller went away (aiohttp's ClientConnectionResetError is one too).
+                # The caller went away while its answer was being written.
                 invocation.status = CLIENT_GONE
                 abort_connection(request)
-                return web.Response(status=CLIENT_GONE)  # never sent: the connection is cut
+                return Response(status=CLIENT_GONE)  # never sent: the connection is cut
     except TimeoutError:
         log.warning("function %s timed out while answering", function.key)
         abort_connection(request)
-        return web.Response(status=504)  # never sent: the connection is cut already
+        return Response(status=504)  # never sent: the connection is cut already

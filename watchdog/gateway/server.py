@@ -14,9 +14,9 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-
 from .. import __version__
+from ..http import HttpServer, Limits
+from ..logs import bad_request_log
 from ..signals import stop_on_signals
 from .app import BasicAuth, GatewayApp, Route
 from .async_api import AsyncCalls
@@ -36,9 +36,10 @@ from .worker import AsyncWorker, InvokePathRunner, WorkerSettings
 log = logging.getLogger("watchdog.gateway")
 
 # Long query strings: Go's servers (the OpenFaaS gateway's) accept request lines and headers up
-# to 1 MiB in all; aiohttp's default stops a request line at 8 KiB.
+# to 1 MiB in all.
 _MAX_LINE = 1024 * 1024
 _MAX_FIELD = 64 * 1024
+_MAX_HEAD = 1024 * 1024
 _IDLE_UPSTREAM = 15.0
 """Seconds an idle connection to a function is kept for reuse."""
 
@@ -56,7 +57,7 @@ class Gateway:
         self.registry: FunctionRegistry = registry or InMemoryRegistry(config.functions)
         self.metrics = GatewayMetrics()
         self._upstreams: FunctionUpstreams | None = None
-        self._http: web.ServerRunner | None = None
+        self._http: HttpServer | None = None
         self.app: GatewayApp | None = None
         self.port: int | None = None
         self.queue: QueueBackend | None = None
@@ -94,21 +95,18 @@ class Gateway:
         self.app = GatewayApp(
             self.config, self.registry, invoker, self.metrics, auth, routes, converter
         )
-        server = web.Server(
-            self.app.dispatch,
-            handler_cancellation=True,
-            access_log=None,
-            auto_decompress=False,
-            keepalive_timeout=self.config.read_timeout,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_FIELD,
+        limits = Limits(
+            # How long a client may take to send a head, and stay idle between requests.
+            head_timeout=self.config.read_timeout,
+            max_line=_MAX_LINE,
+            max_field=_MAX_FIELD,
+            max_head=_MAX_HEAD,
+            # As the gateway has always answered a longer target (aiohttp's server did).
+            line_status=400,
         )
-        self._http = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=self.config.write_timeout
-        )
-        await self._http.setup()
-        await web.TCPSite(self._http, port=self.config.port, reuse_address=True).start()
-        self.port = int(self._http.addresses[0][1])
+        self._http = HttpServer(self.app.dispatch, limits, bad_request_log())
+        await self._http.listen(self.config.port, reuse_address=True)
+        self.port = self._http.port
         log.info("Gateway listening on port: %s", self.port)
 
     async def _start_async(
@@ -194,7 +192,7 @@ class Gateway:
             self.app.healthy = False
         log.info("Shutting down: draining calls in flight for up to %ss", self.config.write_timeout)
         if self._http is not None:
-            await self._http.cleanup()  # waits up to write_timeout, then cancels the rest
+            await self._http.shutdown(self.config.write_timeout)  # then cancels the rest
             self._http = None
         await self._stop_async()
         log.info("Exiting")
@@ -210,7 +208,7 @@ class Gateway:
 
     async def close(self) -> None:
         if self._http is not None:
-            await self._http.cleanup()
+            await self._http.shutdown(0)
             self._http = None
         await self._stop_async()
         if self._upstreams is not None:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from .protocol import Handler, Limits
 from .request import BodyStream, Request
-from .response import Response, StreamResponse
+from .response import PairsResponse, Response, StreamResponse
 from .server import HttpServer
 
-__all__ = ["BodyStream", "Handler", "HttpServer", "Limits", "Request", "Response", "StreamResponse"]
+__all__ = [
+    "BodyStream",
+    "Handler",
+    "HttpServer",
+    "Limits",
+    "PairsResponse",
+    "Request",
+    "Response",
+    "StreamResponse",
+]

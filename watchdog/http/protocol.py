@@ -35,10 +35,15 @@ class Limits:
     """What one connection may send and how long it may take. (A plain class: a dataclass
     costs a millisecond of start-up to build.)"""
 
-    __slots__ = ("head_timeout", "max_line", "max_field", "max_head")
+    __slots__ = ("head_timeout", "max_line", "max_field", "max_head", "line_status")
 
     def __init__(
-        self, head_timeout: float | None, max_line: int, max_field: int, max_head: int
+        self,
+        head_timeout: float | None,
+        max_line: int,
+        max_field: int,
+        max_head: int,
+        line_status: int = 414,
     ) -> None:
         self.head_timeout = head_timeout
         """How long a client may take to send a request head, and stay idle between them."""
@@ -48,6 +53,8 @@ class Limits:
         """Longest header line (431 past it)."""
         self.max_head = max_head
         """Longest request head in all (431 past it)."""
+        self.line_status = line_status
+        """The answer to a request target past ``max_line``."""
 
 
 class ServerState:
@@ -182,7 +189,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._limits.max_line:
-            raise _Refused(414, f"request target longer than {self._limits.max_line} bytes")
+            status = self._limits.line_status
+            raise _Refused(status, f"request target longer than {self._limits.max_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
@@ -335,20 +343,27 @@ class HttpProtocol(asyncio.Protocol):
         return self
 
     def write_head(self, head: bytes, body: bytes | bytearray | memoryview | None) -> None:
-        if self._transport is None or self._closed:
-            raise ConnectionResetError("the client closed the connection")
+        transport = self._writable()
         self._head_sent = True
-        self._transport.write(head + body if body else head)
+        transport.write(head + body if body else head)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._transport is None or self._closed:
-            raise ConnectionResetError("the client closed the connection")
-        self._transport.write(data)
+        self._writable().write(data)
 
     def write_chunk(self, data: bytes | bytearray | memoryview) -> None:
-        if self._transport is None or self._closed:
+        self._writable().writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def _writable(self) -> asyncio.Transport:
+        """The transport, unless the client went away or a handler cut the connection (an
+        answer returned after that is never sent).
+
+        Raises:
+            ConnectionResetError: the connection is closed or closing.
+        """
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        return transport
 
     @property
     def congested(self) -> bool:

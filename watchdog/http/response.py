@@ -5,6 +5,7 @@ when the head goes out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -12,6 +13,10 @@ from multidict import CIMultiDict
 
 if TYPE_CHECKING:
     from .request import Request
+
+
+Headers = CIMultiDict[str] | Mapping[str, str] | Iterable[tuple[str, str]]
+"""What a response's headers may be given as: a multidict, a mapping or (name, value) pairs."""
 
 
 class Framing(Protocol):
@@ -95,7 +100,7 @@ class StreamResponse:
         self,
         status: int = 200,
         reason: str | None = None,
-        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -212,7 +217,7 @@ class Response(StreamResponse):
         *,
         body: bytes | bytearray = b"",
         text: str | None = None,
-        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        headers: Headers | None = None,
         content_type: str | None = None,
         reason: str | None = None,
     ) -> None:
@@ -257,6 +262,42 @@ class Response(StreamResponse):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         raise RuntimeError("a Response is sent whole; use StreamResponse to write a body")
+
+
+class PairsResponse(Response):
+    """A whole response whose headers come as (name, value) pairs that carry no framing (a
+    proxy's, which dropped Content-Length, Transfer-Encoding and the hop-by-hop ones): its head
+    is written straight from them, without the multidict a :class:`Response` fills and edits
+    (most of the cost of a small proxied answer's head). Headers set on ``headers`` after
+    construction follow the pairs."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(
+        self, status: int, reason: str | None, pairs: list[tuple[str, str]], body: bytes
+    ) -> None:
+        super().__init__(status, body=body, reason=reason)
+        self.pairs = pairs
+
+    def head_bytes(self, request: Framing, body_length: int | None = None) -> bytes:
+        keep_alive = request.keep_alive and self._keep_alive is not False
+        self._keep_alive = keep_alive
+        lines = [_status_line(self.status, self.reason)]
+        dated = False
+        for name, value in self.pairs:
+            lines.append(f"{name}: {value}\r\n")
+            dated = dated or name.lower() == "date"
+        lines += [f"{name}: {value}\r\n" for name, value in self.headers.items()]
+        if body_length is not None and not has_no_body(self.status):
+            lines.append(f"Content-Length: {body_length}\r\n")
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif request.version < (1, 1):
+            lines.append("Connection: keep-alive\r\n")
+        if not dated:
+            lines.append(f"Date: {http_date()}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8", errors="surrogateescape")
 
 
 _date_second = -1

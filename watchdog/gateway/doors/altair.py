@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ...responses import INTERNAL_HEADER
 from ..answers import json_response
 from ..async_api import (
@@ -74,7 +74,7 @@ class Refused(Exception):
         self.details = details
 
 
-def error(status: int, message: str, **details: Any) -> web.Response:
+def error(status: int, message: str, **details: Any) -> Response:
     """Altair's error body: ``{"error": {"status", "message", "details"}}``."""
     body = {"error": {"status": status, "message": message, "details": details}}
     return json_response(status, body)
@@ -91,7 +91,7 @@ class AltairDoor:
         return [DoorRoute(PREFIX, api.handle, kind_of, api.unauthorized, accepts=api.has_token)]
 
 
-def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
+def kind_of(request: Request, rest: str) -> RouteKind:
     # Decoded as the handler decodes them: `%69nvoke` must not slip past as another kind.
     parts = _parts(rest)
     if len(parts) >= 4 and parts[1] == "functions" and parts[3] in (_INVOKE, _ASYNC):
@@ -119,7 +119,7 @@ class AltairApi:
 
     # -- auth -----------------------------------------------------------------------------
 
-    def has_token(self, request: web.BaseRequest) -> bool:
+    def has_token(self, request: Request) -> bool:
         """The request carries one of the configured bearer tokens (none configured: False)."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self.tokens:
@@ -129,13 +129,13 @@ class AltairApi:
         matches = [hmac.compare_digest(raw, token) for token in self.tokens]
         return any(matches)
 
-    def _allowed(self, request: web.BaseRequest) -> bool:
+    def _allowed(self, request: Request) -> bool:
         """With tokens on: a token, or the gateway's own basic-auth credentials."""
         if not self.tokens or self.has_token(request):
             return True
         return self.config.credentials is not None and self.services.authorized(request)
 
-    def unauthorized(self, request: web.BaseRequest) -> web.StreamResponse:
+    def unauthorized(self, request: Request) -> StreamResponse:
         given = request.headers.get("Authorization", "")
         message = "Invalid bearer token" if given else "Missing credentials"
         response = error(401, message)
@@ -147,7 +147,7 @@ class AltairApi:
 
     # -- routing --------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def handle(self, request: Request, rest: str) -> StreamResponse:
         if not self._allowed(request):
             return self.unauthorized(request)
         try:
@@ -155,7 +155,7 @@ class AltairApi:
         except Refused as exc:
             return error(exc.status, exc.message, **exc.details)
 
-    async def _route(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def _route(self, request: Request, rest: str) -> StreamResponse:
         parts = _parts(rest)
         if len(parts) < 4 or parts[1] != "functions" or parts[3] not in (_INVOKE, _ASYNC):
             raise Refused(404, "Not Found", path=request.path)
@@ -202,8 +202,8 @@ class AltairApi:
     # -- invoke ---------------------------------------------------------------------------
 
     async def _invoke(
-        self, request: web.BaseRequest, function: Function, target: str, call_id: str
-    ) -> web.StreamResponse:
+        self, request: Request, function: Function, target: str, call_id: str
+    ) -> StreamResponse:
         invoker = self.services.invoker
         try:
             async with asyncio.timeout(invoker.timeout_of(function)):
@@ -220,8 +220,8 @@ class AltairApi:
     # -- async-invoke ---------------------------------------------------------------------
 
     async def _enqueue(
-        self, request: web.BaseRequest, function: Function, path: str, query: str, call_id: str
-    ) -> web.StreamResponse:
+        self, request: Request, function: Function, path: str, query: str, call_id: str
+    ) -> StreamResponse:
         callback_url = self._callback_url(request)
         body = await read_limited(request, self.config.max_async_body)
         if body is None:
@@ -255,7 +255,7 @@ class AltairApi:
             return error(409, str(exc), callId=call_id)
         return accepted(result.call_id, result.status)
 
-    def _callback_url(self, request: web.BaseRequest) -> str | None:
+    def _callback_url(self, request: Request) -> str | None:
         try:
             return callback_url(request, self.config.callback_policy)
         except RefusedCallback as exc:
@@ -282,7 +282,7 @@ def _custom_path(levels: Sequence[str]) -> str:
     return "/" + "/".join(kept) + ("/" if trailing and kept else "")
 
 
-def _invoke_error(exc: InvokeError, call_id: str) -> web.Response:
+def _invoke_error(exc: InvokeError, call_id: str) -> Response:
     """The gateway's refusal (unknown, at its limit, unreachable, too slow) in Altair's shape,
     marked as the gateway's own (``X-OpenFaaS-Internal``) as on ``/function/``."""
     response = error(exc.status, exc.message)

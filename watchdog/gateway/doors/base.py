@@ -18,15 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from aiohttp import web
-
+from ...http import Request, StreamResponse
 from ..config import GatewayConfig
 from ..invoke import Invoker
 from ..queue.base import QueueBackend
 from ..registry import FunctionRegistry
 from ..worker import AsyncWorker
 
-Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request, str], Awaitable[StreamResponse]]
 RouteKind = Literal["invoke", "records", "open"]
 """``invoke`` runs a function (guarded by ``basic_auth_invoke``), ``records`` reads or changes
 call records (guarded by ``basic_auth``), ``open`` is neither (an unknown path, say)."""
@@ -41,7 +40,7 @@ class DoorServices:
     invoker: Invoker
     queue: QueueBackend
     worker: AsyncWorker
-    authorized: Callable[[web.BaseRequest], bool]
+    authorized: Callable[[Request], bool]
     """The gateway's basic-auth check (True when auth is off)."""
 
     def needs_credentials(self, kind: RouteKind) -> bool:
@@ -64,9 +63,9 @@ class DoorRoute:
 
     prefix: str
     handler: Handler
-    kind_of: Callable[[web.BaseRequest, str], RouteKind]
-    unauthorized: Callable[[web.BaseRequest], web.StreamResponse]
-    accepts: Callable[[web.BaseRequest], bool] | None = None
+    kind_of: Callable[[Request, str], RouteKind]
+    unauthorized: Callable[[Request], StreamResponse]
+    accepts: Callable[[Request], bool] | None = None
 
 
 class FrontDoor(Protocol):
@@ -82,7 +81,7 @@ class FrontDoor(Protocol):
 def guarded(route: DoorRoute, services: DoorServices) -> Handler:
     """``route``'s handler behind the gateway's basic auth for the kind of each request."""
 
-    async def handle(request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def handle(request: Request, rest: str) -> StreamResponse:
         kind = route.kind_of(request, rest)
         if services.needs_credentials(kind) and not services.authorized(request):
             if route.accepts is None or not route.accepts(request):

@@ -55,10 +55,10 @@ from functools import partial
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, unquote_plus
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ..activations import encode_body
 from ..answers import SERVED_BY, json_response
 from ..async_api import read_limited
@@ -181,27 +181,27 @@ def parse_path(version: Version, rest: str) -> FcPath | None:
     return None
 
 
-def kind_of(version: Version, request: web.BaseRequest, rest: str) -> RouteKind:
+def kind_of(version: Version, request: Request, rest: str) -> RouteKind:
     path = parse_path(version, rest)
     if path is None:
         return "open"
     return "invoke" if path.action == "invoke" else "records"
 
 
-def error(status: int, code: str, message: str) -> web.Response:
+def error(status: int, code: str, message: str) -> Response:
     """FC's error body (the SDK raises ``FcError`` from it; it crashes on any other).
     :meth:`FcApi.handle` adds ``X-Fc-Request-Id``."""
     return json_response(status, {"ErrorCode": code, "ErrorMessage": message})
 
 
-def unauthorized(request: web.BaseRequest) -> web.StreamResponse:
+def unauthorized(request: Request) -> StreamResponse:
     response = error(401, "AccessDenied", "this route needs the gateway's basic-auth credentials")
     response.headers["WWW-Authenticate"] = 'Basic realm="Restricted"'
     response.headers[REQUEST_ID] = request_id(request)
     return response
 
 
-def request_id(request: web.BaseRequest) -> str:
+def request_id(request: Request) -> str:
     given = request.headers.get(REQUEST_ID, "")
     return given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
 
@@ -210,7 +210,7 @@ def request_id(request: web.BaseRequest) -> str:
 
 
 def signature_problem(
-    request: web.BaseRequest, keys: Mapping[str, str], now: float
+    request: Request, keys: Mapping[str, str], now: float
 ) -> tuple[str, str] | None:
     """``(ErrorCode, message)`` when ``request`` is not signed by one of ``keys`` as the SDK
     signs (``fc2/auth.py``): ``FC ID:base64(HMAC-SHA256(secret, METHOD\\nContent-MD5\\n
@@ -240,7 +240,7 @@ def signature_problem(
     return None
 
 
-def _strings_to_sign(request: web.BaseRequest) -> list[str]:
+def _strings_to_sign(request: Request) -> list[str]:
     headers = request.headers
     fc_headers = sorted(
         (name.lower(), value) for name, value in headers.items() if name.lower().startswith("x-fc-")
@@ -278,14 +278,12 @@ class FcApi:
         self.queue = services.queue
         self.invoker = services.invoker
 
-    def signed_in(self, request: web.BaseRequest) -> bool:
+    def signed_in(self, request: Request) -> bool:
         """The request carries a valid signature of a configured key."""
         keys = self.config.fc_keys
         return bool(keys) and signature_problem(request, keys, time.time()) is None
 
-    async def handle(
-        self, version: Version, request: web.BaseRequest, rest: str
-    ) -> web.StreamResponse:
+    async def handle(self, version: Version, request: Request, rest: str) -> StreamResponse:
         rid = request_id(request)
         if self.config.fc_keys:
             problem = signature_problem(request, self.config.fc_keys, time.time())
@@ -293,7 +291,7 @@ class FcApi:
                 refused = error(403, *problem)
                 refused.headers[REQUEST_ID] = rid
                 return refused
-        response: web.StreamResponse
+        response: StreamResponse
         try:
             response = await self._route(version, request, rest, rid)
         except BadInput as exc:
@@ -308,8 +306,8 @@ class FcApi:
         return response
 
     async def _route(
-        self, version: Version, request: web.BaseRequest, rest: str, rid: str
-    ) -> web.StreamResponse:
+        self, version: Version, request: Request, rest: str, rid: str
+    ) -> StreamResponse:
         path = parse_path(version, rest)
         if path is None:
             return error(404, "PathNotFound", f"no such FC {version} route: {request.path}")
@@ -353,9 +351,7 @@ class FcApi:
 
     # -- invoke ---------------------------------------------------------------------------
 
-    async def _invoke(
-        self, request: web.BaseRequest, function: Function, rid: str
-    ) -> web.StreamResponse:
+    async def _invoke(self, request: Request, function: Function, rid: str) -> StreamResponse:
         mode = request.headers.get(INVOCATION_TYPE, "Sync").strip().lower()
         if mode not in ("sync", "async"):
             raise BadInput(f"{INVOCATION_TYPE} must be Sync or Async, not {mode!r}")
@@ -372,7 +368,7 @@ class FcApi:
             response.headers[LOG_RESULT] = base64.b64encode(b"").decode()
         return response
 
-    def _headers(self, request: web.BaseRequest, rid: str) -> CIMultiDict[str]:
+    def _headers(self, request: Request, rid: str) -> CIMultiDict[str]:
         """The caller's headers minus its credentials and FC's directives, plus the id."""
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value)
@@ -382,9 +378,7 @@ class FcApi:
         headers[REQUEST_ID] = rid
         return headers
 
-    async def _call(
-        self, request: web.BaseRequest, function: Function, body: bytes, rid: str
-    ) -> web.Response:
+    async def _call(self, request: Request, function: Function, body: bytes, rid: str) -> Response:
         """One synchronous call through the invoke path; the function's answer as it came."""
         call = Call("POST", "/", self._headers(request, rid), body)
         try:
@@ -404,7 +398,7 @@ class FcApi:
             return _invoke_error(InvokeError(502, f"function {function.name!r} broke off: {exc}"))
         # Whole, not streamed (relay.answer_call): an error answer's body may be rewritten.
         if status < 400:
-            response = web.Response(status=status, body=data)
+            response = Response(status=status, body=data)
             response.headers.extend(headers)
         else:
             response = _function_error(status, headers, data)
@@ -413,12 +407,12 @@ class FcApi:
 
     async def _enqueue(
         self,
-        request: web.BaseRequest,
+        request: Request,
         function: Function,
         body: bytes,
         delay: int,
         task_id: str,
-    ) -> web.Response:
+    ) -> Response:
         """Queue the call under ``task_id``: ``202`` once it is durable."""
         if await self.queue.get(task_id) is not None:
             return _duplicate(task_id)
@@ -442,7 +436,7 @@ class FcApi:
             if await self.queue.get(task_id) is not None:  # taken meanwhile by another caller
                 return _duplicate(task_id)
             return error(500, "InternalServerError", f"the call could not be stored: {exc}")
-        response = web.Response(status=202)
+        response = Response(status=202)
         response.headers[REQUEST_ID] = task_id
         response.headers[CALL_ID_HEADER] = task_id
         return response
@@ -455,7 +449,7 @@ class FcApi:
 
     async def _list(
         self, version: Version, path: FcPath, function: Function, query: dict[str, list[str]]
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         wanted = TaskQuery.parse(query)
         matches: list[ActivationRecord] = []
         cursor: str | None = None
@@ -481,7 +475,7 @@ class FcApi:
             200, {key: shown, "nextToken": str(end) if len(matches) > end else None}
         )
 
-    async def _stop(self, version: Version, record: ActivationRecord) -> web.StreamResponse:
+    async def _stop(self, version: Version, record: ActivationRecord) -> StreamResponse:
         outcome = await self.queue.cancel(record.call_id)
         if outcome == "cancelled":
             return json_response(200, {})
@@ -634,7 +628,7 @@ def _delay(raw: str | None) -> int:
     return int(value)
 
 
-def _task_id(request: web.BaseRequest) -> str | None:
+def _task_id(request: Request) -> str | None:
     for name in TASK_HEADERS:
         given = request.headers.get(name)
         if given is None:
@@ -657,7 +651,7 @@ def _whole(raw: str | None, name: str, low: int, high: int | None) -> int | None
     return int(raw)
 
 
-def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.Response:
+def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> Response:
     """A function's error answer: its status and headers with ``X-Fc-Error-Type``
     (``HandledInvocationError`` for a 4xx, ``UnhandledInvocationError`` for a 5xx); its body
     as it is when it is JSON, else in FC's error shape (``ErrorMessage``: the body as text),
@@ -665,7 +659,7 @@ def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.
     kind = "HandledInvocationError" if status < 500 else "UnhandledInvocationError"
     try:
         json.loads(body)
-        response = web.Response(status=status, body=body)
+        response = Response(status=status, body=body)
         response.headers.extend(headers)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
         response = json_response(status, {"ErrorCode": kind, "ErrorMessage": encode_body(body)[0]})
@@ -676,7 +670,7 @@ def _function_error(status: int, headers: CIMultiDict[str], body: bytes) -> web.
     return response
 
 
-def _invoke_error(exc: InvokeError) -> web.Response:
+def _invoke_error(exc: InvokeError) -> Response:
     """The gateway answered for the function: FC's shape; 502/504 are the function's failure
     to answer (``X-Fc-Error-Type``), 404/400 cannot happen (the name was resolved)."""
     response = error(
@@ -689,11 +683,11 @@ def _invoke_error(exc: InvokeError) -> web.Response:
     return response
 
 
-def _duplicate(task_id: str) -> web.Response:
+def _duplicate(task_id: str) -> Response:
     message = f"a task with id {task_id!r} exists already: task ids are unique in the gateway"
     return error(409, "StatefulAsyncInvocationAlreadyExists", message)
 
 
-def _task_not_found(version: str, task_id: str) -> web.Response:
+def _task_not_found(version: str, task_id: str) -> Response:
     code = "StatefulAsyncInvocationNotFound" if version == V2 else "AsyncTaskNotFound"
     return error(404, code, f"no task {task_id!r} of this function (unknown, or expired)")

@@ -52,10 +52,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ...forwarding import forwarded_headers
+from ...http import Request, Response, StreamResponse
 from ..activations import encode_body, headers_object
 from ..answers import json_response
 from ..app import basic_credentials
@@ -124,7 +124,7 @@ class OpenWhiskDoor:
         return [DoorRoute(PREFIX, api.handle, kind_of, unauthorized, accepts=api.has_key)]
 
 
-def kind_of(request: web.BaseRequest, rest: str) -> RouteKind:
+def kind_of(request: Request, rest: str) -> RouteKind:
     # Decoded as the handler decodes them: `%61ctions` must not slip past as another kind.
     return _kind(request.method, _parts(rest))
 
@@ -140,19 +140,19 @@ def _kind(method: str, parts: list[str]) -> RouteKind:
     return "open"
 
 
-def unauthorized(request: web.BaseRequest) -> web.StreamResponse:
+def unauthorized(request: Request) -> StreamResponse:
     response = error(401, "The supplied authentication is invalid.", request_id(request))
     response.headers["WWW-Authenticate"] = REALM
     return response
 
 
-def request_id(request: web.BaseRequest) -> str:
+def request_id(request: Request) -> str:
     """The caller's ``X-Request-ID`` when it is a sane one, else a new one."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def error(status: int, message: str, rid: str) -> web.Response:
+def error(status: int, message: str, rid: str) -> Response:
     """OpenWhisk's error body: ``{"error": message, "code": request id}``."""
     response = json_response(status, {"error": message, "code": rid})
     response.headers[REQUEST_ID_HEADER] = rid
@@ -169,7 +169,7 @@ class OpenWhiskApi:
         self.worker = services.worker
         self.keys = tuple(key.encode() for key in self.config.openwhisk_api_keys)
 
-    def has_key(self, request: web.BaseRequest) -> bool:
+    def has_key(self, request: Request) -> bool:
         """The request's Basic auth is one of ``openwhisk_api_keys`` (none set: False)."""
         given = basic_credentials(request) if self.keys else None
         if given is None:
@@ -177,7 +177,7 @@ class OpenWhiskApi:
         # Every key compared, in constant time: no early exit tells which came close.
         return any([hmac.compare_digest(given, key) for key in self.keys])
 
-    def _allowed(self, request: web.BaseRequest, parts: list[str]) -> bool:
+    def _allowed(self, request: Request, parts: list[str]) -> bool:
         """With keys set, the API's invoke and record routes take a key, or the gateway's own
         credentials; web actions stay public, as on OpenWhisk."""
         if not self.keys or parts[:1] == ["web"] or _kind(request.method, parts) == "open":
@@ -186,7 +186,7 @@ class OpenWhiskApi:
             return True
         return self.config.credentials is not None and self.services.authorized(request)
 
-    async def handle(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    async def handle(self, request: Request, rest: str) -> StreamResponse:
         rid = request_id(request)
         parts = _parts(rest)
         if not self._allowed(request, parts):
@@ -207,8 +207,8 @@ class OpenWhiskApi:
         return response
 
     async def _route(
-        self, request: web.BaseRequest, rest: str, parts: list[str], rid: str
-    ) -> web.StreamResponse:
+        self, request: Request, rest: str, parts: list[str], rid: str
+    ) -> StreamResponse:
         """``parts``: the decoded segments of ``rest``'s path (read once per request)."""
         query = rest.partition("?")[2]
         if parts[:1] == ["web"]:
@@ -265,9 +265,7 @@ class OpenWhiskApi:
 
     # -- web actions ----------------------------------------------------------------------
 
-    async def _web_action(
-        self, request: web.BaseRequest, rest: str, rid: str
-    ) -> web.StreamResponse:
+    async def _web_action(self, request: Request, rest: str, rid: str) -> StreamResponse:
         """``web/NS/PKG/NAME[.EXT][/PATH]``: the request, as it came, to the function's
         ``/PATH``; its answer streamed back (no record, as DigitalOcean keeps none)."""
         raw_path, mark, query = rest.partition("?")
@@ -302,8 +300,8 @@ class OpenWhiskApi:
     # -- invoke ---------------------------------------------------------------------------
 
     async def _invoke(
-        self, request: web.BaseRequest, function: Function, action: str, query: str, rid: str
-    ) -> web.StreamResponse:
+        self, request: Request, function: Function, action: str, query: str, rid: str
+    ) -> StreamResponse:
         params = parse_qs(query, keep_blank_values=True)
         blocking = _flag(params, "blocking")
         wanted_result = _flag(params, "result")
@@ -352,7 +350,7 @@ class OpenWhiskApi:
         return int(raw) / 1000
 
     def _request_headers(
-        self, request: web.BaseRequest, rid: str, action: str, activation_id: str
+        self, request: Request, rid: str, action: str, activation_id: str
     ) -> tuple[tuple[str, str], ...]:
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value)
@@ -365,7 +363,7 @@ class OpenWhiskApi:
         headers["X-OpenWhisk-Action-Name"] = action
         return tuple(headers.items())
 
-    async def _enqueue(self, call: CallRequest, rid: str) -> web.Response | None:
+    async def _enqueue(self, call: CallRequest, rid: str) -> Response | None:
         """Commit ``call`` to the queue; an OpenWhisk error answer if it was refused."""
         try:
             await self.queue.enqueue(call)
@@ -417,7 +415,7 @@ class OpenWhiskApi:
             return None
         return record
 
-    async def _list(self, namespace: str, params: dict[str, list[str]]) -> web.StreamResponse:
+    async def _list(self, namespace: str, params: dict[str, list[str]]) -> StreamResponse:
         limit = _limit(_one(params, "limit"))
         skip = _whole(_one(params, "skip"), "skip") or 0
         since = _whole(_one(params, "since"), "since")
@@ -666,7 +664,7 @@ def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
 
 
-def _method_not_allowed(allow: str, rid: str) -> web.Response:
+def _method_not_allowed(allow: str, rid: str) -> Response:
     response = error(405, "The requested method is not allowed.", rid)
     response.headers["Allow"] = allow
     return response
