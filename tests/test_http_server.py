@@ -381,6 +381,8 @@ def test_a_response_of_header_pairs_is_framed_as_any_other() -> None:
         pairs = [("X-One", "1"), ("Date", "Mon, 07 Dec 2026 12:00:00 GMT")]
         if request.query_string == "undated":
             pairs = [("X-One", "1")]
+        elif request.query_string == "typed":  # a function's own type, never a second one
+            pairs = [("content-type", "text/csv")]
         return PairsResponse(status, None, pairs, b"" if status == 204 else b"body")
 
     close = b"Host: x\r\nConnection: close\r\n\r\n"
@@ -396,6 +398,9 @@ def test_a_response_of_header_pairs_is_framed_as_any_other() -> None:
     ]
     reply = asyncio.run(_serve_one(answer, b"GET /200?undated HTTP/1.0\r\n\r\n"))
     assert b"\r\nConnection: close\r\nDate: " in reply and reply.endswith(b"\r\n\r\nbody"), reply
+    reply = asyncio.run(_serve_one(answer, b"GET /200?typed HTTP/1.1\r\n" + close))
+    assert reply.lower().count(b"content-type") == 1, reply
+    assert b"\r\ncontent-type: text/csv\r\n" in reply, reply
     reply = asyncio.run(_serve_one(answer, b"GET /204 HTTP/1.1\r\n" + close))
     assert reply.startswith(b"HTTP/1.1 204 No Content\r\n") and b"Content-Length" not in reply
     reply = asyncio.run(_serve_one(answer, b"HEAD /200 HTTP/1.1\r\n" + close))

@@ -248,7 +248,7 @@ class Response(StreamResponse):
         self._head_only = request.method == "HEAD" or has_no_body(self.status)
         self._chunked = False
         body = self.body
-        if body and "Content-Type" not in self.headers:
+        if body and not self.typed:
             self.headers["Content-Type"] = DEFAULT_CONTENT_TYPE
         head = self.head_bytes(request, None if has_no_body(self.status) else len(body))
         if self._head_only or not body:
@@ -263,6 +263,11 @@ class Response(StreamResponse):
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         raise RuntimeError("a Response is sent whole; use StreamResponse to write a body")
 
+    @property
+    def typed(self) -> bool:
+        """It has a Content-Type (else a body is sent as ``application/octet-stream``)."""
+        return "Content-Type" in self.headers
+
 
 class PairsResponse(Response):
     """A whole response whose headers come as (name, value) pairs that carry no framing (a
@@ -271,13 +276,18 @@ class PairsResponse(Response):
     (most of the cost of a small proxied answer's head). Headers set on ``headers`` after
     construction follow the pairs."""
 
-    __slots__ = ("pairs",)
+    __slots__ = ("pairs", "_typed")
 
     def __init__(
         self, status: int, reason: str | None, pairs: list[tuple[str, str]], body: bytes
     ) -> None:
         super().__init__(status, body=body, reason=reason)
         self.pairs = pairs
+        self._typed = any(name.lower() == "content-type" for name, _ in pairs)
+
+    @property
+    def typed(self) -> bool:
+        return self._typed or "Content-Type" in self.headers
 
     def head_bytes(self, request: Framing, body_length: int | None = None) -> bytes:
         keep_alive = request.keep_alive and self._keep_alive is not False

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
-from ..http import Request, Response, StreamResponse
+from ..http import PairsResponse, Request, StreamResponse
 from ..http.tunnel import Tunnel
 from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
 from ..limits import (
@@ -294,9 +294,7 @@ class HttpRunner:
             and upstream.typed
         ):
             # (Without a Content-Type of its own a whole Response would be given a default.)
-            whole = Response(upstream.status, reason=upstream.reason, body=await upstream.read())
-            whole.headers.extend(headers)
-            return whole
+            return PairsResponse(upstream.status, upstream.reason, headers, await upstream.read())
         response = StreamResponse(upstream.status, upstream.reason)
         response.headers.extend(headers)
         response.content_length = length
