@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # at run time psutil is imported where used: ~7 ms of start-u
     import psutil
 
 from .forkserver import ExitCallback, ForkServer, ForkServerError, spawn_in_own_group
+from .pipes import close as close_pipe
 
 log = logging.getLogger("watchdog.process")
 
@@ -115,11 +116,11 @@ class Child:
     def close_fd(self, fd: int | None) -> None:
         if fd is not None and fd in self._fds:
             self._fds.remove(fd)
-            os.close(fd)
+            close_pipe(fd)
 
     def close_pipes(self) -> None:
         for fd in self._fds:
-            os.close(fd)
+            close_pipe(fd)
         self._fds.clear()
 
 
