@@ -70,12 +70,15 @@ class _Readiness:
 _readiness: _Readiness | None = None
 
 
-def _for_loop(loop: asyncio.AbstractEventLoop) -> _Readiness:
+def _current() -> _Readiness:
+    """The running loop's (get_running_loop() costs a getpid system call: asked only when
+    the loop seen last is not running, as in a process that runs one loop after another)."""
     global _readiness
-    if _readiness is None or _readiness.loop is not loop:
-        if _readiness is not None:
-            _readiness.close()
-        _readiness = _Readiness(loop)
+    if _readiness is not None and _readiness.loop.is_running():
+        return _readiness
+    if _readiness is not None:
+        _readiness.close()
+    _readiness = _Readiness(asyncio.get_running_loop())
     return _readiness
 
 
@@ -87,8 +90,8 @@ def close(fd: int) -> None:
 
 
 async def _until_ready(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    readiness = _for_loop(loop)
+    readiness = _current()
+    loop = readiness.loop
     ready: asyncio.Future[None] = loop.create_future()
     readiness.wait(fd, lambda: _resolve(ready))
     try:
@@ -148,9 +151,8 @@ class PipeDrain:
     def __init__(self, fd: int, sink: Callable[[bytes], None]) -> None:
         self._fd = fd
         self._sink = sink
-        loop = asyncio.get_running_loop()
-        self._readiness = _for_loop(loop)
-        self.done: asyncio.Future[None] = loop.create_future()
+        self._readiness = _current()
+        self.done: asyncio.Future[None] = self._readiness.loop.create_future()
         self._watching = False
         self._readiness.wait(fd, self._on_ready)  # an empty pipe: no read tried before
         self._watching = True
@@ -159,6 +161,11 @@ class PipeDrain:
         if not self._watching and not self.done.done():
             self._watching = True
             self._on_ready()  # events while paused were dropped: look first
+
+    def read_now(self) -> None:
+        """Read what is there without waiting for its event (which may be pending)."""
+        if self._watching:
+            self._on_ready()
 
     def pause(self) -> None:
         if self._watching:

@@ -171,6 +171,10 @@ class ProcessTable:
         self._fork_server = wrap(ForkServer.start(program, argv, env))
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
     def can_spawn_handlers(self) -> bool:
         """False once the fork server has died: the watchdog then reports itself unhealthy."""
         return self._fork_server is not None and self._fork_server.alive
@@ -226,11 +230,19 @@ class ProcessTable:
         self.started_total += 1
         return child
 
-    async def spawn_handler(self, extra_env: Mapping[str, str], *, merge_stderr: bool) -> Child:
+    async def spawn_handler(
+        self,
+        extra_env: Mapping[str, str],
+        *,
+        merge_stderr: bool,
+        before_start: Callable[[Child], None] | None = None,
+    ) -> Child:
         """Start one more copy of the fork server's program, with ``extra_env`` added.
 
         Like :meth:`spawn`, but the exec happens in the fork server, so the event loop is not
-        suspended for it.
+        suspended for it. ``before_start(child)`` is called with its pipes before it starts:
+        what it writes to stdin is waiting there when the handler first reads, which then
+        never blocks and is never woken for it.
 
         Raises:
             SpawnError: the program could not be executed.
@@ -240,6 +252,8 @@ class ProcessTable:
         child = Child(0, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
         child._fds = pipes.parent_fds
         child.mark = self._next_mark()
+        if before_start is not None:
+            before_start(child)
         try:
             child.pid = await self._fork_server.spawn(
                 {**extra_env, HANDLER_VARIABLE: child.mark},
