@@ -19,7 +19,6 @@ import asyncio
 import ctypes
 import logging
 import os
-import select
 import signal
 import socket
 import struct
@@ -260,27 +259,49 @@ def _prepare_helper() -> None:  # pragma: no cover
 def _serve(  # pragma: no cover
     sock: socket.socket, program: str, argv: list[str], base_env: dict[str, str]
 ) -> None:
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    """Block in recvmsg; exits are reported from the SIGCHLD handler, which Python runs when
+    the signal interrupts it (no poll, no wake-up pipe to write, poll and drain)."""
+    signal.set_wakeup_fd(-1)  # the one inherited is the watchdog's loop's: never wake it
+    reaper = _Reaper(sock)
+    signal.signal(signal.SIGCHLD, reaper.on_signal)
     spawn = _Spawner(program, argv, base_env)
     # One buffer for every message: a fresh megabyte per recv cost an mmap, an mremap and a
     # munmap (with its TLB shootdown) per request.
     view = memoryview(bytearray(_MAX_MESSAGE))
     _free_standard_fds()  # last: nothing opened from here on may take 0, 1 or 2
     while True:
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                _drain(wake_r)
-                _report_exits(sock)
-                continue
-            size, fds = _receive(sock, view)
-            if not size and not fds:
-                return  # the watchdog is gone
-            sock.send(spawn(view[:size], fds))
+        size, fds = _receive(sock, view)
+        if not size and not fds:
+            return  # the watchdog is gone
+        reaper.hold()
+        sock.send(spawn(view[:size], fds))
+        reaper.release()
+
+
+class _Reaper:  # pragma: no cover
+    """Reports exits from the SIGCHLD handler, but never a child's before its spawn reply
+    (Python may run the handler between any two steps of a spawn, and a handler that fails
+    to exec exits at once): while a spawn is in hand, the report waits for its reply."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.holding = False
+        self.pending = False
+
+    def on_signal(self, *_: object) -> None:
+        if self.holding:
+            self.pending = True
+        else:
+            _report_exits(self.sock)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        if self.pending:
+            self.pending = False
+            _report_exits(self.sock)
 
 
 def _free_standard_fds() -> None:  # pragma: no cover
@@ -352,11 +373,3 @@ def _report_exits(sock: socket.socket) -> None:  # pragma: no cover
         if pid == 0:
             return
         sock.send(_EXITED + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
-
-
-def _drain(fd: int) -> None:  # pragma: no cover
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
