@@ -126,6 +126,17 @@ class ForkServer:
         Raises:
             ForkServerError: the program could not be started, or the helper is gone.
         """
+        return await self.spawn_nowait(extra_env, fds, on_exit)
+
+    def spawn_nowait(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> asyncio.Future[int]:
+        """:meth:`spawn` without waiting: the request is sent now, and the future resolves
+        with the pid (or ForkServerError). Cancelling it kills the child once spawned.
+
+        Raises:
+            ForkServerError: the helper is gone.
+        """
         payload = b"\0".join(
             f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in extra_env.items()
         )
@@ -135,7 +146,7 @@ class ForkServer:
         except OSError as exc:
             raise ForkServerError(f"fork server unavailable: {exc}") from exc
         self._pending.append((waiter, on_exit))
-        return await waiter
+        return waiter
 
     @property
     def alive(self) -> bool:

@@ -128,7 +128,7 @@ class ForkRunner:
                 return text_response(413, exc.text, started)
         stdin = _StdinStart(*_body_so_far(request, body))
         try:
-            child = await self.processes.spawn_handler(
+            child = self.processes.spawn_handler(
                 self._request_env(request),
                 merge_stderr=self.config.combine_output,
                 before_start=stdin.fill,
@@ -145,6 +145,9 @@ class ForkRunner:
             limit = format_seconds(self.config.exec_timeout)
             log.warning("Killing %s: exceeded exec_timeout of %s", child.pid, limit)
             return await call.fail(504, f"Function exceeded its exec_timeout of {limit}\n")
+        except SpawnError as exc:  # reported by the fork server after the request went out
+            log.error("%s", exc)
+            return text_response(500, f"{exc}\n", started)
         except BodyTimeout:
             return await call.fail(408, _body_timeout_text(self.config.read_timeout))
         except ClientStalled:
@@ -456,9 +459,11 @@ class _Call:
         if transport is not None:
             transport.abort()
 
-    def _on_exit(self, _: object) -> None:
+    def _on_exit(self, exited: asyncio.Future[int]) -> None:
         # Processes the handler left behind may still hold its stdout or stderr open; give them
         # kill_grace to let go, then stop them, so the response never waits on an orphan.
+        if not exited.cancelled() and exited.exception() is not None:
+            return  # never started: nothing left behind
         if self._stdout_open or (self._stderr is not None and not self._stderr.done.done()):
             loop = self.runner.processes.loop
             self._exit_timer = loop.call_later(self.config.kill_grace, self._kill_leftovers)
