@@ -43,6 +43,9 @@ class _Readiness:
             self._registered.add(fd)
         self._waiters[fd] = callback
 
+    def watched(self, fd: int) -> bool:
+        return fd in self._registered
+
     def cancel(self, fd: int) -> None:
         self._waiters.pop(fd, None)
 
@@ -136,6 +139,77 @@ def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:
         return 0
     except BrokenPipeError:
         return len(data)
+
+
+class PipeCollector:
+    """Reads a pipe from loop callbacks into one buffer until its end or past ``limit`` bytes
+    (None: no limit), waking whoever waits once rather than once per chunk.
+
+    At the end of file ``on_eof()`` is called, and the wake-up waits for ``after`` too (a
+    handler's exit, reported just after its stdout's end).
+    """
+
+    __slots__ = ("_fd", "_readiness", "output", "limit", "_on_eof", "_after", "_ready")
+
+    def __init__(
+        self,
+        fd: int,
+        limit: int | None,
+        on_eof: Callable[[], None],
+        after: asyncio.Future[int] | None = None,
+    ) -> None:
+        self._fd = fd
+        self._readiness = _current()
+        self.output = bytearray()
+        self.limit = limit
+        self._on_eof: Callable[[], None] | None = on_eof
+        self._after = after
+        self._ready: asyncio.Future[bool] | None = None
+
+    async def fill(self) -> bool:
+        """Read until the end of file (True) or past the limit (False: the rest is left in
+        the pipe, for :func:`read_chunk` or another ``fill`` with a higher limit)."""
+        ready: asyncio.Future[bool] = self._readiness.loop.create_future()
+        self._ready = ready
+        if self._readiness.watched(self._fd):
+            self._on_ready()  # an edge may have passed unwatched: look first
+        else:
+            self._readiness.wait(self._fd, self._on_ready)  # registering reports what is there
+        try:
+            return await ready
+        finally:
+            if not ready.done() and self._on_eof is not None:
+                self._readiness.cancel(self._fd)  # (after its end, the number may be reused)
+
+    def _on_ready(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, CHUNK)
+            except BlockingIOError:
+                self._readiness.wait(self._fd, self._on_ready)
+                return
+            except OSError as exc:
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(exc)
+                return
+            if not chunk:
+                on_eof, self._on_eof = self._on_eof, None
+                if on_eof is not None:
+                    on_eof()
+                after = self._after
+                if after is None or after.done():
+                    self._wake(True)
+                else:
+                    after.add_done_callback(lambda _: self._wake(True))
+                return
+            self.output += chunk
+            if self.limit is not None and len(self.output) > self.limit:
+                self._wake(False)
+                return
+
+    def _wake(self, eof: bool) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(eof)
 
 
 class PipeDrain:

@@ -35,7 +35,7 @@ from ..limits import (
 )
 from ..logs import FunctionLog, LineSplitter
 from ..metrics import WatchdogMetrics
-from ..pipes import PipeDrain, read_chunk, write_all, write_now
+from ..pipes import PipeCollector, PipeDrain, read_chunk, write_all, write_now
 from ..prefork import PreforkSpawner
 from ..process import Child, ProcessTable, SpawnError, describe_exit, resolve_program
 from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
@@ -326,20 +326,18 @@ class _Call:
         return await self._stream(output)
 
     async def _read_initial_output(self) -> tuple[bytearray, bool]:
-        """Read stdout until EOF or past the policy's buffer (and a CGI head, when expected)."""
+        """Read stdout until EOF (and the handler's exit) or past the policy's buffer (and a
+        CGI head, when expected)."""
         fd = self.child.stdout
         assert fd is not None
         limit = self.runner.policy.response_buffer
-        output = bytearray()
-        while True:
-            chunk = await read_chunk(fd)
-            if not chunk:
-                self._close_stdout()
-                return output, True
-            output += chunk
-            over = limit is not None and len(output) > limit
-            if over and not (self.config.cgi_response and self._head(output, final=False) is None):
+        collector = PipeCollector(fd, limit, self._close_stdout, after=self.child.exited)
+        while not await collector.fill():
+            output = collector.output
+            if not (self.config.cgi_response and self._head(output, final=False) is None):
                 return output, False
+            collector.limit = len(output)  # one more chunk, then look for the head again
+        return collector.output, True
 
     def _complete(self, output: bytearray, returncode: int) -> Response:
         self._count_exit(returncode)
