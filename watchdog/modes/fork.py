@@ -479,11 +479,11 @@ class _Call:
         fd = self.child.stderr
         if fd is None:
             return
-        self._splitter = self.runner.function_log.splitter()
         self._stderr = PipeDrain(fd, self._on_stderr)
 
     def _on_stderr(self, data: bytes) -> None:
-        assert self._splitter is not None
+        if self._splitter is None:  # most handlers write nothing there
+            self._splitter = self.runner.function_log.splitter()
         self.runner.function_log.write("stderr", self._splitter.feed(data))
         if self.config.write_debug:
             self._stderr_tail += data
