@@ -90,8 +90,12 @@ class ForkServer:
         sock: socket.socket,
         pid: int,
         on_gone: Callable[[dict[int, ExitCallback]], None] | None = None,
+        *,
+        replies_carry_fds: bool = True,
     ) -> None:
         self.pid = pid
+        # A zygote's replies carry a go pipe; the fork server's never do (a plain recv then).
+        self._receive = _receive_with_fds if replies_carry_fds else _receive_plain
         # Called once the helper has gone, with the exit callbacks of children it left running.
         self._on_gone = on_gone
         self._sock = sock
@@ -114,7 +118,7 @@ class ForkServer:
             ours.close()
             _run_helper(theirs, program, list(argv), dict(base_env))
         theirs.close()
-        return cls(ours, pid)
+        return cls(ours, pid, replies_carry_fds=False)
 
     async def spawn(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
@@ -166,7 +170,7 @@ class ForkServer:
     def _on_readable(self) -> None:
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(self._sock, 256, 1, socket.MSG_DONTWAIT)
+                message, fds = self._receive(self._sock)
             except BlockingIOError:
                 return
             except ConnectionResetError:
@@ -219,6 +223,18 @@ class ForkServer:
         if go is not None:
             os.write(go, b"g")
         waiter.set_result(pid)
+
+
+_NO_FDS: list[int] = []
+
+
+def _receive_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    message, fds, _, _ = socket.recv_fds(sock, 256, 1, socket.MSG_DONTWAIT)
+    return message, fds
+
+
+def _receive_plain(sock: socket.socket) -> tuple[bytes, list[int]]:
+    return sock.recv(256, socket.MSG_DONTWAIT), _NO_FDS
 
 
 def _reap(pid: int, patience: float = 2.0) -> None:
