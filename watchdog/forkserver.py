@@ -141,8 +141,8 @@ class ForkServer:
         Raises:
             ForkServerError: the helper is gone.
         """
-        payload = b"\0".join(
-            f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in extra_env.items()
+        payload = "\0".join([f"{k}={v}" for k, v in extra_env.items()]).encode(
+            "utf-8", "surrogateescape"
         )
         waiter: asyncio.Future[int] = self._loop.create_future()
         try:

@@ -19,8 +19,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
-
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..forkserver import ForkServer
@@ -391,11 +389,11 @@ class _Call:
         return parse_head(output, final=final)
 
     def _apply_head(self, response: StreamResponse, head: CGIHead | None) -> None:
-        headers: CIMultiDict[str] = head.headers if head else CIMultiDict()
-        if head and head.reason:
-            response.set_status(head.status, head.reason)
-        response.headers.extend(headers)
-        if "Content-Type" not in headers:
+        if head is not None:
+            if head.reason:
+                response.set_status(head.status, head.reason)
+            response.headers.extend(head.headers)
+        if head is None or "Content-Type" not in head.headers:
             response.headers["Content-Type"] = self._content_type()
         response.headers[DURATION_HEADER] = duration_value(self.started)
 
