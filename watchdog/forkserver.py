@@ -39,6 +39,8 @@ _FAILED = b"E"
 _EXITED = b"X"
 _PID = struct.Struct("=i")
 _EXIT = struct.Struct("=iidd")  # pid, wait status, user and system CPU seconds
+_EXITS_PER_MESSAGE = 64  # an exit report carries one or more of these records
+_REPLY_SIZE = 1 + _EXITS_PER_MESSAGE * _EXIT.size  # the largest reply
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _MAX_MESSAGE = 1 << 20  # a request's extra environment; its headers are at most 1 MiB
 _STANDARD_FDS = [0, 1, 2]
@@ -205,10 +207,10 @@ class ForkServer:
     def _handle_reply(self, message: bytes, go: int | None) -> None:
         kind, body = message[:1], message[1:]
         if kind == _EXITED:
-            pid, status, user, system = _EXIT.unpack(body)
-            callback = self._on_exit.pop(pid, None)
-            if callback is not None:
-                callback(status, user + system)
+            for pid, status, user, system in _EXIT.iter_unpack(body):
+                callback = self._on_exit.pop(pid, None)
+                if callback is not None:
+                    callback(status, user + system)
             return
         waiter, on_exit = self._pending.popleft()
         if kind != _SPAWNED:
@@ -229,12 +231,12 @@ _NO_FDS: list[int] = []
 
 
 def _receive_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
-    message, fds, _, _ = socket.recv_fds(sock, 256, 1, socket.MSG_DONTWAIT)
+    message, fds, _, _ = socket.recv_fds(sock, _REPLY_SIZE, 1, socket.MSG_DONTWAIT)
     return message, fds
 
 
 def _receive_plain(sock: socket.socket) -> tuple[bytes, list[int]]:
-    return sock.recv(256, socket.MSG_DONTWAIT), _NO_FDS
+    return sock.recv(_REPLY_SIZE, socket.MSG_DONTWAIT), _NO_FDS
 
 
 def _reap(pid: int, patience: float = 2.0) -> None:
@@ -392,11 +394,18 @@ class _Spawner:  # pragma: no cover
 
 
 def _report_exits(sock: socket.socket) -> None:  # pragma: no cover
-    while True:
+    """Reap every child that has exited and report them in one message (under load, one
+    SIGCHLD often stands for several)."""
+    records: list[bytes] = []
+    while len(records) < _EXITS_PER_MESSAGE:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
-        sock.send(_EXITED + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
+            break
+        records.append(_EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
+    if records:
+        sock.send(_EXITED + b"".join(records))
+    if len(records) == _EXITS_PER_MESSAGE:
+        _report_exits(sock)
