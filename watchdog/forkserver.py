@@ -295,8 +295,11 @@ def _serve(  # pragma: no cover
     signal.signal(signal.SIGCHLD, reaper.on_signal)
     spawn = _Spawner(program, argv, base_env)
     # One buffer for every message: a fresh megabyte per recv cost an mmap, an mremap and a
-    # munmap (with its TLB shootdown) per request.
-    view = memoryview(bytearray(_MAX_MESSAGE))
+    # munmap (with its TLB shootdown) per request. An anonymous mapping, not a bytearray
+    # (which zero-fills it): only the pages a message reaches become resident.
+    import mmap  # here: the watchdog itself has no use for it
+
+    view = memoryview(mmap.mmap(-1, _MAX_MESSAGE))
     _free_standard_fds()  # last: nothing opened from here on may take 0, 1 or 2
     while True:
         size, fds = _receive(sock, view)
