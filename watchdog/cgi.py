@@ -14,8 +14,27 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep
 MAX_HEADER_BLOCK = 64 * 1024
 
 
+# Header names seen, memoized: the same few come with every request.
+_ENV_NAMES: dict[str, str | None] = {}
+_ENV_NAMES_KEPT = 1024  # distinct names remembered; past that, the memo starts over
+_ENV_NAME_LONGEST_KEPT = 64  # longer names are worked out each time, never kept
+
+
 def header_env_name(name: str) -> str | None:
     """``x-call-id`` becomes ``Http_X_Call_Id``; None if the result is no valid variable name."""
+    try:
+        return _ENV_NAMES[name]
+    except KeyError:
+        pass
+    env_name = _env_name(name)
+    if len(name) <= _ENV_NAME_LONGEST_KEPT:
+        if len(_ENV_NAMES) >= _ENV_NAMES_KEPT:
+            _ENV_NAMES.clear()
+        _ENV_NAMES[name] = env_name
+    return env_name
+
+
+def _env_name(name: str) -> str | None:
     canonical = "_".join(part.capitalize() for part in name.split("-"))
     env_name = "Http_" + canonical
     return env_name if _ENV_NAME.match(env_name) else None

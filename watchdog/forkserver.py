@@ -14,14 +14,15 @@ once. It dies with the watchdog (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
 import logging
 import os
-import select
 import signal
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +39,12 @@ _FAILED = b"E"
 _EXITED = b"X"
 _PID = struct.Struct("=i")
 _EXIT = struct.Struct("=iidd")  # pid, wait status, user and system CPU seconds
+_EXITS_PER_MESSAGE = 64  # an exit report carries one or more of these records
+_REPLY_SIZE = 1 + _EXITS_PER_MESSAGE * _EXIT.size  # the largest reply
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_MAX_MESSAGE = 1 << 20  # a request's extra environment; its headers are at most 1 MiB
+_STANDARD_FDS = [0, 1, 2]
+_FDS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
 # Signals the watchdog (or this helper) handles or ignores; children start with defaults.
 # (Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals ignored: without this a
 # handler such as `cat` would not die when its reader goes away.)
@@ -53,7 +59,10 @@ RESET_SIGNALS = (
 
 
 def spawn_in_own_group(
-    program: str, argv: Sequence[str], env: Mapping[str, str], fds: Sequence[int]
+    program: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | Mapping[bytes, bytes],
+    fds: Sequence[int],
 ) -> int:
     """``posix_spawn`` with ``fds`` as stdin, stdout and stderr, in a new process group, with
     default signal dispositions and an empty signal mask. Raises OSError."""
@@ -83,8 +92,12 @@ class ForkServer:
         sock: socket.socket,
         pid: int,
         on_gone: Callable[[dict[int, ExitCallback]], None] | None = None,
+        *,
+        replies_carry_fds: bool = True,
     ) -> None:
         self.pid = pid
+        # A zygote's replies carry a go pipe; the fork server's never do (a plain recv then).
+        self._receive = _receive_with_fds if replies_carry_fds else _receive_plain
         # Called once the helper has gone, with the exit callbacks of children it left running.
         self._on_gone = on_gone
         self._sock = sock
@@ -107,7 +120,7 @@ class ForkServer:
             ours.close()
             _run_helper(theirs, program, list(argv), dict(base_env))
         theirs.close()
-        return cls(ours, pid)
+        return cls(ours, pid, replies_carry_fds=False)
 
     async def spawn(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
@@ -119,8 +132,19 @@ class ForkServer:
         Raises:
             ForkServerError: the program could not be started, or the helper is gone.
         """
-        payload = b"\0".join(
-            f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in extra_env.items()
+        return await self.spawn_nowait(extra_env, fds, on_exit)
+
+    def spawn_nowait(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> asyncio.Future[int]:
+        """:meth:`spawn` without waiting: the request is sent now, and the future resolves
+        with the pid (or ForkServerError). Cancelling it kills the child once spawned.
+
+        Raises:
+            ForkServerError: the helper is gone.
+        """
+        payload = "\0".join([f"{k}={v}" for k, v in extra_env.items()]).encode(
+            "utf-8", "surrogateescape"
         )
         waiter: asyncio.Future[int] = self._loop.create_future()
         try:
@@ -128,7 +152,7 @@ class ForkServer:
         except OSError as exc:
             raise ForkServerError(f"fork server unavailable: {exc}") from exc
         self._pending.append((waiter, on_exit))
-        return await waiter
+        return waiter
 
     @property
     def alive(self) -> bool:
@@ -148,7 +172,7 @@ class ForkServer:
     def _on_readable(self) -> None:
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(self._sock, 256, 1, socket.MSG_DONTWAIT)
+                message, fds = self._receive(self._sock)
             except BlockingIOError:
                 return
             except ConnectionResetError:
@@ -183,10 +207,10 @@ class ForkServer:
     def _handle_reply(self, message: bytes, go: int | None) -> None:
         kind, body = message[:1], message[1:]
         if kind == _EXITED:
-            pid, status, user, system = _EXIT.unpack(body)
-            callback = self._on_exit.pop(pid, None)
-            if callback is not None:
-                callback(status, user + system)
+            for pid, status, user, system in _EXIT.iter_unpack(body):
+                callback = self._on_exit.pop(pid, None)
+                if callback is not None:
+                    callback(status, user + system)
             return
         waiter, on_exit = self._pending.popleft()
         if kind != _SPAWNED:
@@ -201,6 +225,18 @@ class ForkServer:
         if go is not None:
             os.write(go, b"g")
         waiter.set_result(pid)
+
+
+_NO_FDS: list[int] = []
+
+
+def _receive_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    message, fds, _, _ = socket.recv_fds(sock, _REPLY_SIZE, 1, socket.MSG_DONTWAIT)
+    return message, fds
+
+
+def _receive_plain(sock: socket.socket) -> tuple[bytes, list[int]]:
+    return sock.recv(_REPLY_SIZE, socket.MSG_DONTWAIT), _NO_FDS
 
 
 def _reap(pid: int, patience: float = 2.0) -> None:
@@ -252,60 +288,127 @@ def _prepare_helper() -> None:  # pragma: no cover
 def _serve(  # pragma: no cover
     sock: socket.socket, program: str, argv: list[str], base_env: dict[str, str]
 ) -> None:
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    """Block in recvmsg; exits are reported from the SIGCHLD handler, which Python runs when
+    the signal interrupts it (no poll, no wake-up pipe to write, poll and drain)."""
+    signal.set_wakeup_fd(-1)  # the one inherited is the watchdog's loop's: never wake it
+    reaper = _Reaper(sock)
+    signal.signal(signal.SIGCHLD, reaper.on_signal)
+    spawn = _Spawner(program, argv, base_env)
+    # One buffer for every message: a fresh megabyte per recv cost an mmap, an mremap and a
+    # munmap (with its TLB shootdown) per request. An anonymous mapping, not a bytearray
+    # (which zero-fills it): only the pages a message reaches become resident.
+    import mmap  # here: the watchdog itself has no use for it
+
+    view = memoryview(mmap.mmap(-1, _MAX_MESSAGE))
+    _free_standard_fds()  # last: nothing opened from here on may take 0, 1 or 2
     while True:
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                _drain(wake_r)
-                _report_exits(sock)
-                continue
-            payload, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
-            # CPython ignores MSG_CMSG_CLOEXEC here, so mark them ourselves: posix_spawn's
-            # DUP2 gives the handler its own 0, 1 and 2, and no other copy may leak into it.
-            for fd in fds:
-                os.set_inheritable(fd, False)
-            if not payload and not fds:
-                return  # the watchdog is gone
-            sock.send(_spawn_one(program, argv, base_env, payload, fds))
+        size, fds = _receive(sock, view)
+        if not size and not fds:
+            return  # the watchdog is gone
+        reaper.hold()
+        sock.send(spawn(view[:size], fds))
+        reaper.release()
 
 
-def _spawn_one(  # pragma: no cover
-    program: str, argv: list[str], base_env: dict[str, str], payload: bytes, fds: list[int]
-) -> bytes:
-    env = dict(base_env)
-    if payload:
-        for entry in payload.split(b"\0"):
-            key, _, value = entry.decode("utf-8", "surrogateescape").partition("=")
-            env[key] = value
-    try:
-        pid = spawn_in_own_group(program, argv, env, fds)
-    except OSError as exc:
-        return _FAILED + f"cannot start {argv[0]!r}: {exc.strerror}".encode()
-    finally:
-        for fd in fds:
+class _Reaper:  # pragma: no cover
+    """Reports exits from the SIGCHLD handler, but never a child's before its spawn reply
+    (Python may run the handler between any two steps of a spawn, and a handler that fails
+    to exec exits at once): while a spawn is in hand, the report waits for its reply."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.holding = False
+        self.pending = False
+
+    def on_signal(self, *_: object) -> None:
+        if self.holding:
+            self.pending = True
+        else:
+            _report_exits(self.sock)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        if self.pending:
+            self.pending = False
+            _report_exits(self.sock)
+
+
+def _free_standard_fds() -> None:  # pragma: no cover
+    """Close our own 0, 1 and 2 (nothing here writes to them; Python's streams are dropped
+    with them): each request's three pipe ends then arrive as 0, 1 and 2, where the handler
+    inherits them as they are, without a dup2 file action (each of which costs glibc two
+    getrlimit calls here and a dup2 in the child) or a close-on-exec flag to set."""
+    sys.stdin = sys.stdout = sys.stderr = None
+    for fd in _STANDARD_FDS:
+        try:
             os.close(fd)
-    return _SPAWNED + _PID.pack(pid)
+        except OSError:
+            pass
+
+
+def _receive(sock: socket.socket, view: memoryview) -> tuple[int, list[int]]:  # pragma: no cover
+    size, ancdata, _, _ = sock.recvmsg_into([view], _FDS_SPACE)
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return size, fds.tolist()
+
+
+class _Spawner:  # pragma: no cover
+    """Spawns the handler: the base environment is encoded once, as bytes, and each request
+    adds its own ``KEY=value`` entries to a copy, undecoded."""
+
+    def __init__(self, program: str, argv: list[str], base_env: dict[str, str]) -> None:
+        self.program = program
+        self.argv = argv
+        self.name = argv[0]
+        self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in base_env.items()}
+
+    def __call__(self, payload: memoryview, fds: list[int]) -> bytes:
+        env = self.base_env.copy()
+        if payload:
+            for entry in bytes(payload).split(b"\0"):
+                key, _, value = entry.partition(b"=")
+                env[key] = value
+        try:
+            if fds == _STANDARD_FDS:
+                pid = os.posix_spawn(
+                    self.program,
+                    self.argv,
+                    env,
+                    setpgroup=0,
+                    setsigdef=RESET_SIGNALS,
+                    setsigmask=(),
+                )
+            else:  # our 0, 1 or 2 were taken after all: place them with file actions
+                for fd in fds:
+                    os.set_inheritable(fd, False)
+                pid = spawn_in_own_group(self.program, self.argv, env, fds)
+        except OSError as exc:
+            return _FAILED + f"cannot start {self.name!r}: {exc.strerror}".encode()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return _SPAWNED + _PID.pack(pid)
 
 
 def _report_exits(sock: socket.socket) -> None:  # pragma: no cover
-    while True:
+    """Reap every child that has exited and report them in one message (under load, one
+    SIGCHLD often stands for several)."""
+    records: list[bytes] = []
+    while len(records) < _EXITS_PER_MESSAGE:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
-        sock.send(_EXITED + _EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
-
-
-def _drain(fd: int) -> None:  # pragma: no cover
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
+            break
+        records.append(_EXIT.pack(pid, status, usage.ru_utime, usage.ru_stime))
+    if records:
+        sock.send(_EXITED + b"".join(records))
+    if len(records) == _EXITS_PER_MESSAGE:
+        _report_exits(sock)

@@ -1,34 +1,107 @@
-"""Non-blocking pipe I/O on the event loop, without a transport per pipe.
+"""Non-blocking pipe I/O on the event loop, without a transport or a loop reader per pipe.
 
-A handler's pipes live for one request; creating asyncio transports for each costs more than the
-few system calls these helpers make, and they keep back-pressure explicit: a pipe is only watched
-while somebody waits on it.
+A handler's pipes live for one request. Watching one with the loop's ``add_reader`` cost uvloop
+about six system calls (a poll handle created, checked, registered and torn down) and its
+objects, each time. Here every pipe shares one epoll set of our own, which the loop watches as a
+single reader: a pipe is registered once, edge-triggered, with one ``epoll_ctl``, and closing it
+removes it. Back-pressure stays explicit: nothing is read unless somebody asked for it.
+
+Edge-triggered means an event is only a hint that something changed: whoever waits must have
+found the pipe empty (or full) first, and tries again after the wake-up. Every helper here does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 from collections.abc import Callable
 
 CHUNK = 65536
+_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET  # ERR and HUP are always reported
+_BATCH = 64
 
 
-async def _until(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
+class _Readiness:
+    """One epoll set for the pipes of one loop, and who waits on which pipe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll = select.epoll()
+        self._registered: set[int] = set()
+        self._waiters: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def wait(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, at the pipe's next event (at once if it is ready when first
+        registered)."""
+        if fd not in self._registered:
+            try:
+                self._epoll.register(fd, _EVENTS)
+            except FileExistsError:  # pragma: no cover - only if a close went untold
+                self._epoll.modify(fd, _EVENTS)
+            self._registered.add(fd)
+        self._waiters[fd] = callback
+
+    def watched(self, fd: int) -> bool:
+        return fd in self._registered
+
+    def cancel(self, fd: int) -> None:
+        self._waiters.pop(fd, None)
+
+    def forget(self, fd: int) -> None:
+        """``fd`` is being closed (which takes it out of the epoll set)."""
+        self._waiters.pop(fd, None)
+        self._registered.discard(fd)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def _dispatch(self) -> None:
+        for fd, _ in self._epoll.poll(0, _BATCH):
+            callback = self._waiters.pop(fd, None)
+            if callback is None:
+                continue  # nobody waits: whoever reads next tries first anyway
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - the other events must still be told
+                self.loop.call_exception_handler({"message": "pipe callback", "exception": exc})
+
+
+_readiness: _Readiness | None = None
+
+
+def _current() -> _Readiness:
+    """The running loop's (get_running_loop() costs a getpid system call: asked only when
+    the loop seen last is not running, as in a process that runs one loop after another)."""
+    global _readiness
+    if _readiness is not None and _readiness.loop.is_running():
+        return _readiness
+    if _readiness is not None:
+        _readiness.close()
+    _readiness = _Readiness(asyncio.get_running_loop())
+    return _readiness
+
+
+def close(fd: int) -> None:
+    """Close a pipe end that these helpers may have watched."""
+    if _readiness is not None:
+        _readiness.forget(fd)
+    os.close(fd)
+
+
+async def _until_ready(fd: int) -> None:
+    readiness = _current()
+    loop = readiness.loop
     ready: asyncio.Future[None] = loop.create_future()
-    add, remove = (
-        (loop.add_writer, loop.remove_writer)
-        if writable
-        else (
-            loop.add_reader,
-            loop.remove_reader,
-        )
-    )
-    add(fd, _resolve, ready)
+    readiness.wait(fd, lambda: _resolve(ready))
     try:
         await ready
     finally:
-        remove(fd)
+        if not ready.done():
+            readiness.cancel(fd)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -38,23 +111,21 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 async def read_chunk(fd: int, size: int = CHUNK) -> bytes:
     """Read up to ``size`` bytes, waiting until some arrive; ``b""`` means end of file."""
-    loop = asyncio.get_running_loop()
     while True:
         try:
             return os.read(fd, size)
         except BlockingIOError:
-            await _until(loop, fd, writable=False)
+            await _until_ready(fd)
 
 
 async def write_all(fd: int, data: bytes | bytearray | memoryview) -> bool:
     """Write everything, waiting while the pipe is full. False if the reader has gone away."""
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            await _until(loop, fd, writable=True)
+            await _until_ready(fd)
         except BrokenPipeError:
             return False
     return True
@@ -70,50 +141,130 @@ def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:
         return len(data)
 
 
+class PipeCollector:
+    """Reads a pipe from loop callbacks into one buffer until its end or past ``limit`` bytes
+    (None: no limit), waking whoever waits once rather than once per chunk.
+
+    At the end of file ``on_eof()`` is called, and the wake-up waits for ``after`` too (a
+    handler's exit, reported just after its stdout's end).
+    """
+
+    __slots__ = ("_fd", "_readiness", "output", "limit", "_on_eof", "_after", "_ready")
+
+    def __init__(
+        self,
+        fd: int,
+        limit: int | None,
+        on_eof: Callable[[], None],
+        after: asyncio.Future[int] | None = None,
+    ) -> None:
+        self._fd = fd
+        self._readiness = _current()
+        self.output = bytearray()
+        self.limit = limit
+        self._on_eof: Callable[[], None] | None = on_eof
+        self._after = after
+        self._ready: asyncio.Future[bool] | None = None
+
+    async def fill(self) -> bool:
+        """Read until the end of file (True) or past the limit (False: the rest is left in
+        the pipe, for :func:`read_chunk` or another ``fill`` with a higher limit)."""
+        ready: asyncio.Future[bool] = self._readiness.loop.create_future()
+        self._ready = ready
+        if self._readiness.watched(self._fd):
+            self._on_ready()  # an edge may have passed unwatched: look first
+        else:
+            self._readiness.wait(self._fd, self._on_ready)  # registering reports what is there
+        try:
+            return await ready
+        finally:
+            if not ready.done() and self._on_eof is not None:
+                self._readiness.cancel(self._fd)  # (after its end, the number may be reused)
+
+    def _on_ready(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, CHUNK)
+            except BlockingIOError:
+                self._readiness.wait(self._fd, self._on_ready)
+                return
+            except OSError as exc:
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(exc)
+                return
+            if not chunk:
+                on_eof, self._on_eof = self._on_eof, None
+                if on_eof is not None:
+                    on_eof()
+                after = self._after
+                if after is None or after.done():
+                    self._wake(True)
+                else:
+                    after.add_done_callback(lambda _: self._wake(True))
+                return
+            self.output += chunk
+            if self.limit is not None and len(self.output) > self.limit:
+                self._wake(False)
+                return
+
+    def _wake(self, eof: bool) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(eof)
+
+
 class PipeDrain:
     """Reads a pipe to its end from loop callbacks, handing each chunk to ``sink``.
 
-    Used for streams nobody awaits chunk by chunk (a handler's stderr, a buffered stdout): no
-    task is created, and ``done`` resolves at end of file. ``pause()`` stops reading so the
-    writer blocks (back-pressure); ``resume()`` starts again.
+    Used for streams nobody awaits chunk by chunk (a handler's stderr): no task is created,
+    and ``done`` resolves at end of file. ``pause()`` stops reading so the writer blocks
+    (back-pressure); ``resume()`` starts again.
     """
 
-    __slots__ = ("_fd", "_sink", "_loop", "done", "_watching")
+    __slots__ = ("_fd", "_sink", "_readiness", "done", "_watching")
 
     def __init__(self, fd: int, sink: Callable[[bytes], None]) -> None:
         self._fd = fd
         self._sink = sink
-        self._loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._readiness = _current()
+        self.done: asyncio.Future[None] = self._readiness.loop.create_future()
         self._watching = False
-        self.resume()
+        self._readiness.wait(fd, self._on_ready)  # an empty pipe: no read tried before
+        self._watching = True
 
     def resume(self) -> None:
         if not self._watching and not self.done.done():
-            self._loop.add_reader(self._fd, self._on_readable)
             self._watching = True
+            self._on_ready()  # events while paused were dropped: look first
+
+    def read_now(self) -> None:
+        """Read what is there without waiting for its event (which may be pending)."""
+        if self._watching:
+            self._on_ready()
 
     def pause(self) -> None:
         if self._watching:
-            self._loop.remove_reader(self._fd)
+            self._readiness.cancel(self._fd)
             self._watching = False
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
+    def _on_ready(self) -> None:
+        while self._watching:
+            try:
+                data = os.read(self._fd, CHUNK)
+            except BlockingIOError:
+                self._readiness.wait(self._fd, self._on_ready)
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._finish()
+                return
             self._sink(data)
-            return
+
+    def _finish(self) -> None:
         self.pause()
         if not self.done.done():
             self.done.set_result(None)
 
     def stop(self) -> None:
-        """Stop watching for good (the fd is closed by its owner)."""
-        self.pause()
-        if not self.done.done():
-            self.done.set_result(None)
+        """Stop watching for good (the fd is closed by its owner, with :func:`close`)."""
+        self._finish()

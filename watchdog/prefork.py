@@ -79,6 +79,13 @@ class PreforkSpawner:
                 log.warning("prefork: %s; spawning this request", exc)
         return await self._fallback.spawn(extra_env, fds, on_exit)
 
+    def spawn_nowait(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> asyncio.Future[int]:
+        """:meth:`spawn` as a future (a task: the zygote's refusal falls back to the fork
+        server)."""
+        return self._loop.create_task(self.spawn(extra_env, fds, on_exit))
+
     def close(self) -> None:
         self._closed = True
         if self._task is not None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # at run time psutil is imported where used: ~7 ms of start-u
     import psutil
 
 from .forkserver import ExitCallback, ForkServer, ForkServerError, spawn_in_own_group
+from .pipes import close as close_pipe
 
 log = logging.getLogger("watchdog.process")
 
@@ -49,6 +50,12 @@ class Spawner(Protocol):
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
     ) -> int: ...
 
+    def spawn_nowait(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> asyncio.Future[int]:
+        """``spawn`` without waiting for the pid: the future gets it (or ForkServerError);
+        raises ForkServerError at once when the helper is gone."""
+
     def close(self) -> None: ...
 
 
@@ -70,6 +77,11 @@ class _ForkServerSpawner:
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
     ) -> int:
         return await self.server.spawn(extra_env, fds, on_exit)
+
+    def spawn_nowait(
+        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
+    ) -> asyncio.Future[int]:
+        return self.server.spawn_nowait(extra_env, fds, on_exit)
 
     def close(self) -> None:
         self.server.close()
@@ -114,7 +126,10 @@ class Child:
     stdout: int | None
     stderr: int | None
     exited: asyncio.Future[int]
+    """The exit code; SpawnError when it could not be started."""
     cpu_seconds: float = 0.0
+    spawned: asyncio.Future[int] | None = None
+    """The pid, when it is started by the fork server (and 0 in ``pid`` until then)."""
     mark: str = ""
     """The value of :data:`HANDLER_VARIABLE` in its environment."""
     _fds: list[int] = field(default_factory=list)
@@ -127,11 +142,11 @@ class Child:
     def close_fd(self, fd: int | None) -> None:
         if fd is not None and fd in self._fds:
             self._fds.remove(fd)
-            os.close(fd)
+            close_pipe(fd)
 
     def close_pipes(self) -> None:
         for fd in self._fds:
-            os.close(fd)
+            close_pipe(fd)
         self._fds.clear()
 
 
@@ -180,6 +195,10 @@ class ProcessTable:
         """Fork the helper that :meth:`spawn_handler` uses (see :mod:`watchdog.forkserver`);
         ``wrap`` may put another spawner in front of it (prefork's zygote)."""
         self._fork_server = wrap(ForkServer.start(program, argv, env))
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     @property
     def can_spawn_handlers(self) -> bool:
@@ -237,36 +256,57 @@ class ProcessTable:
         self.started_total += 1
         return child
 
-    async def spawn_handler(self, extra_env: Mapping[str, str], *, merge_stderr: bool) -> Child:
+    def spawn_handler(
+        self,
+        extra_env: Mapping[str, str],
+        *,
+        merge_stderr: bool,
+        before_start: Callable[[Child], None] | None = None,
+    ) -> Child:
         """Start one more copy of the fork server's program, with ``extra_env`` added.
 
         Like :meth:`spawn`, but the exec happens in the fork server, so the event loop is not
-        suspended for it.
+        suspended for it, and nothing waits for it either: the child's pipes are usable at
+        once, ``child.spawned`` resolves with its pid, and ``child.exited`` fails with
+        SpawnError if it could not be started. ``before_start(child)`` is called with its
+        pipes before it starts: what it writes to stdin is waiting there when the handler
+        first reads, which then never blocks and is never woken for it.
 
         Raises:
-            SpawnError: the program could not be executed.
+            SpawnError: the fork server is gone.
         """
         assert self._fork_server is not None, "start_fork_server() first"
         pipes = _Pipes(merge_stderr)
         child = Child(0, pipes.stdin, pipes.stdout, pipes.stderr, self._loop.create_future())
         child._fds = pipes.parent_fds
         child.mark = self._next_mark()
+        if before_start is not None:
+            before_start(child)
         try:
-            child.pid = await self._fork_server.spawn(
+            child.spawned = self._fork_server.spawn_nowait(
                 {**extra_env, HANDLER_VARIABLE: child.mark},
                 pipes.child_fds,
                 lambda status, cpu: self._exited(child, status, cpu),
             )
-        except (ForkServerError, asyncio.CancelledError) as exc:
-            child.close_pipes()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise SpawnError(str(exc)) from exc
-        finally:
+        except ForkServerError as exc:
             pipes.close_child_ends()
-        self._children[child.pid] = child
-        self.started_total += 1
+            child.close_pipes()
+            raise SpawnError(str(exc)) from exc
+        child.spawned.add_done_callback(lambda spawned: self._spawned(child, pipes, spawned))
         return child
+
+    def _spawned(self, child: Child, pipes: _Pipes, spawned: asyncio.Future[int]) -> None:
+        # The child ends are kept until now: prefork's zygote may refuse them to the fork server.
+        pipes.close_child_ends()
+        error = spawned.exception() if not spawned.cancelled() else SpawnError("cancelled")
+        if error is not None:
+            if not child.exited.done():
+                child.exited.set_exception(SpawnError(str(error)))
+            return
+        child.pid = spawned.result()
+        self.started_total += 1
+        if not child.exited.done():  # its exit may have been read in the same batch
+            self._children[child.pid] = child
 
     def _next_mark(self) -> str:
         return f"{self._mark_prefix}{next(self._marks)}"
@@ -297,6 +337,8 @@ class ProcessTable:
         of the watchdog's descendants (the fork server's included): a /proc scan, paid only
         when a tree is killed.
         """
+        if not await _started(child):
+            return
         strays = _descendants_outside_group(child.pid) + _marked_descendants(child.mark.__eq__)
         _signal_tree(child.pid, strays, signal.SIGTERM)
         if not child.exited.done() and grace > 0:
@@ -314,6 +356,8 @@ class ProcessTable:
 
     def kill_leftovers(self, child: Child) -> None:
         """SIGKILL what remains of an exited child's tree: its group and marked descendants."""
+        if child.pid <= 0:
+            return  # never started (a killpg of 0 would be our own group)
         _signal_tree(child.pid, _marked_descendants(child.mark.__eq__), signal.SIGKILL)
 
     async def kill_all(self, grace: float) -> None:
@@ -332,6 +376,25 @@ class ProcessTable:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+async def _started(child: Child) -> bool:
+    """Wait for the pid of a child being spawned; False if it never started."""
+    spawned = child.spawned
+    if spawned is None:
+        return child.pid > 0
+    if not spawned.done():
+        try:
+            await asyncio.shield(spawned)
+        except ForkServerError:
+            pass
+        except asyncio.CancelledError:
+            if not spawned.cancelled():
+                raise  # we are cancelled ourselves
+    if spawned.cancelled() or spawned.exception() is not None:
+        return False
+    child.pid = spawned.result()  # its done-callback may not have run yet
+    return True
 
 
 class _Pipes:

@@ -19,8 +19,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
-
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..forkserver import ForkServer
@@ -35,7 +33,7 @@ from ..limits import (
 )
 from ..logs import FunctionLog, LineSplitter
 from ..metrics import WatchdogMetrics
-from ..pipes import PipeDrain, read_chunk, write_all, write_now
+from ..pipes import PipeCollector, PipeDrain, read_chunk, write_all, write_now
 from ..prefork import PreforkSpawner
 from ..process import Child, ProcessTable, SpawnError, describe_exit, resolve_program
 from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
@@ -117,7 +115,7 @@ class ForkRunner:
 
     async def handle(self, request: Request, started: float) -> StreamResponse:
         body: bytearray | None = None
-        loop = asyncio.get_running_loop()
+        loop = self.processes.loop  # get_running_loop() makes a getpid system call each time
         read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
         if self.policy.buffer_request:
             try:
@@ -126,22 +124,28 @@ class ForkRunner:
                 return self._body_timeout(started)
             except BodyTooLarge as exc:
                 return text_response(413, exc.text, started)
+        stdin = _StdinStart(*_body_so_far(request, body))
         try:
-            child = await self.processes.spawn_handler(
-                self._request_env(request), merge_stderr=self.config.combine_output
+            child = self.processes.spawn_handler(
+                self._request_env(request),
+                merge_stderr=self.config.combine_output,
+                before_start=stdin.fill,
             )
         except SpawnError as exc:
             log.error("%s", exc)
             return text_response(500, f"{exc}\n", started)
         call = _Call(self, request, child, started, read_deadline)
         try:
-            async with asyncio.timeout(seconds_or_none(self.config.exec_timeout)):
-                return await call.run(body)
+            async with _ExecTimeout(loop, seconds_or_none(self.config.exec_timeout)):
+                return await call.run(stdin)
         except TimeoutError:
             self.metrics.killed.labels(reason="exec_timeout").inc()
             limit = format_seconds(self.config.exec_timeout)
             log.warning("Killing %s: exceeded exec_timeout of %s", child.pid, limit)
             return await call.fail(504, f"Function exceeded its exec_timeout of {limit}\n")
+        except SpawnError as exc:  # reported by the fork server after the request went out
+            log.error("%s", exc)
+            return text_response(500, f"{exc}\n", started)
         except BodyTimeout:
             return await call.fail(408, _body_timeout_text(self.config.read_timeout))
         except ClientStalled:
@@ -166,6 +170,77 @@ class ForkRunner:
 
 def _body_timeout_text(read_timeout: float) -> str:
     return f"Request body not received within read_timeout of {format_seconds(read_timeout)}\n"
+
+
+class _ExecTimeout:
+    """``asyncio.timeout(seconds)`` as it behaves for one request's task, told its loop:
+    asyncio's asks for the running loop twice, a getpid system call each time."""
+
+    __slots__ = ("_loop", "_seconds", "_task", "_timer", "_expired", "_cancelling")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
+        self._loop = loop
+        self._seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelling = 0
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        if self._seconds is not None:
+            self._timer = self._loop.call_later(self._seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: object, _: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        # As asyncio's: our own cancellation is taken back in any case; it becomes the
+        # TimeoutError unless somebody else asked to cancel the task meanwhile.
+        if self._expired and self._task.uncancel() <= self._cancelling:
+            if kind is asyncio.CancelledError:
+                raise TimeoutError from (exc if isinstance(exc, BaseException) else None)
+
+
+def _body_so_far(request: Request, body: bytearray | None) -> tuple[bytes | bytearray, bool]:
+    """The request body at hand without waiting (all of it when read first, or when it came
+    with the head, as a small POST does), and whether that is the whole of it."""
+    if body is not None:
+        return body, True
+    if not request.body_exists:
+        return b"", True
+    prefix = request.content.read_nowait()
+    return prefix, request.content.is_eof()
+
+
+class _StdinStart:
+    """What of the body goes into the handler's stdin before it starts: as much as the pipe
+    takes; stdin is closed there when that is the whole body."""
+
+    __slots__ = ("data", "whole", "written")
+
+    def __init__(self, data: bytes | bytearray, whole: bool) -> None:
+        self.data = data
+        self.whole = whole
+        self.written = 0
+
+    def fill(self, child: Child) -> None:
+        fd = child.stdin
+        assert fd is not None
+        if self.data:
+            self.written = write_now(fd, self.data)
+        if self.whole and self.written == len(self.data):
+            child.close_fd(fd)
+
+    @property
+    def rest(self) -> memoryview:
+        """The part not written yet: a view, not a copy of a body up to max_body_size long."""
+        return memoryview(self.data)[self.written :]
 
 
 class _Call:
@@ -195,33 +270,14 @@ class _Call:
 
     # -- the request ----------------------------------------------------------------------
 
-    async def run(self, body: bytearray | None) -> StreamResponse:
+    async def run(self, stdin: _StdinStart) -> StreamResponse:
         self._drain_stderr()
-        prefix = b""
-        whole: bytes | bytearray | None = body
-        if whole is None and not self.request.body_exists:
-            whole = b""
-        elif whole is None:
-            # The common small POST has arrived whole with the headers: no feeder task needed.
-            prefix = self.request.content.read_nowait()
-            if self.request.content.is_eof():
-                whole = prefix
-        if whole is None:
-            return await self._respond_while_feeding(None, prefix)
-        rest = self._write_stdin_now(whole)
-        if not rest:
-            return await self._respond()
-        return await self._respond_while_feeding(rest, prefix)
-
-    def _write_stdin_now(self, body: bytes | bytearray) -> memoryview:
-        """Write what the pipe takes without waiting; return the rest (stdin closed if none),
-        a view rather than a copy of a body that may be max_body_size long."""
-        fd = self.child.stdin
-        assert fd is not None
-        rest = memoryview(body)[write_now(fd, body) :] if body else memoryview(b"")
-        if not rest:
-            self.child.close_fd(fd)
-        return rest
+        rest = stdin.rest
+        if stdin.whole and not rest:
+            return await self._respond()  # the whole body is in the pipe, and stdin closed
+        if stdin.whole:
+            return await self._respond_while_feeding(rest, b"")
+        return await self._respond_while_feeding(None, bytes(rest))
 
     async def _respond_while_feeding(
         self, body: memoryview | None, prefix: bytes
@@ -268,20 +324,18 @@ class _Call:
         return await self._stream(output)
 
     async def _read_initial_output(self) -> tuple[bytearray, bool]:
-        """Read stdout until EOF or past the policy's buffer (and a CGI head, when expected)."""
+        """Read stdout until EOF (and the handler's exit) or past the policy's buffer (and a
+        CGI head, when expected)."""
         fd = self.child.stdout
         assert fd is not None
         limit = self.runner.policy.response_buffer
-        output = bytearray()
-        while True:
-            chunk = await read_chunk(fd)
-            if not chunk:
-                self._close_stdout()
-                return output, True
-            output += chunk
-            over = limit is not None and len(output) > limit
-            if over and not (self.config.cgi_response and self._head(output, final=False) is None):
+        collector = PipeCollector(fd, limit, self._close_stdout, after=self.child.exited)
+        while not await collector.fill():
+            output = collector.output
+            if not (self.config.cgi_response and self._head(output, final=False) is None):
                 return output, False
+            collector.limit = len(output)  # one more chunk, then look for the head again
+        return collector.output, True
 
     def _complete(self, output: bytearray, returncode: int) -> Response:
         self._count_exit(returncode)
@@ -335,11 +389,11 @@ class _Call:
         return parse_head(output, final=final)
 
     def _apply_head(self, response: StreamResponse, head: CGIHead | None) -> None:
-        headers: CIMultiDict[str] = head.headers if head else CIMultiDict()
-        if head and head.reason:
-            response.set_status(head.status, head.reason)
-        response.headers.extend(headers)
-        if "Content-Type" not in headers:
+        if head is not None:
+            if head.reason:
+                response.set_status(head.status, head.reason)
+            response.headers.extend(head.headers)
+        if head is None or "Content-Type" not in head.headers:
             response.headers["Content-Type"] = self._content_type()
         response.headers[DURATION_HEADER] = duration_value(self.started)
 
@@ -401,11 +455,13 @@ class _Call:
         if transport is not None:
             transport.abort()
 
-    def _on_exit(self, _: object) -> None:
+    def _on_exit(self, exited: asyncio.Future[int]) -> None:
         # Processes the handler left behind may still hold its stdout or stderr open; give them
         # kill_grace to let go, then stop them, so the response never waits on an orphan.
+        if not exited.cancelled() and exited.exception() is not None:
+            return  # never started: nothing left behind
         if self._stdout_open or (self._stderr is not None and not self._stderr.done.done()):
-            loop = asyncio.get_running_loop()
+            loop = self.runner.processes.loop
             self._exit_timer = loop.call_later(self.config.kill_grace, self._kill_leftovers)
 
     def _kill_leftovers(self) -> None:
@@ -421,11 +477,11 @@ class _Call:
         fd = self.child.stderr
         if fd is None:
             return
-        self._splitter = self.runner.function_log.splitter()
         self._stderr = PipeDrain(fd, self._on_stderr)
 
     def _on_stderr(self, data: bytes) -> None:
-        assert self._splitter is not None
+        if self._splitter is None:  # most handlers write nothing there
+            self._splitter = self.runner.function_log.splitter()
         self.runner.function_log.write("stderr", self._splitter.feed(data))
         if self.config.write_debug:
             self._stderr_tail += data
@@ -438,6 +494,8 @@ class _Call:
 
     async def _stderr_closed(self) -> None:
         """Wait for the handler's last stderr lines (bounded: an orphan may hold the pipe)."""
+        if self._stderr is not None:
+            self._stderr.read_now()  # its end of file is usually there, its event not yet seen
         if self._stderr is None or self._stderr.done.done():
             self._flush_stderr()
             return
