@@ -104,6 +104,42 @@ async def read_stream(content: ByteStream, limit: int | None) -> bytearray:
     return body
 
 
+class TaskTimeout:
+    """``asyncio.timeout(seconds)`` as it behaves for one request's task, told its loop:
+    asyncio's asks for the running loop twice, a getpid system call each time on Python 3.11,
+    on the path of every request. ``None`` seconds: no limit."""
+
+    __slots__ = ("_loop", "_seconds", "_task", "_timer", "_expired", "_cancelling")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
+        self._loop = loop
+        self._seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelling = 0
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        if self._seconds is not None:
+            self._timer = self._loop.call_later(self._seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: object, _: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        # As asyncio's: our own cancellation is taken back in any case; it becomes the
+        # TimeoutError unless somebody else asked to cancel the task meanwhile.
+        if self._expired and self._task.uncancel() <= self._cancelling:
+            if kind is asyncio.CancelledError:
+                raise TimeoutError from (exc if isinstance(exc, BaseException) else None)
+
+
 async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
     """Await one write to the client, raising :class:`ClientStalled` if it takes too long."""
     try:

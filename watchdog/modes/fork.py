@@ -27,6 +27,7 @@ from ..limits import (
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
+    TaskTimeout,
     read_body,
     seconds_or_none,
     within_write_timeout,
@@ -136,7 +137,7 @@ class ForkRunner:
             return text_response(500, f"{exc}\n", started)
         call = _Call(self, request, child, started, read_deadline)
         try:
-            async with _ExecTimeout(loop, seconds_or_none(self.config.exec_timeout)):
+            async with TaskTimeout(loop, seconds_or_none(self.config.exec_timeout)):
                 return await call.run(stdin)
         except TimeoutError:
             self.metrics.killed.labels(reason="exec_timeout").inc()
@@ -170,41 +171,6 @@ class ForkRunner:
 
 def _body_timeout_text(read_timeout: float) -> str:
     return f"Request body not received within read_timeout of {format_seconds(read_timeout)}\n"
-
-
-class _ExecTimeout:
-    """``asyncio.timeout(seconds)`` as it behaves for one request's task, told its loop:
-    asyncio's asks for the running loop twice, a getpid system call each time."""
-
-    __slots__ = ("_loop", "_seconds", "_task", "_timer", "_expired", "_cancelling")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
-        self._loop = loop
-        self._seconds = seconds
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False
-        self._cancelling = 0
-
-    async def __aenter__(self) -> None:
-        task = asyncio.current_task(self._loop)
-        assert task is not None
-        self._task = task
-        self._cancelling = task.cancelling()
-        if self._seconds is not None:
-            self._timer = self._loop.call_later(self._seconds, self._expire)
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: object, _: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        # As asyncio's: our own cancellation is taken back in any case; it becomes the
-        # TimeoutError unless somebody else asked to cancel the task meanwhile.
-        if self._expired and self._task.uncancel() <= self._cancelling:
-            if kind is asyncio.CancelledError:
-                raise TimeoutError from (exc if isinstance(exc, BaseException) else None)
 
 
 def _body_so_far(request: Request, body: bytearray | None) -> tuple[bytes | bytearray, bool]:

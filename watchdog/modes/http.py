@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
@@ -27,6 +25,7 @@ from ..limits import (
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
+    TaskTimeout,
     read_body,
     seconds_or_none,
     within_write_timeout,
@@ -43,7 +42,6 @@ from ..responses import (
 from ..supervisor import Supervisor
 
 log = logging.getLogger("watchdog.http")
-T = TypeVar("T")
 
 _PROBE_INTERVAL = 0.02
 _PROBE_TIMEOUT = 2.0
@@ -192,7 +190,9 @@ class HttpRunner:
         try:
             if timeout is None:
                 return await self._route(request, started, exchange)
-            return await self._within(timeout, self._route(request, started, exchange))
+            assert self._loop is not None  # set by start(), before any request
+            async with TaskTimeout(self._loop, timeout):
+                return await self._route(request, started, exchange)
         except TimeoutError:
             return self._timed_out(request, started, timeout, exchange)
         except BodyTimeout:
@@ -215,26 +215,6 @@ class HttpRunner:
             )
         finally:
             exchange.release()
-
-    async def _within(self, delay: float, work: Awaitable[T]) -> T:
-        """``work``, cancelled after ``delay`` seconds with a ``TimeoutError``: what
-        ``asyncio.timeout`` does, at half its cost (it asks the loop three times, which costs a
-        getpid() each on Python 3.11, and keeps a state machine) on the path of every request.
-        """
-        loop = self._loop
-        assert loop is not None
-        task = asyncio.current_task(loop)
-        assert task is not None
-        deadline = _Deadline(task)
-        timer = loop.call_later(delay, deadline.expire)
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if deadline.expired and task.uncancel() == 0:
-                raise TimeoutError from None
-            raise  # the client went away (or the server is stopping)
-        finally:
-            timer.cancel()
 
     async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
         if _is_websocket(request):
@@ -417,20 +397,6 @@ def _switching_head(upstream: UpstreamResponse) -> bytes:
     lines += [f"{name}: {value}\r\n" for name, value in upstream.headers]
     lines.append("\r\n")
     return encode("".join(lines))
-
-
-class _Deadline:
-    """Whether a request's deadline has passed; when it does, its task is cancelled."""
-
-    __slots__ = ("task", "expired")
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
-        self.expired = False
-
-    def expire(self) -> None:
-        self.expired = True
-        self.task.cancel()
 
 
 class _Tunnelled(StreamResponse):
