@@ -16,6 +16,7 @@ from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
 from watchdog.gateway.queue.base import (
     AttemptResult,
+    CallbackAttempt,
     CallRequest,
     ListQuery,
     QueueError,
@@ -269,3 +270,49 @@ def test_call_ids_that_are_not_valid_nats_keys_still_work(nats_server: NatsServe
             await q.close()
 
     run(body())
+
+
+def test_an_ended_call_and_delivery_ack_the_jobs_they_hold(nats_server: NatsServer) -> None:
+    """The job a lease pulled is acked when the call (then its callback delivery) ends, not
+    deleted through the JetStream API (a request and its answer more), and a work-queue
+    stream deletes what is acked: nothing is left, nothing comes back."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+
+        async def api_requests() -> int:
+            return int((await js.account_info()).api.total) - 1  # less this one
+
+        async def settled(stream: str) -> None:
+            deadline = time.monotonic() + 10
+            while True:
+                info = await js.consumer_info(stream, "workers")
+                messages = (await js.stream_info(stream)).state.messages
+                if messages == 0 and info.num_ack_pending == 0:
+                    return
+                assert time.monotonic() < deadline, f"{stream}: {messages} left, {info}"
+                await asyncio.sleep(0.02)
+
+        try:
+            await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/done"))
+            [call] = (await q.lease(owner="w", limit=1, lease_for=30)).calls
+            before = await api_requests()
+            assert await q.complete(call, _ok())  # its record, the callback's job, an ack
+            assert await api_requests() - before == 1  # the account_info
+            await settled(q.calls_stream)
+            [job] = (await q.lease_callbacks(owner="w", limit=1, lease_for=30)).jobs
+            now = time.time()
+            before = await api_requests()
+            assert await q.callback_delivered(job, CallbackAttempt(job.attempt, now, now, 204))
+            assert await api_requests() - before == 1
+            await settled(q.callbacks_stream)
+            assert (await q.lease(owner="w", limit=1, lease_for=30)).calls == []
+            assert (await q.lease_callbacks(owner="w", limit=1, lease_for=30)).jobs == []
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body(), timeout=60)

@@ -170,7 +170,8 @@ class NatsQueue:
             log.warning("giving up leases on close failed: %s", reason(exc))
         self._records.forget()
         self._held_calls.clear()
-        self._outbox.held.clear()
+        self._runs.pulled.clear()
+        self._outbox.forget_all()
         await self.link.close()
 
     async def _give_up_leases(self) -> None:

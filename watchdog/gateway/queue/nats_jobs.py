@@ -159,6 +159,17 @@ class JobStream:
             jobs.append(Job(msg, call_id, msg.metadata.sequence.stream, function))
         return jobs
 
+    async def end(self, seq: int, held: Job | None) -> None:
+        """Remove the job ``seq`` of a call (or delivery) that ended: if it is the job this
+        process pulled and holds, by an ack, which a work-queue stream answers by deleting
+        the message (accepted after a delayed nak too), fire and forget; else by
+        :meth:`drop`. Both are best effort: a job that survives comes back, and is seen to
+        be stale."""
+        if held is not None and held.seq == seq:
+            await self.link.parts().nc.publish(held.msg.reply, b"+ACK")
+        else:
+            await self.drop(seq)
+
     async def rearm(self, job: Job, at: float) -> None:
         """Hand the job back to come up again at ``at``: the durable timer of a lease, a
         delay or a retry (a clock's seconds taken as real ones: if the clock says it is not

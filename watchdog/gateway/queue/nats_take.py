@@ -35,7 +35,8 @@ async def take(
     lets ``lease`` do so and ``skip`` does not hold it back.
 
     The job is then re-armed for the lease's end (the timer that hands the call over if the
-    lease is lost), or for when the record says it is due; acked when nothing is left to do;
+    lease is lost; the caller acks it when the call ends), or for when the record says it
+    is due; acked when nothing is left to do;
     dropped or put back briefly when the record names another job. A skipped job is the
     caller's to put back.
     """
