@@ -4,11 +4,13 @@ real nats-server, leases across them, closing hands leases over, NATS's message 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from async_helpers import ManualClock, run
 from conftest import free_port
@@ -316,3 +318,85 @@ def test_an_ended_call_and_delivery_ack_the_jobs_they_hold(nats_server: NatsServ
             await q.close()
 
     run(body(), timeout=60)
+
+
+def _raw_record(kv_entry_value: bytes | None) -> dict[str, object]:
+    assert kv_entry_value is not None
+    return dict(json.loads(kv_entry_value))
+
+
+def test_a_first_job_is_named_by_a_token_until_its_lease_writes_its_sequence(
+    nats_server: NatsServer,
+) -> None:
+    """Accepting a call writes its record and its first job at once, so the record cannot
+    hold the job's sequence yet: it names the job by a token the job carries."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            records = await nc.jetstream().key_value(q.records_bucket)
+            call_id = (await q.enqueue(CallRequest("f"))).call_id
+            accepted = _raw_record((await records.get(call_id)).value)
+            assert isinstance(accepted["job"], int) and accepted["job"] < 0
+            [call] = (await q.lease(owner="w", limit=1, lease_for=30)).calls
+            assert call.call_id == call_id
+            leased = _raw_record((await records.get(call_id)).value)
+            info = await nc.jetstream().consumer_info(q.calls_stream, "workers")
+            assert leased["job"] == info.delivered.stream_seq  # the job it pulled
+            assert await q.complete(call, _ok())
+            assert await q.depth() == 0
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body())
+
+
+def test_a_call_whose_job_cannot_be_written_is_not_left_stored(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.delete_stream(q.calls_stream)  # every job write now fails
+            request = CallRequest("f")
+            with pytest.raises(QueueError):
+                await q.enqueue(request)
+            records = await js.key_value(q.records_bucket)
+            with pytest.raises(nats.js.errors.KeyNotFoundError):
+                await records.get(request.call_id)
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body())
+
+
+def test_a_call_cancelled_elsewhere_before_its_first_lease_leaves_no_job(
+    nats_server: NatsServer,
+) -> None:
+    """The gateway cancelling does not know the sequence of a first job another accepted:
+    the job is settled when it comes up, and the depth comes back to 0."""
+
+    async def body() -> None:
+        a, b = _pair(nats_server)
+        await a.open()
+        await b.open()
+        try:
+            call_id = (await a.enqueue(CallRequest("f", delay=3600))).call_id
+            assert await b.cancel(call_id) == "cancelled"
+            deadline = time.monotonic() + 10
+            while await b.depth():
+                assert (await b.lease(owner="w", limit=5, lease_for=30)).calls == []
+                assert time.monotonic() < deadline, "the cancelled call's job stayed"
+                await asyncio.sleep(0.02)
+            record = await a.get(call_id)
+            assert record is not None and record.status == "cancelled"
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())

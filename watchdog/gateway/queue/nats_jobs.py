@@ -71,6 +71,12 @@ class Job:
     call_id: str
     seq: int
     function: str
+    first: int = 0  # a call's first job: the token its record names it by until leased
+
+    def named_by(self, expected: int) -> bool:
+        """Whether a record naming ``expected`` (a sequence, or minus a first job's token:
+        see :meth:`.RecordStore.create_at_once`) means this job."""
+        return expected == self.seq or (expected < 0 and self.first == -expected)
 
 
 class JobStream:
@@ -117,11 +123,15 @@ class JobStream:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def publish(self, call_id: str, function: str = "") -> int:
+    async def publish(self, call_id: str, function: str = "", first: int = 0) -> int:
         """Publish a job for ``call_id``; it names the function (when known) so a lease can
-        pass over calls of functions at their limit without reading their records."""
+        pass over calls of functions at their limit without reading their records, and the
+        token of a first job (``first``) its record names it by."""
         js = self.link.parts().js
-        payload = json.dumps({"id": call_id, "at": self.clock.now(), "fn": function}).encode()
+        fields: dict[str, object] = {"id": call_id, "at": self.clock.now(), "fn": function}
+        if first:
+            fields["first"] = first
+        payload = json.dumps(fields).encode()
         ack = await js.publish(self.names.subject, payload, stream=self.stream)
         return int(ack.seq)
 
@@ -156,19 +166,24 @@ class JobStream:
                 await msg.term()
                 continue
             function = str(payload.get("fn") or "")
-            jobs.append(Job(msg, call_id, msg.metadata.sequence.stream, function))
+            first = int(payload.get("first") or 0)
+            jobs.append(Job(msg, call_id, msg.metadata.sequence.stream, function, first))
         return jobs
 
     async def end(self, seq: int, held: Job | None) -> None:
         """Remove the job ``seq`` of a call (or delivery) that ended: if it is the job this
-        process pulled and holds, by an ack, which a work-queue stream answers by deleting
-        the message (accepted after a delayed nak too), fire and forget; else by
-        :meth:`drop`. Both are best effort: a job that survives comes back, and is seen to
-        be stale."""
-        if held is not None and held.seq == seq:
-            await self.link.parts().nc.publish(held.msg.reply, b"+ACK")
-        else:
+        process pulled and holds, by acking it, which a work-queue stream answers by
+        deleting the message (accepted after a delayed nak too); else by :meth:`drop`. The
+        ack is confirmed, so a depth read next no longer counts the job, but it is no
+        JetStream API request (JSON both ways, and the API's queue on the server). Best
+        effort, as a drop: a job that survives comes back, and is seen to be stale."""
+        if held is None or held.seq != seq:
             await self.drop(seq)
+            return
+        try:
+            await self.link.parts().nc.request(held.msg.reply, b"+ACK", timeout=timeout())
+        except nats.errors.Error as exc:
+            log.debug("acking job %s/%d: %s", self.stream, seq, reason(exc))
 
     async def rearm(self, job: Job, at: float) -> None:
         """Hand the job back to come up again at ``at``: the durable timer of a lease, a

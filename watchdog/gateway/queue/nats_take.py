@@ -48,7 +48,7 @@ async def take(
     def change(rec: Record, now: float) -> Record | None:
         nonlocal verdict, expected, later, leased
         expected = getattr(rec, job_field)
-        if expected != job.seq:
+        if not job.named_by(expected):
             verdict = "unmatched"
             return None
         before = rec.state()
@@ -64,7 +64,9 @@ async def take(
             return None
         verdict = "leased"
         leased = make(rec, before, after)
-        return rec.with_state(before, after)
+        taken = rec.with_state(before, after)
+        setattr(taken, job_field, job.seq)  # a first job is named by its sequence from now on
+        return taken
 
     if await records.update(job.call_id, change, keep=True) is None and verdict == "leased":
         verdict = "missing"  # decided on a copy that then vanished
