@@ -239,6 +239,9 @@ class NatsQueue:
     async def wait_for_callbacks(self, timeout: float) -> None:
         await self._outbox.wait_for_callbacks(timeout)
 
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        return await self._outbox.extend_callback(job, lease_for)
+
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         return await self._outbox.callback_delivered(job, attempt)
 

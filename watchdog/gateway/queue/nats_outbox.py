@@ -85,6 +85,21 @@ class NatsCallbackOutbox:
         await self.jobs.wait(timeout)
 
     @as_queue_errors
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        push = deciding(
+            functools.partial(
+                transitions.extend_callback,
+                attempt=job.attempt,
+                owner=job.owner,
+                lease_for=lease_for,
+            )
+        )
+        written = await self.records.update(job.call_id, push)
+        if written is None:
+            self.forget(job.call_id)
+        return written is not None
+
+    @as_queue_errors
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         def deliver(state: CallState, now: float) -> transitions.Outcome:
             return transitions.deliver_callback(
