@@ -14,6 +14,7 @@ import nats.js.errors
 import pytest
 from async_helpers import ManualClock, run
 from conftest import free_port
+from nats.aio.msg import Msg
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
 from watchdog.gateway.queue.base import (
@@ -25,6 +26,7 @@ from watchdog.gateway.queue.base import (
     QueueUnavailable,
 )
 from watchdog.gateway.queue.nats import NatsQueue
+from watchdog.gateway.queue.nats_layout import ACK_WAIT
 
 
 def _ok(body: bytes = b"out") -> AttemptResult:
@@ -398,5 +400,39 @@ def test_a_call_cancelled_elsewhere_before_its_first_lease_leaves_no_job(
         finally:
             await a.close()
             await b.close()
+
+    run(body())
+
+
+def test_a_lease_as_long_as_ack_wait_sends_no_timer_of_its_own(nats_server: NatsServer) -> None:
+    """A job pulled and not acked comes back after the consumer's ack_wait by itself, before
+    a lease that long ends: such a lease needs no nak to re-arm the job (one message less
+    per call); a shorter lease still sends one. Both jobs are acked when their calls end."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        watcher = await nats.connect(nats_server.url)
+        seen: list[bytes] = []
+
+        async def answered(msg: Msg) -> None:
+            seen.append(msg.data)
+
+        try:
+            await watcher.subscribe(f"$JS.ACK.{q.calls_stream}.>", cb=answered)
+            await watcher.flush()
+            for _ in range(2):
+                await q.enqueue(CallRequest("f"))
+            for lease_for in (ACK_WAIT + 1, 1.0):
+                [call] = (await q.lease(owner="w", limit=1, lease_for=lease_for)).calls
+                assert await q.complete(call, _ok())
+            deadline = time.monotonic() + 10
+            while len(seen) < 3:
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.01)
+            assert [data[:4] for data in seen] == [b"+ACK", b"-NAK", b"+ACK"]
+        finally:
+            await watcher.close()
+            await q.close()
 
     run(body())
