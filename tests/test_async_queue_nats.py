@@ -15,8 +15,10 @@ import pytest
 from async_helpers import ManualClock, run
 from conftest import free_port
 from nats.aio.msg import Msg
+from nats_cluster import NatsCluster, nats_cluster
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
+from watchdog.gateway.queue import nats_link
 from watchdog.gateway.queue.base import (
     AttemptResult,
     CallbackAttempt,
@@ -436,3 +438,44 @@ def test_a_lease_as_long_as_ack_wait_sends_no_timer_of_its_own(nats_server: Nats
             await q.close()
 
     run(body())
+
+
+@pytest.mark.soak  # a 3-node cluster, one node frozen
+def test_a_queue_on_a_frozen_node_moves_to_another_when_its_probe_gets_no_pong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the queue is marked down, its probe pings its own server too: a server that does
+    not answer is left for another at once. The client's own pings are set too far apart to
+    find it out here, so only the probe can."""
+    monkeypatch.setattr(nats_link, "_PING_INTERVAL", 3600)
+
+    def on_node(q: NatsQueue) -> int | None:
+        nc = q.link.connection
+        url = nc.connected_url if nc is not None else None
+        return url.port if url is not None else None
+
+    async def body(cluster: NatsCluster) -> None:
+        q = NatsQueue(cluster.url, prefix=f"f{uuid.uuid4().hex[:10]}", replicas=3)
+        await q.open()
+        frozen = next(node for node in cluster.nodes if node.port == on_node(q))
+        try:
+            frozen.freeze()
+            with pytest.raises(QueueUnavailable):  # the request's timeout marks it down
+                await q.get("any")
+            deadline = time.monotonic() + 30
+            while on_node(q) in (frozen.port, None):
+                assert time.monotonic() < deadline, "the queue stayed on the frozen node"
+                await asyncio.sleep(0.05)
+            while True:  # and it works there once JetStream has its leaders
+                try:
+                    assert await q.get("any") is None
+                    break
+                except QueueUnavailable:
+                    assert time.monotonic() < deadline, "the queue never came back"
+                    await asyncio.sleep(0.05)
+        finally:
+            frozen.thaw()
+            await q.close()
+
+    with nats_cluster(tmp_path / "nats") as cluster:
+        run(body(cluster), timeout=60)
