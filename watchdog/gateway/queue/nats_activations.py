@@ -54,7 +54,8 @@ class NatsActivations:
             outcome = "cancelled"
             cancelled = rec.with_state(before, after)
             # A first job accepted elsewhere and not leased yet cannot be dropped here: the
-            # record keeps naming it, so it is acked as ended when it comes up.
+            # record keeps naming it, so it is acked as ended when it comes up (a delayed
+            # call's, once its delay is over: until then the depth counts it).
             if self.records.job_of(rec):
                 cancelled.job = 0  # a new record: nothing else sees this
             return cancelled

@@ -26,7 +26,9 @@ from .transitions import CallState, Refused
 log = logging.getLogger("watchdog.gateway.queue")
 
 _CAS_TRIES = 8
-_FIRST_JOBS_KEPT = 65536
+_FIRST_JOBS_KEPT = 8192
+"""First jobs whose sequence this process remembers (about 1.5 MB), for a cancel before the
+call's first lease (:meth:`RecordStore.job_of`)."""
 _SCAN_LIMIT = 200_000
 
 Decide = Callable[[CallState, float], transitions.Outcome]
