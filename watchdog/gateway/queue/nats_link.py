@@ -304,10 +304,14 @@ class NatsLink:
         if nc is None or not nc.is_connected:
             return False
         js = nc.jetstream(timeout=_PROBE_TIMEOUT)
+        # Only when there is another server to go to (named or discovered): reconnecting to
+        # the same one would cost a slow server more.
+        ping = _pinged(nc) if len(nc.servers) > 1 else _answered()
         pinged, *infos = await asyncio.gather(
-            _pinged(nc), *(js.stream_info(name) for name in self.streams), return_exceptions=True
+            ping, *(js.stream_info(name) for name in self.streams), return_exceptions=True
         )
-        if pinged is False:
+        failure = next((info for info in infos if isinstance(info, BaseException)), None)
+        if pinged is False and isinstance(failure, UNREACHABLE):  # silent, not only slow
             url = nc.connected_url
             log.warning(
                 "NATS: %s does not answer pings: moving to another server",
@@ -315,7 +319,6 @@ class NatsLink:
             )
             await nc.force_reconnect()
             return False
-        failure = next((info for info in infos if isinstance(info, BaseException)), None)
         if isinstance(failure, UNREACHABLE):
             return False
         if isinstance(failure, nats.errors.Error):
@@ -400,6 +403,10 @@ def _no_jetstream(exc: BaseException) -> bool:
     which JetStream says itself."""
     no_code = isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.err_code is None
     return no_code or isinstance(exc, nats.errors.NoRespondersError)
+
+
+async def _answered() -> bool:
+    return True
 
 
 async def _pinged(nc: Client) -> bool:
