@@ -22,7 +22,14 @@ from watchdog.gateway.callbacks import (
     sign,
     verify_signature,
 )
-from watchdog.gateway.queue.base import ActivationRecord, AttemptResult, CallRequest
+from watchdog.gateway.queue.base import (
+    ActivationRecord,
+    AttemptResult,
+    CallbackAttempt,
+    CallbackJob,
+    CallRequest,
+    QueueUnavailable,
+)
 from watchdog.gateway.queue.sqlite import SqliteQueue
 
 pytest_plugins = ("async_fixtures",)
@@ -275,3 +282,55 @@ def test_a_call_that_got_no_response_reports_503_and_its_error(
     assert got.headers["X-Call-Status"] == "failed"
     assert got.headers["X-Function-Error"] == "function unreachable"
     assert SIGNATURE_HEADER not in got.headers
+
+
+class _SavingDeliveryFails(SqliteQueue):
+    """A real SQLite queue whose first ``failures`` saves of a delivered callback fail as a
+    NATS outage does (QueueUnavailable), while the rest of the queue keeps working."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.extended_while_failing = 0
+
+    async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise QueueUnavailable("NATS: NoStreamResponseError: nats: no response from stream")
+        return await super().callback_delivered(job, attempt)
+
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        if self.failures > 0:
+            self.extended_while_failing += 1
+        return await super().extend_callback(job, lease_for)
+
+
+def test_a_delivery_waiting_to_be_saved_keeps_its_lease_and_is_not_made_again(
+    tmp_path: Path, receiver: Callable[..., Receiver]
+) -> None:
+    """The receiver took the callback, saving that fails for longer than the lease (four
+    tries, about 2.75 s, on a 0.3-s lease) and a second dispatcher is looking: the lease is
+    renewed until the outcome is saved, so the callback is not delivered again."""
+    rec = receiver()
+    queue = _SavingDeliveryFails(tmp_path / "q.db", failures=4)
+
+    async def body() -> ActivationRecord:
+        await queue.open()
+        try:
+            now = time.time()
+            call_id = await _finished_call(queue, rec.url, AttemptResult(now, now, 200, (), b"x"))
+            settings = _settings(lease_for=0.3, poll_interval=0.05)
+            stop = asyncio.Event()
+            other = asyncio.create_task(CallbackDispatcher(queue, settings).run(stop))
+            try:
+                return await _deliver_until_settled(queue, call_id, settings)
+            finally:
+                stop.set()
+                await asyncio.wait_for(other, 15)
+        finally:
+            await queue.close()
+
+    record = run(body())
+    assert (record.callback_status, record.callback_attempts) == ("delivered", 1)
+    assert len(rec.requests) == 1
+    assert queue.extended_while_failing > 0

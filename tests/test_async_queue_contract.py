@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from async_helpers import ManualClock, run
@@ -252,6 +253,33 @@ def test_extend_keeps_a_running_call_from_being_leased_again(
             assert await q.extend(leased, 30)
             clock.advance(0.25)  # past the first lease's end, far from the extended one's
             assert (await q.lease(owner="other", limit=1, lease_for=30)).calls == []
+        finally:
+            await q.close()
+
+    run(body())
+
+
+def test_extend_callback_keeps_a_delivery_from_being_leased_again(
+    make_queue: MakeQueue, clock: ManualClock
+) -> None:
+    async def body() -> None:
+        q = make_queue()
+        await q.open()
+        try:
+            await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/"))
+            await q.complete(await lease_one(q), ok(clock))
+            job = (await q.lease_callbacks(owner="a", limit=5, lease_for=0.3)).jobs[0]
+            clock.advance(0.15)
+            assert await q.extend_callback(job, 30)
+            assert not await q.extend_callback(replace(job, owner="b"), 30)  # not its lease
+            clock.advance(0.25)  # past the first lease's end, far from the extended one's
+            until = time.monotonic() + 0.6  # NATS's timer of the first lease fires meanwhile
+            while time.monotonic() < until:
+                assert (await q.lease_callbacks(owner="b", limit=5, lease_for=30)).jobs == []
+                await q.wait_for_callbacks(0.1)
+            now = clock.now()
+            assert await q.callback_delivered(job, CallbackAttempt(1, now, now, 204))
+            assert not await q.extend_callback(job, 30)  # ended
         finally:
             await q.close()
 

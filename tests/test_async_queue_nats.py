@@ -4,24 +4,31 @@ real nats-server, leases across them, closing hands leases over, NATS's message 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from async_helpers import ManualClock, run
 from conftest import free_port
+from nats.aio.msg import Msg
+from nats_cluster import NatsCluster, nats_cluster
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
+from watchdog.gateway.queue import nats_link
 from watchdog.gateway.queue.base import (
     AttemptResult,
+    CallbackAttempt,
     CallRequest,
     ListQuery,
     QueueError,
     QueueUnavailable,
 )
 from watchdog.gateway.queue.nats import NatsQueue
+from watchdog.gateway.queue.nats_layout import ACK_WAIT
 
 
 def _ok(body: bytes = b"out") -> AttemptResult:
@@ -269,3 +276,206 @@ def test_call_ids_that_are_not_valid_nats_keys_still_work(nats_server: NatsServe
             await q.close()
 
     run(body())
+
+
+def test_an_ended_call_and_delivery_ack_the_jobs_they_hold(nats_server: NatsServer) -> None:
+    """The job a lease pulled is acked when the call (then its callback delivery) ends, not
+    deleted through the JetStream API (a request and its answer more), and a work-queue
+    stream deletes what is acked: nothing is left, nothing comes back."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+
+        async def api_requests() -> int:
+            return int((await js.account_info()).api.total) - 1  # less this one
+
+        async def settled(stream: str) -> None:
+            deadline = time.monotonic() + 10
+            while True:
+                info = await js.consumer_info(stream, "workers")
+                messages = (await js.stream_info(stream)).state.messages
+                if messages == 0 and info.num_ack_pending == 0:
+                    return
+                assert time.monotonic() < deadline, f"{stream}: {messages} left, {info}"
+                await asyncio.sleep(0.02)
+
+        try:
+            await q.enqueue(CallRequest("f", callback_url="http://127.0.0.1:9/done"))
+            [call] = (await q.lease(owner="w", limit=1, lease_for=30)).calls
+            before = await api_requests()
+            assert await q.complete(call, _ok())  # its record, the callback's job, an ack
+            assert await api_requests() - before == 1  # the account_info
+            await settled(q.calls_stream)
+            [job] = (await q.lease_callbacks(owner="w", limit=1, lease_for=30)).jobs
+            now = time.time()
+            before = await api_requests()
+            assert await q.callback_delivered(job, CallbackAttempt(job.attempt, now, now, 204))
+            assert await api_requests() - before == 1
+            await settled(q.callbacks_stream)
+            assert (await q.lease(owner="w", limit=1, lease_for=30)).calls == []
+            assert (await q.lease_callbacks(owner="w", limit=1, lease_for=30)).jobs == []
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body(), timeout=60)
+
+
+def _raw_record(kv_entry_value: bytes | None) -> dict[str, object]:
+    assert kv_entry_value is not None
+    return dict(json.loads(kv_entry_value))
+
+
+def test_a_first_job_is_named_by_a_token_until_its_lease_writes_its_sequence(
+    nats_server: NatsServer,
+) -> None:
+    """Accepting a call writes its record and its first job at once, so the record cannot
+    hold the job's sequence yet: it names the job by a token the job carries."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            records = await nc.jetstream().key_value(q.records_bucket)
+            call_id = (await q.enqueue(CallRequest("f"))).call_id
+            accepted = _raw_record((await records.get(call_id)).value)
+            assert isinstance(accepted["job"], int) and accepted["job"] < 0
+            [call] = (await q.lease(owner="w", limit=1, lease_for=30)).calls
+            assert call.call_id == call_id
+            leased = _raw_record((await records.get(call_id)).value)
+            info = await nc.jetstream().consumer_info(q.calls_stream, "workers")
+            assert leased["job"] == info.delivered.stream_seq  # the job it pulled
+            assert await q.complete(call, _ok())
+            assert await q.depth() == 0
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body())
+
+
+def test_a_call_whose_job_cannot_be_written_is_not_left_stored(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.delete_stream(q.calls_stream)  # every job write now fails
+            request = CallRequest("f")
+            with pytest.raises(QueueError):
+                await q.enqueue(request)
+            records = await js.key_value(q.records_bucket)
+            with pytest.raises(nats.js.errors.KeyNotFoundError):
+                await records.get(request.call_id)
+        finally:
+            await nc.close()
+            await q.close()
+
+    run(body())
+
+
+def test_a_call_cancelled_elsewhere_before_its_first_lease_leaves_no_job(
+    nats_server: NatsServer,
+) -> None:
+    """The gateway cancelling does not know the sequence of a first job another accepted:
+    the job is settled when it comes up, and the depth comes back to 0."""
+
+    async def body() -> None:
+        a, b = _pair(nats_server)
+        await a.open()
+        await b.open()
+        try:
+            call_id = (await a.enqueue(CallRequest("f", delay=3600))).call_id
+            assert await b.cancel(call_id) == "cancelled"
+            deadline = time.monotonic() + 10
+            while await b.depth():
+                assert (await b.lease(owner="w", limit=5, lease_for=30)).calls == []
+                assert time.monotonic() < deadline, "the cancelled call's job stayed"
+                await asyncio.sleep(0.02)
+            record = await a.get(call_id)
+            assert record is not None and record.status == "cancelled"
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_a_lease_as_long_as_ack_wait_sends_no_timer_of_its_own(nats_server: NatsServer) -> None:
+    """A job pulled and not acked comes back after the consumer's ack_wait by itself, before
+    a lease that long ends: such a lease needs no nak to re-arm the job (one message less
+    per call); a shorter lease still sends one. Both jobs are acked when their calls end."""
+
+    async def body() -> None:
+        q, _ = _pair(nats_server)
+        await q.open()
+        watcher = await nats.connect(nats_server.url)
+        seen: list[bytes] = []
+
+        async def answered(msg: Msg) -> None:
+            seen.append(msg.data)
+
+        try:
+            await watcher.subscribe(f"$JS.ACK.{q.calls_stream}.>", cb=answered)
+            await watcher.flush()
+            for _ in range(2):
+                await q.enqueue(CallRequest("f"))
+            for lease_for in (ACK_WAIT + 1, 1.0):
+                [call] = (await q.lease(owner="w", limit=1, lease_for=lease_for)).calls
+                assert await q.complete(call, _ok())
+            deadline = time.monotonic() + 10
+            while len(seen) < 3:
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.01)
+            assert [data[:4] for data in seen] == [b"+ACK", b"-NAK", b"+ACK"]
+        finally:
+            await watcher.close()
+            await q.close()
+
+    run(body())
+
+
+@pytest.mark.soak  # a 3-node cluster, one node frozen
+def test_a_queue_on_a_frozen_node_moves_to_another_when_its_probe_gets_no_pong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the queue is marked down, its probe pings its own server too: a server that does
+    not answer is left for another at once. The client's own pings are set too far apart to
+    find it out here, so only the probe can."""
+    monkeypatch.setattr(nats_link, "_PING_INTERVAL", 3600)
+
+    def on_node(q: NatsQueue) -> int | None:
+        nc = q.link.connection
+        url = nc.connected_url if nc is not None else None
+        return url.port if url is not None else None
+
+    async def body(cluster: NatsCluster) -> None:
+        q = NatsQueue(cluster.url, prefix=f"f{uuid.uuid4().hex[:10]}", replicas=3)
+        await q.open()
+        frozen = next(node for node in cluster.nodes if node.port == on_node(q))
+        try:
+            frozen.freeze()
+            with pytest.raises(QueueUnavailable):  # the request's timeout marks it down
+                await q.get("any")
+            deadline = time.monotonic() + 60  # an election under load, at worst
+            while on_node(q) in (frozen.port, None):
+                assert time.monotonic() < deadline, "the queue stayed on the frozen node"
+                await asyncio.sleep(0.05)
+            while True:  # and it works there once JetStream has its leaders
+                try:
+                    assert await q.get("any") is None
+                    break
+                except QueueUnavailable:
+                    assert time.monotonic() < deadline, "the queue never came back"
+                    await asyncio.sleep(0.05)
+        finally:
+            frozen.thaw()
+            await q.close()
+
+    with nats_cluster(tmp_path / "nats") as cluster:
+        run(body(cluster), timeout=90)

@@ -62,7 +62,7 @@ from yarl import URL
 from .. import __version__
 from ..forwarding import HOP_BY_HOP
 from ..settings import ConfigError
-from ._aio import first_of, record_outcome
+from ._aio import first_of, keep_renewing, record_outcome
 from .queue.base import CallbackAttempt, CallbackJob, CallbackOutbox, QueueError
 from .retry import RetryPolicy, parse_retry_after
 
@@ -463,6 +463,23 @@ class CallbackDispatcher:
         await record_outcome(report, log, f"callback of call {job.call_id}")
 
     async def _deliver(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
+        """Deliver, then record the outcome, renewing the lease until it is recorded (an
+        outage of the store must not have the delivery made again)."""
+        lease_for = self.settings.lease_for
+        heartbeat = asyncio.create_task(
+            keep_renewing(
+                lambda: self.queue.extend_callback(job, lease_for),
+                lease_for / 3,
+                log,
+                f"callback of call {job.call_id}",
+            )
+        )
+        try:
+            await self._deliver_and_record(session, job)
+        finally:
+            heartbeat.cancel()
+
+    async def _deliver_and_record(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
         outcome = await deliver(session, job, self.settings)
         policy = self.settings.retry
         now = time.time()

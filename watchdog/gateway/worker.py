@@ -29,7 +29,7 @@ from multidict import CIMultiDict
 
 from ..forwarding import HOP_BY_HOP
 from ..responses import INTERNAL_HEADER
-from ._aio import first_of, record_outcome
+from ._aio import first_of, keep_renewing, record_outcome
 from .invoke import Call, InvokeError, Invoker
 from .proxy import UpstreamError, response_headers
 from .queue.base import (
@@ -38,7 +38,6 @@ from .queue.base import (
     Headers,
     LeasedCall,
     QueueError,
-    QueueUnavailable,
 )
 from .retry import RetryPolicy, decide, header
 
@@ -47,8 +46,6 @@ log = logging.getLogger("watchdog.gateway.worker")
 DEFAULT_RESULT_LIMIT = 1 << 20
 _NOT_REPLAYED = HOP_BY_HOP | {"host", "content-length"}
 _WATCHDOG_REFUSALS = frozenset({429, 502, 503})
-_RENEW_AGAIN = 1.0
-"""Seconds before trying again to renew a lease after a failure (a NATS outage)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,19 +426,7 @@ class AsyncWorker:
         return await record_outcome(report, log, f"call {call.call_id}")
 
     async def _heartbeat(self, call: LeasedCall) -> None:
-        period = self.settings.lease_for / 3
-        wait = period
-        while True:
-            await asyncio.sleep(wait)
-            failing = wait < period
-            wait = min(period, _RENEW_AGAIN)  # after a failure, soon: the lease is running out
-            try:
-                if not await self.queue.extend(call, self.settings.lease_for):
-                    log.warning("call %s: lease lost while running", call.call_id)
-                    return
-                wait = period
-            except QueueUnavailable as exc:  # keep trying; the lease has slack
-                if not failing:  # once per outage, not once a second
-                    log.warning("extending the lease of call %s failed: %s", call.call_id, exc)
-            except Exception:  # noqa: BLE001 - keep trying; the lease has slack
-                log.exception("extending the lease of call %s failed", call.call_id)
+        lease_for = self.settings.lease_for
+        await keep_renewing(
+            lambda: self.queue.extend(call, lease_for), lease_for / 3, log, f"call {call.call_id}"
+        )

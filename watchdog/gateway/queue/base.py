@@ -375,6 +375,11 @@ class CallbackOutbox(Protocol):
         """As :meth:`wait_for_calls`, for callback deliveries."""
         ...
 
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        """Push a held delivery's lease to ``lease_for`` from now (while its outcome waits
+        to be saved, too); False if the lease was lost."""
+        ...
+
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool: ...
 
     async def callback_retry(

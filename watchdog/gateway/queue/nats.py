@@ -170,7 +170,8 @@ class NatsQueue:
             log.warning("giving up leases on close failed: %s", reason(exc))
         self._records.forget()
         self._held_calls.clear()
-        self._outbox.held.clear()
+        self._runs.pulled.clear()
+        self._outbox.forget_all()
         await self.link.close()
 
     async def _give_up_leases(self) -> None:
@@ -237,6 +238,9 @@ class NatsQueue:
 
     async def wait_for_callbacks(self, timeout: float) -> None:
         await self._outbox.wait_for_callbacks(timeout)
+
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        return await self._outbox.extend_callback(job, lease_for)
 
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         return await self._outbox.callback_delivered(job, attempt)

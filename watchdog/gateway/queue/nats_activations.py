@@ -53,12 +53,16 @@ class NatsActivations:
                 return None
             outcome = "cancelled"
             cancelled = rec.with_state(before, after)
-            cancelled.job = 0  # a new record: nothing else sees this
+            # A first job accepted elsewhere and not leased yet cannot be dropped here: the
+            # record keeps naming it, so it is acked as ended when it comes up (a delayed
+            # call's, once its delay is over: until then the depth counts it).
+            if self.records.job_of(rec):
+                cancelled.job = 0  # a new record: nothing else sees this
             return cancelled
 
         written = await self.records.update(call_id, cancel)
         if written is not None:
-            await self.jobs.drop(written[0].job)
+            await self.jobs.drop(self.records.job_of(written[0]))
             self.depth_hint.count(-1)
         return outcome
 

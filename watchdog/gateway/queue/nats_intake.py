@@ -21,7 +21,7 @@ from .clock import Clock
 from .nats_idempotency import Claim, IdempotencyKeys
 from .nats_jobs import JobStream
 from .nats_link import NatsLink, as_queue_errors, on_request_path
-from .nats_record import Record, b64, header_pairs
+from .nats_record import Record, b64, creation_stamp, header_pairs
 from .nats_store import RecordStore
 from .transitions import CallState
 
@@ -91,7 +91,9 @@ class NatsIntake:
             state = transitions.enqueue(
                 self.clock.now(), delay=request.delay, has_callback=has_callback
             )
-            await self._store_new(new_record(request, state))
+            # Both writes at once, except under an idempotency key: a record whose job
+            # failed and could not be removed would hold the key for a call never run.
+            await self._store_new(new_record(request, state), at_once=claimed is None)
         except QueueUnavailable:
             raise  # releasing would wait on NATS too: the claim lapses after its grace
         except QueueError:  # nothing stored (a NATS failure may have stored it: key kept)
@@ -115,8 +117,11 @@ class NatsIntake:
         self.held[rec.call_id] = (1, owner, rec.function)
         return transitions.leased_call(replace(request, delay=0.0), state, state)
 
-    async def _store_new(self, rec: Record, *, keep: bool = False) -> None:
-        await self.records.create(rec, self.jobs, keep=keep)
+    async def _store_new(self, rec: Record, *, keep: bool = False, at_once: bool = False) -> None:
+        if at_once:
+            await self.records.create_at_once(rec, self.jobs)
+        else:
+            await self.records.create(rec, self.jobs, keep=keep)
         self.depth_hint.count(+1)
 
     @on_request_path
@@ -140,7 +145,7 @@ class NatsIntake:
 
 
 def new_record(request: CallRequest, state: CallState) -> Record:
-    """The record of a call just accepted (its job and sequence are filled in when stored)."""
+    """The record of a call just accepted (its job is filled in when stored)."""
     rec = Record(
         call_id=request.call_id,
         function=request.function,
@@ -154,6 +159,6 @@ def new_record(request: CallRequest, state: CallState) -> Record:
         idempotency_key=request.idempotency_key,
         created_at=state.created_at,
         delay=state.delay,
-        seq=0,
+        seq=creation_stamp(),
     )
     return rec.with_state(rec.state(), state)

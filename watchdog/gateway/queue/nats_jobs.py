@@ -2,17 +2,21 @@
 
 A job only says which call to look at: whoever pulls it reads the record and either leases
 the call or puts the job back with ``nak(delay)`` until the record's due time. A leased
-call's job is nak'd for the lease length, so it is a durable timer: if the worker dies the
-job comes back when the lease ends and the next gateway takes the call over. The job stream's
-message count *is* the queue depth (one job per unfinished call).
+call's job is held unacked (or nak'd for the lease length when the lease is shorter than the
+consumer's ack_wait), so it is a durable timer: if the worker dies the job comes back by the
+time the lease ends and the next gateway takes the call over; when the call ends the worker
+acks it. The job stream's message count *is* the queue depth (one job per unfinished call).
 
 The record names the job it expects (a stream sequence); the job of a state change is
 published *before* the record write that names it, so a crash in between leaves an extra
-job, never a call without one. A job older than the record's is stale and dropped; a newer
-one whose record write has not landed yet waits briefly, then counts as an orphan.
+job, never a call without one; a call's first job is written at the same time as its record,
+which names it by a token until its first lease (:meth:`.RecordStore.create_at_once`). A
+job older than the record's is stale and dropped; a newer one whose record write has not
+landed yet waits briefly, then counts as an orphan.
 
-Acks and naks are fire-and-forget: a lost one only makes the job come back after the
-consumer's ``ack_wait``, and the record decides again.
+Naks are fire-and-forget: a lost one only makes the job come back after the consumer's
+``ack_wait``, and the record decides again. (The ack of an ended call's job is confirmed,
+so that the depth read next is right.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .clock import Clock
-from .nats_layout import CONSUMER, StreamNames
+from .nats_layout import ACK_WAIT, CONSUMER, StreamNames
 from .nats_link import TIMEOUT, NatsLink, reason, timeout
 
 log = logging.getLogger("watchdog.gateway.queue")
@@ -71,6 +75,12 @@ class Job:
     call_id: str
     seq: int
     function: str
+    first: int = 0  # a call's first job: the token its record names it by until leased
+
+    def named_by(self, expected: int) -> bool:
+        """Whether a record naming ``expected`` (a sequence, or minus a first job's token:
+        see :meth:`.RecordStore.create_at_once`) means this job."""
+        return expected == self.seq or (expected < 0 and self.first == -expected)
 
 
 class JobStream:
@@ -117,11 +127,15 @@ class JobStream:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def publish(self, call_id: str, function: str = "") -> int:
+    async def publish(self, call_id: str, function: str = "", first: int = 0) -> int:
         """Publish a job for ``call_id``; it names the function (when known) so a lease can
-        pass over calls of functions at their limit without reading their records."""
+        pass over calls of functions at their limit without reading their records, and the
+        token of a first job (``first``) its record names it by."""
         js = self.link.parts().js
-        payload = json.dumps({"id": call_id, "at": self.clock.now(), "fn": function}).encode()
+        fields: dict[str, object] = {"id": call_id, "at": self.clock.now(), "fn": function}
+        if first:
+            fields["first"] = first
+        payload = json.dumps(fields).encode()
         ack = await js.publish(self.names.subject, payload, stream=self.stream)
         return int(ack.seq)
 
@@ -156,8 +170,35 @@ class JobStream:
                 await msg.term()
                 continue
             function = str(payload.get("fn") or "")
-            jobs.append(Job(msg, call_id, msg.metadata.sequence.stream, function))
+            first = int(payload.get("first") or 0)
+            jobs.append(Job(msg, call_id, msg.metadata.sequence.stream, function, first))
         return jobs
+
+    async def end(self, seq: int, held: Job | None) -> None:
+        """Remove the job ``seq`` of a call (or delivery) that ended: if it is the job this
+        process pulled and holds, by acking it, which a work-queue stream answers by
+        deleting the message (accepted after a delayed nak too); else by :meth:`drop`. The
+        ack is confirmed, so a depth read next no longer counts the job, but it is no
+        JetStream API request (JSON both ways, and the API's queue on the server). Best
+        effort, as a drop: a job that survives comes back, and is seen to be stale."""
+        if held is None or held.seq != seq:
+            await self.drop(seq)
+            return
+        try:
+            await self.link.parts().nc.request(held.msg.reply, b"+ACK", timeout=timeout())
+        except nats.errors.Error as exc:
+            log.debug("acking job %s/%d: %s", self.stream, seq, reason(exc))
+
+    async def hold(self, job: Job, until: float) -> None:
+        """Keep a leased call's job as the durable timer that hands the call over if the
+        lease is lost, until ``until``. A delivered job that is not acked comes back after
+        the consumer's ack_wait by itself, so a lease at least that long sends nothing: the
+        job comes back before the lease ends, and is re-armed then for the rest of it (the
+        worker has usually acked it long before)."""
+        if until - self.clock.now() < ACK_WAIT:
+            await self.rearm(job, until)
+        else:
+            self.timers.add(until)
 
     async def rearm(self, job: Job, at: float) -> None:
         """Hand the job back to come up again at ``at``: the durable timer of a lease, a

@@ -26,7 +26,7 @@ from .nats_link import DEADLINE, TIMEOUT, Handles
 DEFAULT_PREFIX = "fwatchdog"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 CONSUMER = "workers"
-_ACK_WAIT = 10.0
+ACK_WAIT = 10.0
 """Seconds a pulled job may stay unanswered before JetStream hands it out again (only matters
 when a gateway dies between pulling a job and acking or re-arming it)."""
 
@@ -117,7 +117,7 @@ class Layout:
                 ConsumerConfig(
                     durable_name=CONSUMER,
                     ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=_ACK_WAIT,
+                    ack_wait=ACK_WAIT,
                     max_ack_pending=-1,
                     max_deliver=-1,
                     filter_subject=names.subject,

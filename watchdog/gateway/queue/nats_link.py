@@ -16,13 +16,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar, cast
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import StreamInfo
 from nats.js.kv import KeyValue
 
 from .base import QueueClosed, QueueError, QueueUnavailable
@@ -296,21 +297,39 @@ class NatsLink:
 
     async def _answers(self) -> bool:
         """JetStream answers for every stream and bucket, and each has a leader (after a
-        node's death its replicas take seconds to elect one; until then writes fail)."""
+        node's death its replicas take seconds to elect one; until then writes fail). The
+        server this connection is on is pinged meanwhile: if it is silent (frozen, cut off)
+        the client moves to another now, not after its missed pings (2-3 s)."""
         nc = self._nc
         if nc is None or not nc.is_connected:
             return False
         js = nc.jetstream(timeout=_PROBE_TIMEOUT)
-        try:
-            infos = await asyncio.gather(*(js.stream_info(name) for name in self.streams))
-        except UNREACHABLE:
+        # Only when there is another server to go to (named or discovered): reconnecting to
+        # the same one would cost a slow server more.
+        ping = _pinged(nc) if len(nc.servers) > 1 else _answered()
+        pinged, *infos = await asyncio.gather(
+            ping, *(js.stream_info(name) for name in self.streams), return_exceptions=True
+        )
+        failure = next((info for info in infos if isinstance(info, BaseException)), None)
+        if pinged is False and isinstance(failure, UNREACHABLE):  # silent, not only slow
+            url = nc.connected_url
+            log.warning(
+                "NATS: %s does not answer pings: moving to another server",
+                url.geturl() if url is not None else self.url,
+            )
+            await nc.force_reconnect()
             return False
-        except nats.errors.Error:
+        if isinstance(failure, UNREACHABLE):
+            return False
+        if isinstance(failure, nats.errors.Error):
             return True  # JetStream answered, if with an error: it is reachable
-        except Exception as exc:  # noqa: BLE001 - the probe must keep running
-            log.debug("NATS probe: %s", reason(exc))
+        if failure is not None:
+            log.debug("NATS probe: %s", reason(failure))  # the probe must keep running
             return False
-        return all(info.cluster is None or info.cluster.leader for info in infos)
+        return all(
+            isinstance(info, StreamInfo) and (info.cluster is None or info.cluster.leader)
+            for info in infos
+        )
 
     # -- using it -------------------------------------------------------------------------
 
@@ -384,3 +403,18 @@ def _no_jetstream(exc: BaseException) -> bool:
     which JetStream says itself."""
     no_code = isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.err_code is None
     return no_code or isinstance(exc, nats.errors.NoRespondersError)
+
+
+async def _answered() -> bool:
+    return True
+
+
+async def _pinged(nc: Client) -> bool:
+    """The server ``nc`` is on answers a ping within _PROBE_TIMEOUT (a live one takes
+    milliseconds)."""
+    try:
+        # nats-py annotates the timeout as int; it is handed to asyncio.wait_for.
+        await nc.flush(timeout=cast(int, _PROBE_TIMEOUT))
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return True

@@ -31,6 +31,7 @@ class NatsCallbackOutbox:
         self.jobs = jobs
         self.clock = clock
         self.held: HeldCallbacks = {}
+        self.pulled: dict[str, Job] = {}  # as NatsRunQueue.pulled
 
     @as_queue_errors
     async def lease_callbacks(self, *, owner: str, limit: int, lease_for: float) -> CallbackBatch:
@@ -77,10 +78,26 @@ class NatsCallbackOutbox:
         if not isinstance(leased, CallbackJob):
             return None  # never "skip": nothing holds deliveries back
         self.held[job.call_id] = (leased.attempt, owner)
+        self.pulled[job.call_id] = job
         return leased
 
     async def wait_for_callbacks(self, timeout: float) -> None:
         await self.jobs.wait(timeout)
+
+    @as_queue_errors
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        push = deciding(
+            functools.partial(
+                transitions.extend_callback,
+                attempt=job.attempt,
+                owner=job.owner,
+                lease_for=lease_for,
+            )
+        )
+        written = await self.records.update(job.call_id, push)
+        if written is None:
+            self.forget(job.call_id)
+        return written is not None
 
     @as_queue_errors
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
@@ -122,15 +139,23 @@ class NatsCallbackOutbox:
 
             written = await self.records.update(job.call_id, record)
             if written is not None:
-                await self.jobs.drop(written[0].callback_job)
+                await self.jobs.end(written[0].callback_job, self.pulled.pop(job.call_id, None))
         else:
             written = await self.records.rearm(
                 self.jobs, job.call_id, deciding(decide), "callback_job"
             )
             if written is not None:
                 self.jobs.wake()
-        self.held.pop(job.call_id, None)
+        self.forget(job.call_id)
         return written is not None
+
+    def forget(self, call_id: str) -> None:
+        self.held.pop(call_id, None)
+        self.pulled.pop(call_id, None)
+
+    def forget_all(self) -> None:
+        self.held.clear()
+        self.pulled.clear()
 
     async def give_up(self) -> bool:
         """Make the deliveries this process still holds due now; True if there were any."""

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
@@ -41,8 +42,8 @@ class Record:
     idempotency_key: str | None
     created_at: float
     delay: float
-    seq: int  # creation order for listing: the stream sequence of the first job
-    job: int = 0  # the call job this record expects (0: none, the call ended)
+    seq: int  # creation order for listing: see creation_stamp
+    job: int = 0  # the call job this record expects (0: none, the call ended; < 0: a token)
     due_at: float | None = None  # queued/retrying: may run from; running: lease expiry
     owner: str | None = None
     attempts: int = 0
@@ -156,6 +157,18 @@ _PLAIN_STATE = (
 """State fields a record holds as they are."""
 
 _FIELDS = tuple(item.name for item in fields(Record))
+
+
+_last_stamp = 0
+
+
+def creation_stamp() -> int:
+    """A new record's place in listings, newest first: the wall clock's nanoseconds, strictly
+    increasing in this process. (Records of earlier versions carry their first job's stream
+    sequence, far smaller: they are listed as older, which they are.)"""
+    global _last_stamp
+    _last_stamp = max(_last_stamp + 1, time.time_ns())
+    return _last_stamp
 
 
 def b64(data: bytes) -> str:

@@ -41,6 +41,9 @@ class NatsRunQueue:
         self.depth_hint = depth
         self.held = held
         self.clock = clock
+        # The pulled job of each call this process leased, kept to be acked when the call
+        # ends (cheaper than deleting the job by its sequence).
+        self.pulled: dict[str, Job] = {}
 
     @as_queue_errors
     async def lease(
@@ -107,6 +110,7 @@ class NatsRunQueue:
         )
         if isinstance(leased, LeasedCall):
             self.held[job.call_id] = (leased.attempt, owner, leased.request.function)
+            self.pulled[job.call_id] = job
         return leased
 
     async def wait_for_calls(self, timeout: float) -> None:
@@ -121,7 +125,7 @@ class NatsRunQueue:
         )
         written = await self.records.update(lease.call_id, push, keep=True)
         if written is None:
-            self.held.pop(lease.call_id, None)
+            self.forget(lease.call_id)
         return written is not None
 
     @as_queue_errors
@@ -132,7 +136,7 @@ class NatsRunQueue:
         written = await self.records.rearm(
             self.jobs, lease.call_id, hand_back, "job", lease.request.function
         )
-        self.held.pop(lease.call_id, None)
+        self.forget(lease.call_id)
         if written is not None:
             self.jobs.wake()
         return written is not None
@@ -183,12 +187,12 @@ class NatsRunQueue:
         if terminal:
             written = await self.records.update(lease.call_id, record)
             if written is not None:
-                await self.jobs.drop(written[0].job)
+                await self.jobs.end(written[0].job, self.pulled.pop(lease.call_id, None))
         else:
             written = await self.records.rearm(
                 self.jobs, lease.call_id, record, "job", lease.request.function
             )
-        self.held.pop(lease.call_id, None)
+        self.forget(lease.call_id)
         if written is None:
             await self.callback_jobs.drop(callback_seq)
             return False
@@ -201,6 +205,11 @@ class NatsRunQueue:
             # gateway a pull of the callback stream).
             self.callback_jobs.wake()
         return True
+
+    def forget(self, call_id: str) -> None:
+        """This process no longer holds the call's lease."""
+        self.held.pop(call_id, None)
+        self.pulled.pop(call_id, None)
 
     async def give_up(self) -> bool:
         """Make the calls this process still holds due now (their attempts count as

@@ -7,6 +7,9 @@ first.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 from collections.abc import Callable
 
 import nats.js.errors
@@ -16,11 +19,16 @@ from . import transitions
 from .base import QueueError
 from .clock import Clock
 from .nats_jobs import JobStream, pull_now
-from .nats_link import NatsLink
+from .nats_link import NatsLink, reason
 from .nats_record import Record, b64, record_key
 from .transitions import CallState, Refused
 
+log = logging.getLogger("watchdog.gateway.queue")
+
 _CAS_TRIES = 8
+_FIRST_JOBS_KEPT = 8192
+"""First jobs whose sequence this process remembers (about 1.5 MB), for a cancel before the
+call's first lease (:meth:`RecordStore.job_of`)."""
 _SCAN_LIMIT = 200_000
 
 Decide = Callable[[CallState, float], transitions.Outcome]
@@ -47,10 +55,13 @@ class RecordStore:
         self.bucket = bucket
         self.clock = clock
         self._known: dict[str, tuple[Record, int]] = {}  # see update(keep=True)
+        self._first_jobs: dict[str, int] = {}  # see create_at_once
 
     def forget(self) -> None:
-        """Drop what :meth:`update` remembered (the queue closes)."""
+        """Drop what :meth:`update` and :meth:`create_at_once` remembered (the queue
+        closes)."""
         self._known.clear()
+        self._first_jobs.clear()
 
     async def load(self, call_id: str) -> tuple[Record, int] | None:
         """The record of ``call_id`` and its revision, if it exists."""
@@ -73,7 +84,7 @@ class RecordStore:
         if not self._clearly_fits(rec):
             self._check_size(rec)
         seq = await jobs.publish(rec.call_id, rec.function)
-        rec.job = rec.seq = seq
+        rec.job = seq
         try:
             revision = await records.create(record_key(rec.call_id), rec.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -83,6 +94,57 @@ class RecordStore:
         # its; if not, the job is an orphan, dropped when it comes up.
         if keep:
             self._known[rec.call_id] = (rec, int(revision))
+
+    async def create_at_once(self, rec: Record, jobs: JobStream) -> None:
+        """Publish the call's first job and create its record at the same time (one round
+        trip, not two): the record names the job by minus a token the job carries, its
+        sequence not being known yet; the lease that takes the job writes its sequence.
+        If either write fails the other is undone when it is known to have landed, so no
+        call is left with a record and no job (a job without a record is dropped as an
+        orphan).
+
+        Raises:
+            QueueError: the call id exists already, or the record is too large for NATS.
+        """
+        records = self.link.parts().records
+        if not self._clearly_fits(rec):
+            self._check_size(rec)
+        token = secrets.randbits(52) + 1
+        rec.job = -token
+        published, created = await asyncio.gather(
+            jobs.publish(rec.call_id, rec.function, first=token),
+            records.create(record_key(rec.call_id), rec.encode()),
+            return_exceptions=True,
+        )
+        if isinstance(created, nats.js.errors.KeyWrongLastSequenceError):
+            if isinstance(published, int):
+                await jobs.drop(published)  # its token is not the existing record's
+            raise QueueError(f"call id {rec.call_id} already exists") from None
+        if isinstance(published, BaseException):
+            if not isinstance(created, BaseException):
+                await self._undo_create(rec.call_id)
+            raise published
+        if isinstance(created, BaseException):
+            raise created  # its outcome unknown: the job stays (an orphan if no record)
+        self._first_jobs[rec.call_id] = published
+        if len(self._first_jobs) > _FIRST_JOBS_KEPT:
+            del self._first_jobs[next(iter(self._first_jobs))]
+
+    async def _undo_create(self, call_id: str) -> None:
+        try:
+            await self.remove(call_id)
+        except Exception as exc:  # noqa: BLE001 - the caller reports the first failure
+            log.warning(
+                "call %s: its job could not be written nor its record removed (%s): the"
+                " record stays queued, and the call is not run",
+                call_id,
+                reason(exc),
+            )
+
+    def job_of(self, rec: Record) -> int:
+        """The sequence of the call job ``rec`` names, if known (0 if not: a first job not
+        yet leased, accepted by another process)."""
+        return rec.job if rec.job > 0 else self._first_jobs.get(rec.call_id, 0)
 
     async def update(
         self, call_id: str, change: Change, *, keep: bool = False

@@ -34,8 +34,9 @@ async def take(
     """Lease what ``job`` names if its record (which must name this job in ``job_field``)
     lets ``lease`` do so and ``skip`` does not hold it back.
 
-    The job is then re-armed for the lease's end (the timer that hands the call over if the
-    lease is lost), or for when the record says it is due; acked when nothing is left to do;
+    The job is then held until the lease's end (the timer that hands the call over if the
+    lease is lost; the caller acks it when the call ends), or re-armed for when the record
+    says it is due; acked when nothing is left to do;
     dropped or put back briefly when the record names another job. A skipped job is the
     caller's to put back.
     """
@@ -47,7 +48,7 @@ async def take(
     def change(rec: Record, now: float) -> Record | None:
         nonlocal verdict, expected, later, leased
         expected = getattr(rec, job_field)
-        if expected != job.seq:
+        if not job.named_by(expected):
             verdict = "unmatched"
             return None
         before = rec.state()
@@ -63,13 +64,15 @@ async def take(
             return None
         verdict = "leased"
         leased = make(rec, before, after)
-        return rec.with_state(before, after)
+        taken = rec.with_state(before, after)
+        setattr(taken, job_field, job.seq)  # a first job is named by its sequence from now on
+        return taken
 
     if await records.update(job.call_id, change, keep=True) is None and verdict == "leased":
         verdict = "missing"  # decided on a copy that then vanished
     if verdict == "leased":
         assert leased is not None
-        await jobs.rearm(job, leased.expires)
+        await jobs.hold(job, leased.expires)
         return leased
     if verdict == "later":
         await jobs.rearm(job, later)

@@ -687,6 +687,14 @@ class SqliteQueue:
     async def wait_for_callbacks(self, timeout: float) -> None:
         await _wait(self._callbacks_event, timeout)
 
+    async def extend_callback(self, job: CallbackJob, lease_for: float) -> bool:
+        return await self._change(
+            job.call_id,
+            lambda state, now: transitions.extend_callback(
+                state, now, attempt=job.attempt, owner=job.owner, lease_for=lease_for
+            ),
+        )
+
     async def callback_delivered(self, job: CallbackJob, attempt: CallbackAttempt) -> bool:
         return await self._change(
             job.call_id,

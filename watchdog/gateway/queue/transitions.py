@@ -355,6 +355,15 @@ def _end_delivery(
     )
 
 
+def extend_callback(
+    state: CallState, now: float, *, attempt: int, owner: str, lease_for: float
+) -> Outcome:
+    """Push a held delivery lease's expiry to ``now + lease_for``."""
+    if state.callback_status != "pending" or not holds_callback(state, attempt, owner):
+        return Refused("lost")
+    return replace(state, callback_due=now + lease_for)
+
+
 def expire_callback(state: CallState, now: float, *, attempt: int, owner: str) -> Outcome:
     """End a held delivery lease early (its holder is stopping): due again now."""
     if not holds_callback(state, attempt, owner):
