@@ -25,6 +25,7 @@ from yarl import URL
 
 from ..forwarding import NOT_RETURNED, connection_tokens_of, forwarded_headers
 from ..http import Request
+from ..limits import TaskTimeout
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -237,6 +238,14 @@ class Invoker:
         self.default_timeout = default_timeout
         self._inflight: dict[str, int] = {}
         self._invocations: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop calls run on, looked up once: each look-up is a getpid() on Python 3.11."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def resolve(self, ref: str) -> Function:
         """The function ``NAME`` or ``NAME.NAMESPACE`` refers to.
@@ -336,7 +345,7 @@ class _Invoking:
         self.function = function
         self.call = call
         self.started = 0.0
-        self.deadline: asyncio.Timeout | None = None
+        self.deadline: TaskTimeout | None = None
         self.invocation: Invocation | None = None
 
     async def __aenter__(self) -> Invocation:
@@ -347,7 +356,7 @@ class _Invoking:
         whole, stream = _request_body(call)
         self.started = started = time.monotonic()
         invoker._admit(function, started)
-        self.deadline = deadline = asyncio.timeout(invoker.timeout_of(function))
+        self.deadline = deadline = TaskTimeout(invoker.loop, invoker.timeout_of(function))
         await deadline.__aenter__()
         try:
             upstream = await upstream_of.pool.request(
