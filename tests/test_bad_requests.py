@@ -43,6 +43,13 @@ def _accounted(wd: RunningWatchdog) -> tuple[int, int]:
 
 def test_each_malformed_request_is_one_line_and_a_flood_is_bounded(start_watchdog) -> None:
     wd = start_watchdog(fprocess="cat")
+    assert_flood_bounded(wd)
+    assert wd.request("POST", "/", body=b"still serving").text == "still serving"
+
+
+def assert_flood_bounded(wd: RunningWatchdog) -> None:
+    """50 malformed requests to ``wd`` (a watchdog or a gateway): each one line, at most
+    BAD_REQUESTS_PER_SECOND lines a second and the rest counted in summary lines."""
     count = 50
     for i in range(count):
         assert _exchange(wd.port, MALFORMED[i % len(MALFORMED)]).startswith(b"HTTP/1.")
@@ -56,7 +63,6 @@ def test_each_malformed_request_is_one_line_and_a_flood_is_bounded(start_watchdo
     assert "Traceback" not in logs and "Error handling request" not in logs, logs
     first = next(line for line in logs.splitlines() if "bad request from" in line)
     assert "Content-Length" in first, first
-    assert wd.request("POST", "/", body=b"still serving").text == "still serving"
 
 
 @pytest.mark.parametrize(

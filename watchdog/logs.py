@@ -54,14 +54,11 @@ def setup_logging(log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # One filter for both servers: the watchdog's own and aiohttp's (the gateway's).
-    malformed = MalformedRequests(BAD_REQUESTS_PER_SECOND)
-    for name in (BAD_REQUEST_LOGGER, "aiohttp.server"):
-        server = logging.getLogger(name)
-        for old in [f for f in server.filters if isinstance(f, MalformedRequests)]:
-            server.removeFilter(old)
-        server.addFilter(malformed)
+    # The watchdog's server and the gateway's (the same one) report refused heads here.
+    server = logging.getLogger(BAD_REQUEST_LOGGER)
+    for old in [f for f in server.filters if isinstance(f, MalformedRequests)]:
+        server.removeFilter(old)
+    server.addFilter(MalformedRequests(BAD_REQUESTS_PER_SECOND))
 
 
 BAD_REQUEST_LOGGER = "watchdog.http.bad_request"
@@ -81,10 +78,7 @@ def bad_request_log() -> Callable[[str | None, str], None]:
 class MalformedRequests(logging.Filter):
     """At most ``per_second`` lines a second about malformed requests, so a flood of bad
     requests cannot flood the log: the rest are counted and reported in one line when the
-    second is over. The watchdog's own server logs each as one line already; aiohttp (the
-    gateway's) logs each with a traceback of its own code, twelve lines that say nothing about
-    ours, which this filter makes one line, ``bad request from PEER: REASON``. Every other
-    aiohttp record (a real 500 included) passes unchanged."""
+    second is over."""
 
     def __init__(self, per_second: int) -> None:
         super().__init__()
@@ -94,19 +88,7 @@ class MalformedRequests(logging.Filter):
         self._suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == BAD_REQUEST_LOGGER:
-            return self._within_rate()
-        error = record.exc_info[1] if record.exc_info else None
-        if not _is_aiohttp_parse_error(error):
-            return True
-        if not self._within_rate():
-            return False
-        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        message = str(getattr(error, "message", error))
-        record.msg, record.args = "bad request from %s: %s", (peer, _one_line(message))
-        record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        return self._within_rate()
 
     def _within_rate(self) -> bool:
         """Whether one more line fits in this second (else it is counted for the summary)."""
@@ -125,7 +107,7 @@ class MalformedRequests(logging.Filter):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # aiohttp logs these from its event loop; nothing to schedule on otherwise
+            return  # the servers log these from their event loop; nothing to schedule on else
         loop.call_later(delay, self._report)
 
     def _report(self) -> None:
@@ -135,16 +117,9 @@ class MalformedRequests(logging.Filter):
         )
 
 
-def _is_aiohttp_parse_error(error: BaseException | None) -> bool:
-    """aiohttp's HttpProcessingError, looked up only if aiohttp is loaded (the gateway): the
-    watchdog never imports it."""
-    module = sys.modules.get("aiohttp.http_exceptions")
-    kind = getattr(module, "HttpProcessingError", None) if module is not None else None
-    return isinstance(kind, type) and isinstance(error, kind)
-
-
 def _one_line(reason: str) -> str:
-    """aiohttp's parser messages span lines and end in a caret under the offending byte."""
+    """A parser's message on one printable line (llhttp's may span lines and end in a caret
+    under the offending byte), cut at a bounded length."""
     text = " ".join(reason.split()).removesuffix(" ^")
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
     return text if len(text) <= _REASON_MAX else text[:_REASON_MAX] + CONTINUED

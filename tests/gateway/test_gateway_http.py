@@ -10,6 +10,8 @@ import signal
 import socket
 from typing import BinaryIO
 
+from test_bad_requests import assert_flood_bounded
+
 from .conftest import Launcher, World
 
 
@@ -153,3 +155,10 @@ def test_sigterm_lets_a_call_in_flight_finish(launcher: Launcher) -> None:
     assert b"second\n" in received
     assert received.endswith(b"0\r\n\r\n")  # the chunked body ended, not cut
     assert gateway.proc.wait(30) == 0
+
+
+def test_each_malformed_request_is_one_line_and_a_flood_is_bounded(launcher: Launcher) -> None:
+    """The gateway's refused heads go through the watchdog's rate-limited log line."""
+    gateway = launcher.gateway()
+    assert_flood_bounded(gateway)
+    assert gateway.request("GET", "/healthz").status == 200
