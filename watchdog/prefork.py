@@ -67,7 +67,7 @@ class PreforkSpawner:
     def helper_pids(self) -> tuple[int, ...]:
         return (self._fallback.pid, self._zygote_pid)
 
-    async def spawn(
+    async def _spawn(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
     ) -> int:
         zygote = self._zygote
@@ -82,9 +82,8 @@ class PreforkSpawner:
     def spawn_nowait(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
     ) -> asyncio.Future[int]:
-        """:meth:`spawn` as a future (a task: the zygote's refusal falls back to the fork
-        server)."""
-        return self._loop.create_task(self.spawn(extra_env, fds, on_exit))
+        """A task, since the zygote's refusal falls back to the fork server."""
+        return self._loop.create_task(self._spawn(extra_env, fds, on_exit))
 
     def close(self) -> None:
         self._closed = True

@@ -38,7 +38,7 @@ _EXIT_REPORT_SECONDS = 5.0  # after SIGKILL; only a lost fork server would take 
 
 class Spawner(Protocol):
     """Starts handlers off the event loop: the fork server, or prefork's zygote (with the fork
-    server behind it). ``spawn`` raises ForkServerError."""
+    server behind it)."""
 
     @property
     def alive(self) -> bool: ...
@@ -46,15 +46,12 @@ class Spawner(Protocol):
     @property
     def helper_pids(self) -> tuple[int, ...]: ...
 
-    async def spawn(
-        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
-    ) -> int: ...
-
     def spawn_nowait(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
     ) -> asyncio.Future[int]:
-        """``spawn`` without waiting for the pid: the future gets it (or ForkServerError);
-        raises ForkServerError at once when the helper is gone."""
+        """Ask for a handler with ``extra_env`` and ``fds`` as its stdio without waiting for
+        it: the future gets its pid (or ForkServerError); raises ForkServerError at once when
+        the helper is gone."""
 
     def close(self) -> None: ...
 
@@ -72,11 +69,6 @@ class _ForkServerSpawner:
     @property
     def helper_pids(self) -> tuple[int, ...]:
         return (self.server.pid,)
-
-    async def spawn(
-        self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
-    ) -> int:
-        return await self.server.spawn(extra_env, fds, on_exit)
 
     def spawn_nowait(
         self, extra_env: Mapping[str, str], fds: tuple[int, int, int], on_exit: ExitCallback
