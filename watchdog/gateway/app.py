@@ -334,12 +334,6 @@ def _invoke_error(exc: InvokeError, call: Call | None, request: Request) -> Resp
     return response
 
 
-def _abort(request: Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
 def _clean_redirect(request: Request) -> Response | None:
     """301 to the cleaned path for ``//``, ``.`` and ``..`` segments, as the OpenFaaS gateway's
     router (gorilla/mux) does, so ``/function/a/../b`` never reaches function ``a`` as ``/../b``.

@@ -161,9 +161,7 @@ def response_headers(upstream: UpstreamResponse) -> list[tuple[str, str]]:
 def abort_connection(request: Request) -> None:
     """Cut the client's connection: once status and headers are out, an incomplete answer is
     the only way left to tell the client that the rest is not coming."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+    request.transport.abort()
 
 
 async def relay(
