@@ -65,12 +65,19 @@ def spawn_in_own_group(
     fds: Sequence[int],
 ) -> int:
     """``posix_spawn`` with ``fds`` as stdin, stdout and stderr, in a new process group, with
-    default signal dispositions and an empty signal mask. Raises OSError."""
+    default signal dispositions and an empty signal mask. Raises OSError.
+
+    ``fds`` that are 0, 1 and 2 already (the fork server receives them there) are inherited
+    as they are: a dup2 file action costs glibc two getrlimit calls here and a dup2 in the
+    child."""
+    in_place = list(fds) == _STANDARD_FDS
     return os.posix_spawn(
         program,
         list(argv),
         env,
-        file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+        file_actions=()
+        if in_place
+        else [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
         setpgroup=0,
         setsigdef=RESET_SIGNALS,
         setsigmask=(),
@@ -339,8 +346,8 @@ class _Reaper:  # pragma: no cover
 def _free_standard_fds() -> None:  # pragma: no cover
     """Close our own 0, 1 and 2 (nothing here writes to them; Python's streams are dropped
     with them): each request's three pipe ends then arrive as 0, 1 and 2, where the handler
-    inherits them as they are, without a dup2 file action (each of which costs glibc two
-    getrlimit calls here and a dup2 in the child) or a close-on-exec flag to set."""
+    inherits them as they are (:func:`spawn_in_own_group`), with no close-on-exec flag to
+    set."""
     sys.stdin = sys.stdout = sys.stderr = None
     for fd in _STANDARD_FDS:
         try:
@@ -375,19 +382,10 @@ class _Spawner:  # pragma: no cover
                 key, _, value = entry.partition(b"=")
                 env[key] = value
         try:
-            if fds == _STANDARD_FDS:
-                pid = os.posix_spawn(
-                    self.program,
-                    self.argv,
-                    env,
-                    setpgroup=0,
-                    setsigdef=RESET_SIGNALS,
-                    setsigmask=(),
-                )
-            else:  # our 0, 1 or 2 were taken after all: place them with file actions
+            if fds != _STANDARD_FDS:  # our 0, 1 or 2 were taken after all: no copy may leak
                 for fd in fds:
                     os.set_inheritable(fd, False)
-                pid = spawn_in_own_group(self.program, self.argv, env, fds)
+            pid = spawn_in_own_group(self.program, self.argv, env, fds)
         except OSError as exc:
             return _FAILED + f"cannot start {self.name!r}: {exc.strerror}".encode()
         finally:
