@@ -229,9 +229,10 @@ def test_an_upgrade_hands_the_connection_and_its_early_bytes_over() -> None:
     assert echoed == b"earlylater"
 
 
-async def _serve_one(handle: Handler, data: bytes) -> bytes:
+async def _serve_one(handle: Handler, data: bytes, limits: Limits | None = None) -> bytes:
     """``data`` sent to a server running ``handle``; its whole answer, until it closes."""
-    server = HttpServer(handle, Limits(None, 1024, 1024, 65536), lambda peer, reason: None)
+    limits = limits or Limits(None, 1024, 1024, 65536)
+    server = HttpServer(handle, limits, lambda peer, reason: None)
     await server.listen(0, host="127.0.0.1")
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -316,27 +317,16 @@ def test_a_body_the_handler_did_not_read_is_dropped_and_the_connection_kept() ->
     assert second.startswith(b"HTTP/1.1 200 "), second
 
 
-async def _serve_with(limits: Limits, data: bytes) -> bytes:
-    async def answer(request: Request) -> StreamResponse:
-        return Response(text="ok\n")
-
-    server = HttpServer(answer, limits, lambda p, r: None)
-    await server.listen(0, host="127.0.0.1")
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(data)
-        reply = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-    finally:
-        await server.shutdown(5)
-    return reply
+async def _answer_ok(request: Request) -> StreamResponse:
+    return Response(text="ok\n")
 
 
 def test_the_answer_to_a_target_past_the_limit_can_be_chosen() -> None:
     """The gateway answers 400 there, as it always has; the watchdog 414 (the default)."""
     long_target = b"GET /" + b"a" * 2048 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    reply = asyncio.run(_serve_with(Limits(None, 1024, 1024, 65536, line_status=400), long_target))
+    reply = asyncio.run(
+        _serve_one(_answer_ok, long_target, Limits(None, 1024, 1024, 65536, line_status=400))
+    )
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
     assert b"\r\nConnection: close\r\n" in reply
 
