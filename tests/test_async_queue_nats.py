@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from nats.aio.msg import Msg
 from nats_cluster import NatsCluster, nats_cluster
 from nats_server import MAX_PAYLOAD, NatsServer, start_nats_server
 
-from watchdog.gateway.queue import nats_link
+from watchdog.gateway.queue import nats_layout, nats_link
 from watchdog.gateway.queue.base import (
     AttemptResult,
     CallbackAttempt,
@@ -479,3 +480,43 @@ def test_a_queue_on_a_frozen_node_moves_to_another_when_its_probe_gets_no_pong(
 
     with nats_cluster(tmp_path / "nats") as cluster:
         run(body(cluster), timeout=90)
+
+
+def test_an_answer_lost_before_nats_came_back_does_not_mark_it_down_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request sent to a server that then dies times out only after the client has moved on
+    (here: the server restarted, the probe found JetStream answering): that late failure says
+    nothing about NATS now, so the queue stays available, where it used to answer 503 again."""
+    for module in (nats_link, nats_layout):  # the lost answer is waited for long
+        monkeypatch.setattr(module, "DEADLINE", 5.0)
+    server = start_nats_server(tmp_path / "nats")
+
+    async def body() -> None:
+        q = NatsQueue(server.url, prefix=f"l{uuid.uuid4().hex[:12]}")
+        await q.open()
+        nc = q.link.connection
+        assert nc is not None
+        try:
+            server.proc.send_signal(signal.SIGSTOP)  # takes the request, never answers it
+            lost = asyncio.create_task(q.depth())
+            while not nc.pending_data_size == 0 or not nc.is_connected:
+                await asyncio.sleep(0.005)  # until the request has left for the server
+            server.proc.kill()
+            await asyncio.to_thread(server.restart)  # same port, same store
+            deadline = time.monotonic() + 4
+            while not (q.link.up and q.link.ups > 1):  # down at the reset, up by the probe
+                assert time.monotonic() < deadline, "the queue did not come back"
+                await asyncio.sleep(0.02)
+            assert not lost.done(), "the lost answer was not waited for: nothing was tested"
+            with pytest.raises(QueueUnavailable):
+                await lost
+            assert q.link.up
+            assert await q.depth() == 0
+        finally:
+            await q.close()
+
+    try:
+        run(body(), timeout=30)
+    finally:
+        server.stop()

@@ -126,6 +126,9 @@ class NatsLink:
         # The same, with DEADLINE on every answer, for the request path.
         self._fast: Handles | None = None
         self.up = False
+        self.ups = 0
+        """How many times NATS was marked up: an operation notes it when it starts, and its
+        failure marks NATS down only if NATS has not come back since (see :meth:`mark_down`)."""
         self._down_reason = "not connected"
         self._down = asyncio.Event()  # set when marked down: the probe starts asking
         self._probe: asyncio.Task[None] | None = None
@@ -155,7 +158,7 @@ class NatsLink:
         finally:
             waiting.cancel()
         self.is_open = True
-        self.up = True
+        self._mark_up()
         self._down = asyncio.Event()
         self._probe = asyncio.create_task(self._watch(), name="nats-probe")
 
@@ -267,7 +270,16 @@ class NatsLink:
 
     # -- reachability ---------------------------------------------------------------------
 
-    def mark_down(self, why: str) -> None:
+    def _mark_up(self) -> None:
+        self.up = True
+        self.ups += 1
+
+    def mark_down(self, why: str, *, begun: int | None = None) -> None:
+        """NATS is unreachable, as a failure says. ``begun`` is :attr:`ups` when the failed
+        operation started: one that began before NATS last came back (sent to a node that
+        died meanwhile, given up after its timeout) says nothing about now, and is ignored."""
+        if begun is not None and begun != self.ups:
+            return
         if self.up and self.is_open:
             log.warning(
                 "NATS %s unreachable (%s): the queue answers 503 until it is back", self.url, why
@@ -292,7 +304,7 @@ class NatsLink:
             await asyncio.sleep(PROBE_EVERY)
             if not self.up and await self._answers():
                 self._down.clear()
-                self.up = True
+                self._mark_up()
                 log.warning("NATS %s reachable again: the queue is available", self.url)
 
     async def _answers(self) -> bool:
@@ -366,13 +378,15 @@ def as_queue_errors(
 
     @functools.wraps(method)
     async def translated(self: L, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self.link.check_up()
+        link = self.link
+        link.check_up()
+        begun = link.ups
         try:
             return await method(self, *args, **kwargs)
         except (nats.errors.MaxPayloadError, nats.js.errors.BadRequestError) as exc:
             raise QueueError(f"NATS refused the write: {reason(exc)}") from exc
         except UNREACHABLE as exc:
-            self.link.mark_down(reason(exc))
+            link.mark_down(reason(exc), begun=begun)
             raise QueueUnavailable(f"NATS: {reason(exc)}") from exc
         except nats.errors.Error as exc:
             raise QueueUnavailable(f"NATS: {reason(exc)}") from exc
