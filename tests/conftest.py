@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from nats_server import NatsServer, start_nats_server
+from ports import free_port
 
 from watchdog.forkserver import NAME as FORK_SERVER_NAME
 from watchdog.prefork import ZYGOTE_SCRIPT
@@ -23,12 +23,6 @@ from watchdog.prefork import ZYGOTE_SCRIPT
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

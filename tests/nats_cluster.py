@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nats_server import MAX_PAYLOAD, _launch, _ready_count, nats_server_binary
+from ports import free_port
 
 CLUSTER_NAME = "fwatchdog-test"
 _FORM_TIMEOUT = 30.0
@@ -206,7 +206,7 @@ class NatsCluster:
 def make_cluster(workdir: Path, size: int = 3) -> NatsCluster:
     """Write the configuration of ``size`` nodes under ``workdir``; start none."""
     nats_server_binary()  # fail early, naming the package, if it is missing
-    ports = iter(_free_ports(3 * size))
+    ports = iter([free_port() for _ in range(3 * size)])
     nodes = []
     for n in range(size):
         directory = workdir / f"n{n + 1}"
@@ -217,18 +217,6 @@ def make_cluster(workdir: Path, size: int = 3) -> NatsCluster:
     for node in nodes:
         node.write_config([port for port in routes if port != node.route_port])
     return NatsCluster(nodes)
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (all held open while choosing)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @contextmanager

