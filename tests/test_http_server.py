@@ -16,9 +16,11 @@ from watchdog.http import Handler, HttpServer, Limits, Request, Response, Stream
 # The real entry point, reporting at exit which modules it loaded.
 _REPORTING_ENTRY = (
     "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('AIOHTTP_LOADED=%s PROMETHEUS_LOADED=%s UNNEEDED=%s' % (\n"
+    "atexit.register(lambda: print('AIOHTTP_LOADED=%s PROMETHEUS_LOADED=%s UNNEEDED=%s"
+    " TLS_LOADED=%s' % (\n"
     "    'aiohttp' in sys.modules, 'prometheus_client' in sys.modules,\n"
-    "    sorted(m for m in ('argparse', 'shutil', 'secrets') if m in sys.modules)),\n"
+    "    sorted(m for m in ('argparse', 'shutil', 'secrets') if m in sys.modules),\n"
+    "    'libssl' in open('/proc/self/maps').read()),\n"
     "    flush=True))\n"
     "runpy.run_module('watchdog', run_name='__main__')\n"
 )
@@ -69,6 +71,8 @@ def test_fork_and_static_modes_never_import_aiohttp(tmp_path: Path, mode: str) -
         stop_process(proc)
     assert proc.returncode == 0, wd.logs()
     assert "AIOHTTP_LOADED=False" in wd.logs(), wd.logs()
+    # Nor libssl and libcrypto (notls.py), scraped or not: 4 MB in every replica.
+    assert "TLS_LOADED=False" in wd.logs(), wd.logs()
 
 
 def test_prometheus_client_is_loaded_by_the_first_scrape_only(tmp_path: Path) -> None:
