@@ -499,8 +499,9 @@ def test_an_answer_lost_before_nats_came_back_does_not_mark_it_down_again(
         assert nc is not None
         try:
             server.proc.send_signal(signal.SIGSTOP)  # takes the request, never answers it
+            sent = nc.stats["out_msgs"]
             lost = asyncio.create_task(q.depth())
-            while not nc.pending_data_size == 0 or not nc.is_connected:
+            while nc.stats["out_msgs"] == sent or nc.pending_data_size:
                 await asyncio.sleep(0.005)  # until the request has left for the server
             server.proc.kill()
             await asyncio.to_thread(server.restart)  # same port, same store
