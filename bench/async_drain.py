@@ -31,7 +31,7 @@ from watchdog.gateway.queue.sqlite import SqliteQueue
 from watchdog.gateway.registry import Function, InMemoryRegistry
 from watchdog.gateway.worker import AsyncWorker, InvokePathRunner, WorkerSettings
 
-from .procs import MB, Children, terminated_on_sigterm
+from .procs import MB, Children, terminated_on_sigterm, tests_on_path
 
 FILLERS = 32
 
@@ -99,7 +99,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         watchdog = children.watchdog("drain-watchdog", fprocess="cat")
         if getattr(args, "backend", "sqlite") == "nats":
             # Imported here: the launcher lives with the tests, and only NATS runs need it.
-            from tests.nats_server import start_nats_server
+            tests_on_path()
+            from nats_server import start_nats_server
 
             server = start_nats_server(Path(run_dir) / "nats")
             try:

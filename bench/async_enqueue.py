@@ -31,6 +31,8 @@ from watchdog.gateway.queue.base import CallRequest, QueueBackend
 from watchdog.gateway.queue.nats import NatsQueue
 from watchdog.gateway.queue.sqlite import SqliteQueue
 
+from .procs import tests_on_path
+
 BACKENDS = ("sqlite", "nats", "nats-always")
 
 
@@ -93,7 +95,8 @@ def run_one(name: str, args: argparse.Namespace, directory: Path) -> None:
         report(name, count, elapsed, latencies, note)
         return
     # Imported here: the launcher lives with the tests, and only NATS runs need it.
-    from tests.nats_server import start_nats_server
+    tests_on_path()
+    from nats_server import start_nats_server
 
     sync = "always" if name == "nats-always" else None
     server = start_nats_server(directory / name, sync_interval=sync)

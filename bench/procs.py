@@ -30,6 +30,14 @@ MB = 1024 * 1024
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
+def tests_on_path() -> None:
+    """Put ``tests/`` on ``sys.path``: the nats-server launchers live with the tests, which
+    import each other by name (``from nats_server import start_nats_server``)."""
+    tests = str(CHECKOUT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

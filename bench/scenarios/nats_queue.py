@@ -17,7 +17,6 @@ launchers of the tests: ``tests/nats_server.py``, ``tests/nats_cluster.py``).
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,13 +29,13 @@ import uvloop
 from .. import wrk
 from ..async_drain import fill
 from ..procs import (
-    CHECKOUT,
     Children,
     Meter,
     Service,
     base_env,
     free_port,
     fwatchdog_command,
+    tests_on_path,
     wait_http,
     wait_idle,
 )
@@ -83,16 +82,9 @@ def sqlite(workdir: Path) -> Iterator[Backend]:
     yield Backend("SQLite", ["--queue-path", str(workdir / "queue.db")], [])
 
 
-def _tests_on_path() -> None:
-    """The nats-server launchers live with the tests (which import each other by name)."""
-    tests = str(CHECKOUT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-
-
 @contextmanager
 def nats_single(workdir: Path) -> Iterator[Backend]:
-    _tests_on_path()
+    tests_on_path()
     from nats_server import start_nats_server
 
     server = start_nats_server(workdir)
@@ -107,7 +99,7 @@ def nats_single(workdir: Path) -> Iterator[Backend]:
 
 @contextmanager
 def nats_cluster(workdir: Path) -> Iterator[Backend]:
-    _tests_on_path()
+    tests_on_path()
     from nats_cluster import nats_cluster as cluster_of
 
     with cluster_of(workdir) as cluster:
