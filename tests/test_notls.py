@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import PYTHON
+from conftest import PYTHON, ROOT
 
 _SCRIPT = """
 import sys
@@ -31,7 +31,9 @@ ssl.create_default_context()
 
 
 def test_the_stand_in_keeps_libssl_unloaded_until_a_real_name_is_asked_for() -> None:
-    run = subprocess.run([PYTHON, "-c", _SCRIPT], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [PYTHON, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
         "imported, libssl mapped: False",

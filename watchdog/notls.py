@@ -7,11 +7,11 @@ imported, for TLS features the watchdog never uses, and ``ssl`` loads libssl and
 
 So before the watchdog imports them, :func:`stand_in_for_ssl` registers a stand-in ``ssl``
 module carrying only the names they read at import time: exception classes, three error
-codes, and classes that cannot be instantiated. Any other name asked of the stand-in imports
-the real module, which takes its place in ``sys.modules``: code in this process that does
-want TLS still gets it, and pays for it then. (uvloop keeps the stand-in's ``SSLContext`` it
-read at import, so a TLS connection through uvloop would still be refused: nothing in the
-watchdog makes one.)
+codes, two protocol numbers, and classes and a function that refuse to make TLS objects. Any
+other name asked of the stand-in imports the real module, which takes its place in
+``sys.modules``: code in this process that does want TLS still gets it, and pays for it
+then. (uvloop keeps the stand-in's ``SSLContext`` it read at import, so a TLS connection
+through uvloop would still be refused: nothing in the watchdog makes one.)
 """
 
 from __future__ import annotations
