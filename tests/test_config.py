@@ -115,6 +115,10 @@ def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"fprocess": "cat", "mode": "afterburn"}, "mode='afterburn' is invalid: expected one of"),
         ({"fprocess": "cat", "content_type": "text/plain\r\nX: y"}, "content_type="),
         ({}, "fprocess is required"),
+        (
+            {"fprocess": "cat", "mode": "http", "upstream_url": "https://127.0.0.1:5000"},
+            "upstream_url='https://127.0.0.1:5000' is invalid: expected an http:// URL",
+        ),
         ({"fprocess": "no-such-program-xyz"}, "'no-such-program-xyz' was not found"),
     ],
 )

@@ -67,7 +67,8 @@ def _parse_url(text: str) -> str:
     if value == "":
         return ""
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme != "http" or not parts.hostname:
+        # Not https: the upstream runs beside the watchdog, which speaks plain HTTP to it.
         raise Invalid("an http:// URL such as http://127.0.0.1:5000")
     try:
         parts.port  # noqa: B018 - raises on a malformed port

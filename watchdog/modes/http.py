@@ -73,7 +73,7 @@ class HttpRunner:
         self.base_url = config.upstream_url
         parts = urlsplit(config.upstream_url)
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._port = parts.port or 80  # http:// only: the configuration refuses https
         self._probe_host = parts.netloc or f"{self._host}:{self._port}"
         self._pool = UpstreamPool(self._host, self._port)
         self._write_timeout = seconds_or_none(config.write_timeout)
