@@ -217,7 +217,7 @@ class WatchdogConfig:
         "http_upstream_url upstream_url",
         _parse_url,
         "",
-        _HTTP + "where the upstream listens; required there",
+        _HTTP + "where the upstream listens, an http:// URL; required there",
         shown="—",
     )
     ready_path: str = setting(
