@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,16 @@ from watchdog.prefork import ZYGOTE_SCRIPT
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
 PYTHON = sys.executable
+
+
+def recv_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
+    """``received`` and what ``sock`` sends after it, until ``marker`` is among it (the peer
+    closing first fails the test)."""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
 
 
 @dataclass

@@ -10,6 +10,7 @@ import signal
 import socket
 from typing import BinaryIO
 
+from conftest import recv_until
 from test_bad_requests import assert_flood_bounded
 
 from .conftest import Launcher, World
@@ -88,11 +89,7 @@ def test_a_body_is_asked_for_with_100_continue(world: World) -> None:
             b"POST /function/web/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
+        received = recv_until(sock, b"\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), received
         sock.sendall(b"hello")
         status, _, body = _read(_Reader(sock))
@@ -144,11 +141,7 @@ def test_sigterm_lets_a_call_in_flight_finish(launcher: Launcher) -> None:
     gateway = launcher.gateway("--function", f"web=http://127.0.0.1:{upstream.port}")
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
         sock.sendall(_get("/function/web/drip"))
-        received = b""
-        while b"first\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
+        received = recv_until(sock, b"first\n")
         gateway.proc.send_signal(signal.SIGTERM)
         while chunk := sock.recv(65536):  # the rest, then the close
             received += chunk

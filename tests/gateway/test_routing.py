@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PYTHON, Reply, free_port
+from conftest import FIXTURES, PYTHON, Reply, free_port, recv_until
 
 from .conftest import Launcher, World
 
@@ -129,13 +129,10 @@ def test_the_response_streams_as_the_function_writes_it(world: World) -> None:
     with socket.create_connection(("127.0.0.1", world.gateway.port), timeout=10) as sock:
         sock.sendall(b"GET /function/web/drip HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
-        received = b""
-        while b"first\n" not in received:
-            received += sock.recv(65536)
+        received = recv_until(sock, b"first\n")
         assert time.monotonic() - started < 1.2  # "second" comes 1.5 s later
         assert b"second\n" not in received
-        while b"second\n" not in received:
-            received += sock.recv(65536)
+        recv_until(sock, b"second\n", received)
 
 
 def test_the_request_body_streams_to_the_function_and_back(world: World) -> None:
@@ -146,16 +143,9 @@ def test_the_request_body_streams_to_the_function_and_back(world: World) -> None
             b"POST /function/web/duplex HTTP/1.1\r\nHost: x\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
         )
-        received = b""
-        while b"got:hello\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
+        received = recv_until(sock, b"got:hello\n")
         sock.sendall(b"6\r\n world\r\n0\r\n\r\n")
-        while b" world" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
+        recv_until(sock, b" world", received)
 
 
 def test_a_function_breaking_off_cuts_the_callers_connection(world: World) -> None:
