@@ -194,10 +194,9 @@ class StreamResponse:
             self._chunked = False  # HTTP/1.0 has no chunks: the end of the body is the close
             keep_alive = keep_alive and self._head_only
         self._keep_alive = keep_alive
-        if not keep_alive:
-            headers["Connection"] = "close"
-        elif request.version < (1, 1):
-            headers["Connection"] = "keep-alive"
+        connection = _connection(keep_alive, request.version)
+        if connection is not None:
+            headers["Connection"] = connection
         if "Date" not in headers:
             headers["Date"] = http_date()
         lines = [_status_line(self.status, self.reason)]
@@ -300,14 +299,21 @@ class PairsResponse(Response):
         lines += [f"{name}: {value}\r\n" for name, value in self.headers.items()]
         if body_length is not None and not has_no_body(self.status):
             lines.append(f"Content-Length: {body_length}\r\n")
-        if not keep_alive:
-            lines.append("Connection: close\r\n")
-        elif request.version < (1, 1):
-            lines.append("Connection: keep-alive\r\n")
+        connection = _connection(keep_alive, request.version)
+        if connection is not None:
+            lines.append(f"Connection: {connection}\r\n")
         if not dated:
             lines.append(f"Date: {http_date()}\r\n")
         lines.append("\r\n")
         return "".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+def _connection(keep_alive: bool, version: tuple[int, int]) -> str | None:
+    """The Connection header a response needs, if any: HTTP/1.1 keeps the connection unless
+    told, HTTP/1.0 closes it unless told."""
+    if not keep_alive:
+        return "close"
+    return "keep-alive" if version < (1, 1) else None
 
 
 _date_second = -1
