@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats_server import MAX_PAYLOAD, _launch, _ready_count, nats_server_binary
+from nats_server import MAX_PAYLOAD, _launch, _ready_count, freeze, nats_server_binary
 from ports import free_port
 
 CLUSTER_NAME = "fwatchdog-test"
@@ -92,7 +92,7 @@ class ClusterNode:
 
     def freeze(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        freeze(self.proc)
         self.frozen = True
 
     def thaw(self) -> None:

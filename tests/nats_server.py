@@ -4,6 +4,7 @@ directory, always stopped and reaped."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from ports import free_port
 
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -48,6 +50,13 @@ class NatsServer:
         self.proc = _launch(self.config, self.log_path)
         _wait_ready(self, ready)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the connections stay up, the server stops answering."""
+        freeze(self.proc)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -56,6 +65,17 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def freeze(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGSTOP ``proc`` and return once it has stopped: the signal takes effect
+    asynchronously, and a server on the other core may answer one more request meanwhile."""
+    proc.send_signal(signal.SIGSTOP)
+    process = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    while process.status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, f"process {proc.pid} did not stop"
+        time.sleep(0.001)
 
 
 def start_nats_server(

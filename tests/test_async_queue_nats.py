@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -498,7 +497,7 @@ def test_an_answer_lost_before_nats_came_back_does_not_mark_it_down_again(
         nc = q.link.connection
         assert nc is not None
         try:
-            server.proc.send_signal(signal.SIGSTOP)  # takes the request, never answers it
+            server.freeze()  # takes the request, never answers it
             sent = nc.stats["out_msgs"]
             lost = asyncio.create_task(q.depth())
             while nc.stats["out_msgs"] == sent or nc.pending_data_size:

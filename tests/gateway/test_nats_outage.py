@@ -12,7 +12,6 @@ again.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from collections import Counter
@@ -221,13 +220,13 @@ def test_a_frozen_nats_server_is_found_out_by_one_timeout_and_no_202_is_a_guess(
         before = _submit(gateway, "before")
         assert before.status == 202
         function.wait_for_calls([before.call_id])
-        server.proc.send_signal(signal.SIGSTOP)
+        server.freeze()
         try:
             frozen = _submit(gateway, "frozen")
             assert frozen.status == 503
             _assert_routes_unavailable(gateway, before.call_id)
         finally:
-            server.proc.send_signal(signal.SIGCONT)
+            server.thaw()
         again = _resubmit(gateway, "frozen", deadline)
         _wait_succeeded(gateway, {before.call_id, again.call_id}, deadline)
         runs = Counter(r.headers["X-Call-Id"] for r in function.requests)
@@ -237,5 +236,5 @@ def test_a_frozen_nats_server_is_found_out_by_one_timeout_and_no_202_is_a_guess(
             assert reply.status == 404, reply.text
         assert "Traceback" not in gateway.logs(), gateway.logs()
     finally:
-        server.proc.send_signal(signal.SIGCONT)
+        server.thaw()
         server.stop()

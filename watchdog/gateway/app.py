@@ -38,10 +38,10 @@ from .invoke import (
     Call,
     InvokeError,
     Invoker,
-    new_call_id,
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .proxy import body_pending
+from .queue.base import new_call_id
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 from .relay import answer_call
 

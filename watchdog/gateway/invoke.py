@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -36,6 +35,7 @@ from .proxy import (
     UpstreamResponse,
     small_body,
 )
+from .queue.base import new_call_id
 from .registry import Function, FunctionRegistry, InvalidName, split_ref
 
 CALL_ID_HEADER = "X-Call-Id"
@@ -66,18 +66,6 @@ class InvokeError(Exception):
     def internal(self) -> bool:
         """Always true: the function never produced this answer (``X-OpenFaaS-Internal``)."""
         return True
-
-
-def new_call_id() -> str:
-    """A random (version 4) UUID as text, formatted from 16 random bytes: the same as
-    ``str(uuid.uuid4())`` at less than half its cost, on every call."""
-    digits = os.urandom(16).hex()
-    variant = _UUID_VARIANT[digits[16]]
-    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
-
-
-# The variant bits of RFC 9562 (10xx) in the 17th hex digit, whatever random digit was there.
-_UUID_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def function_target(prefix: str, target: str) -> str:

@@ -16,7 +16,7 @@ outcome of the attempt that replaced it.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -67,7 +67,15 @@ class QueueFull(QueueError):
 
 
 def new_call_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, formatted from 16 random bytes: the same as
+    ``str(uuid.uuid4())`` at less than half its cost, on every call."""
+    digits = os.urandom(16).hex()
+    variant = _UUID_VARIANT[digits[16]]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+
+
+# The variant bits of RFC 9562 (10xx) in the 17th hex digit, whatever random digit was there.
+_UUID_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @dataclass(frozen=True, slots=True)

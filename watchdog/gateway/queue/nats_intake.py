@@ -21,7 +21,7 @@ from .clock import Clock
 from .nats_idempotency import Claim, IdempotencyKeys
 from .nats_jobs import JobStream
 from .nats_link import NatsLink, as_queue_errors, on_request_path
-from .nats_record import Record, b64, creation_stamp, header_pairs
+from .nats_record import Record, b64, creation_stamp, header_pairs, plain_state
 from .nats_store import RecordStore
 from .transitions import CallState
 
@@ -145,11 +145,11 @@ class NatsIntake:
 
 
 def new_record(request: CallRequest, state: CallState) -> Record:
-    """The record of a call just accepted (its job is filled in when stored)."""
-    rec = Record(
+    """The record of a call just accepted, in ``state`` (a new call's: no response or log
+    yet); its job is filled in when stored."""
+    return Record(
         call_id=request.call_id,
         function=request.function,
-        status="queued",
         method=request.method,
         path=request.path,
         query=request.query,
@@ -160,5 +160,5 @@ def new_record(request: CallRequest, state: CallState) -> Record:
         created_at=state.created_at,
         delay=state.delay,
         seq=creation_stamp(),
+        **plain_state(state),
     )
-    return rec.with_state(rec.state(), state)

@@ -131,13 +131,14 @@ class JobStream:
         """Publish a job for ``call_id``; it names the function (when known) so a lease can
         pass over calls of functions at their limit without reading their records, and the
         token of a first job (``first``) its record names it by."""
-        js = self.link.parts().js
+        writes = self.link.parts().writes
         fields: dict[str, object] = {"id": call_id, "at": self.clock.now(), "fn": function}
         if first:
             fields["first"] = first
         payload = json.dumps(fields).encode()
-        ack = await js.publish(self.names.subject, payload, stream=self.stream)
-        return int(ack.seq)
+        return await writes.publish(
+            self.names.subject, payload, timeout=timeout(), stream=self.stream
+        )
 
     async def drop(self, seq: int) -> None:
         """Delete a job that is no longer wanted (best effort: a job that survives is seen
@@ -185,7 +186,7 @@ class JobStream:
             await self.drop(seq)
             return
         try:
-            await self.link.parts().nc.request(held.msg.reply, b"+ACK", timeout=timeout())
+            await self.link.parts().writes.request(held.msg.reply, b"+ACK", timeout=timeout())
         except nats.errors.Error as exc:
             log.debug("acking job %s/%d: %s", self.stream, seq, reason(exc))
 

@@ -27,6 +27,7 @@ from nats.js.api import StreamInfo
 from nats.js.kv import KeyValue
 
 from .base import QueueClosed, QueueError, QueueUnavailable
+from .nats_writes import JetStreamWrites
 
 log = logging.getLogger("watchdog.gateway.queue")
 
@@ -80,6 +81,7 @@ returns the handles for the workers (TIMEOUT) and for the request path (DEADLINE
 
 class Parts(NamedTuple):
     nc: Client
+    writes: JetStreamWrites
     js: JetStreamContext
     records: KeyValue
     idempotency: KeyValue
@@ -122,6 +124,7 @@ class NatsLink:
         self.layout = layout
         self.streams = streams
         self._nc: Client | None = None
+        self._writes: JetStreamWrites | None = None
         self._handles: Handles | None = None
         # The same, with DEADLINE on every answer, for the request path.
         self._fast: Handles | None = None
@@ -150,10 +153,12 @@ class NatsLink:
             nc = await self._connect(deadline)
             self._nc = nc
             try:
+                self._writes = JetStreamWrites(nc)
+                await self._writes.start()
                 self._handles, self._fast = await self._set_up(nc, set_up, deadline)
             except BaseException:
                 await nc.close()
-                self._nc = None
+                self._nc = self._writes = None
                 raise
         finally:
             waiting.cancel()
@@ -235,7 +240,7 @@ class NatsLink:
         self.stop_watching()
         self.is_open = False
         nc = self._nc
-        self._nc = self._handles = self._fast = None
+        self._nc = self._writes = self._handles = self._fast = None
         self.up = False
         if nc is not None:
             try:
@@ -346,12 +351,12 @@ class NatsLink:
     # -- using it -------------------------------------------------------------------------
 
     def parts(self) -> Parts:
-        """The connection, JetStream and the two buckets; on the request path, the ones
-        that give each answer DEADLINE seconds."""
-        nc, handles, fast = self._nc, self._handles, self._fast
-        if not self.is_open or nc is None or handles is None or fast is None:
+        """The connection, its lean writes, JetStream and the two buckets; on the request
+        path, the ones that give each answer DEADLINE seconds."""
+        nc, writes, handles, fast = self._nc, self._writes, self._handles, self._fast
+        if not self.is_open or nc is None or writes is None or handles is None or fast is None:
             raise QueueClosed("queue is not open")
-        return Parts(nc, *(fast if _request_path.get() else handles))
+        return Parts(nc, writes, *(fast if _request_path.get() else handles))
 
     @property
     def connection(self) -> Client | None:

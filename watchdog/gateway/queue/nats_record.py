@@ -67,7 +67,7 @@ class Record:
     def encode(self) -> bytes:
         # Not dataclasses.asdict: its deep copy was most of an enqueue's CPU time.
         values = {name: getattr(self, name) for name in _FIELDS}
-        return json.dumps(values, separators=(",", ":")).encode()
+        return _ENCODER.encode(values).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
@@ -156,7 +156,14 @@ _PLAIN_STATE = (
 )
 """State fields a record holds as they are."""
 
+
+def plain_state(state: CallState) -> dict[str, Any]:
+    """The fields of ``state`` a record holds as they are."""
+    return {name: getattr(state, name) for name in _PLAIN_STATE}
+
+
 _FIELDS = tuple(item.name for item in fields(Record))
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
 
 
 _last_stamp = 0

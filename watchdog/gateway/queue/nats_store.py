@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 from collections.abc import Callable
 
 import nats.js.errors
@@ -19,7 +19,7 @@ from . import transitions
 from .base import QueueError
 from .clock import Clock
 from .nats_jobs import JobStream, pull_now
-from .nats_link import NatsLink, reason
+from .nats_link import NatsLink, reason, timeout
 from .nats_record import Record, b64, record_key
 from .transitions import CallState, Refused
 
@@ -80,13 +80,12 @@ class RecordStore:
         Raises:
             QueueError: the call id exists already, or the record is too large for NATS.
         """
-        records = self.link.parts().records
         if not self._clearly_fits(rec):
             self._check_size(rec)
         seq = await jobs.publish(rec.call_id, rec.function)
         rec.job = seq
         try:
-            revision = await records.create(record_key(rec.call_id), rec.encode())
+            revision = await self._create(rec.call_id, rec.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             await jobs.drop(seq)
             raise QueueError(f"call id {rec.call_id} already exists") from None
@@ -106,14 +105,13 @@ class RecordStore:
         Raises:
             QueueError: the call id exists already, or the record is too large for NATS.
         """
-        records = self.link.parts().records
         if not self._clearly_fits(rec):
             self._check_size(rec)
-        token = secrets.randbits(52) + 1
+        token = random.getrandbits(52) + 1  # tells jobs apart: nothing to keep secret
         rec.job = -token
         published, created = await asyncio.gather(
             jobs.publish(rec.call_id, rec.function, first=token),
-            records.create(record_key(rec.call_id), rec.encode()),
+            self._create(rec.call_id, rec.encode()),
             return_exceptions=True,
         )
         if isinstance(created, nats.js.errors.KeyWrongLastSequenceError):
@@ -157,7 +155,8 @@ class RecordStore:
         process holds (extend, complete) can skip the read; a stale copy only costs a retry
         (its write is refused, or its refusal decided again on the stored record).
         """
-        records = self.link.parts().records
+        writes = self.link.parts().writes
+        subject = self._subject(call_id)
         for _ in range(_CAS_TRIES):
             known = self._known.pop(call_id, None)
             loaded = known or await self.load(call_id)
@@ -173,7 +172,9 @@ class RecordStore:
                     continue
                 return None
             try:
-                written = await records.update(record_key(call_id), after.encode(), last=revision)
+                written = await writes.publish(
+                    subject, after.encode(), timeout=timeout(), last=revision
+                )
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             if keep:
@@ -207,6 +208,24 @@ class RecordStore:
             return None
         await jobs.drop(int(getattr(written[0], job_field)))
         return written
+
+    async def _create(self, call_id: str, value: bytes) -> int:
+        """Create the record of ``call_id``; return its revision.
+
+        Raises:
+            nats.js.errors.KeyWrongLastSequenceError: it exists.
+        """
+        parts = self.link.parts()
+        try:
+            return await parts.writes.publish(
+                self._subject(call_id), value, timeout=timeout(), last=0
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # A key deleted before has a tombstone: nats-py's create writes over it.
+            return int(await parts.records.create(record_key(call_id), value))
+
+    def _subject(self, call_id: str) -> str:
+        return f"$KV.{self.bucket}.{record_key(call_id)}"
 
     # -- sizes ----------------------------------------------------------------------------
 
