@@ -44,6 +44,11 @@ class JetStreamWrites:
         self._prefix = self._nc.new_inbox() + "."
         await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
 
+    @property
+    def waiting(self) -> int:
+        """Requests sent and not yet answered (or given up on)."""
+        return len(self._waiting)
+
     async def request(
         self,
         subject: str,
