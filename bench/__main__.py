@@ -307,6 +307,11 @@ def add_notes(run: Run, settings: Settings) -> None:
             f"{ROUNDS} interleaved rounds per concurrency, the round of median req/s shown "
             "(gateway sync: median p50); issue 13's targets compare with these rows."
         )
+    if any(row.scenario.startswith("8 queue") for row in run.measurements):
+        run.notes.append(
+            f"8 queue backends: {ROUNDS} interleaved rounds (each runs every backend in turn), "
+            "per row the round of median calls/s; every round's figures are in the JSON."
+        )
     if any(row.scenario.startswith("7 prefork") for row in run.measurements):
         run.notes.append(prefork_note(settings))
     if settings.drain_calls < 100_000 and any(

@@ -11,6 +11,9 @@ them), then the gateways start and their workers (32 each) run them to one ``cat
 the time is from the first gateway answering ``/healthz`` until the watchdog has answered N
 (counted on its ``http_requests_total``).
 
+Every row is measured in ROUNDS interleaved rounds and the round of median calls/s is kept:
+single runs on a shared machine swing by a third from one minute to the next.
+
 Every nats-server is started by the bench in its own directory and reaped at the end (the
 launchers of the tests: ``tests/nats_server.py``, ``tests/nats_cluster.py``).
 """
@@ -41,7 +44,7 @@ from ..procs import (
 )
 from ..report import Measurement, Run
 from .async_calls import FUNCTION, NAMESPACE, served
-from .common import Settings
+from .common import ROUNDS, Settings, median_round
 
 ACCEPT = "8 queue accept"
 DRAIN = "8 queue drain"
@@ -68,12 +71,22 @@ def label(backend: Backend, gateways: int) -> str:
 
 
 def run(result: Run, settings: Settings, run_dir: Path) -> None:
-    for make, counts in ((sqlite, (1,)), (nats_single, (1, 2)), (nats_cluster, (1, 2))):
-        for gateways in counts:
-            with make(run_dir / f"{make.__name__}-accept-{gateways}") as backend:
-                result.add(accept(backend, gateways, settings, run_dir))
-            with make(run_dir / f"{make.__name__}-drain-{gateways}") as backend:
-                result.add(drain(backend, gateways, run_dir))
+    """Every row ROUNDS times, the rounds interleaved (each round runs every backend in turn,
+    so a change in the shared machine's load moves them all); per row, the round of median
+    calls/s, with every round's figures in its ``extra``."""
+    rows: dict[tuple[str, str], list[Measurement]] = {}
+    for round_ in range(1, ROUNDS + 1):
+        for make, counts in ((sqlite, (1,)), (nats_single, (1, 2)), (nats_cluster, (1, 2))):
+            for gateways in counts:
+                where = run_dir / f"round{round_}-{make.__name__}"
+                with make(where / f"accept-{gateways}") as backend:
+                    measured = accept(backend, gateways, settings, run_dir)
+                rows.setdefault((measured.scenario, measured.path), []).append(measured)
+                with make(where / f"drain-{gateways}") as backend:
+                    measured = drain(backend, gateways, run_dir)
+                rows.setdefault((measured.scenario, measured.path), []).append(measured)
+    for rounds in rows.values():
+        result.add(median_round(rounds))
 
 
 @contextmanager
