@@ -39,9 +39,12 @@ def tests_on_path() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """The tests' own (``tests/ports.py``): a free loopback port never handed out before in
+    this run, as two picks in a row (a port and its metrics port) may get the same one."""
+    tests_on_path()
+    from ports import free_port as pick
+
+    return pick()
 
 
 def fwatchdog_command() -> list[str]:

@@ -14,7 +14,6 @@ import argparse
 import http.client
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,13 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from .procs import free_port
+
 ROOT = Path(__file__).parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthy(port: int) -> bool:
@@ -47,13 +42,13 @@ def _healthy(port: int) -> bool:
 def time_to_ready(executable: Path, directory: Path) -> tuple[float, float]:
     """Wall-clock seconds from exec to the first 200 from /_/health, and the CPU seconds the
     watchdog (and its fork server) used by then: the figure that a loaded machine bends least."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
         "TMPDIR": str(directory),
         "fprocess": "cat",
         "port": str(port),
-        "metrics_port": str(_free_port()),
+        "metrics_port": str(free_port()),
         "healthcheck_interval": "0",
     }
     started = time.perf_counter()
