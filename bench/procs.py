@@ -231,6 +231,7 @@ def is_zygote(proc: psutil.Process) -> bool:
 @dataclass(frozen=True)
 class Usage:
     cpu_seconds: float  # the process and its fork server, own time only
+    system_cpu_seconds: float  # the part of cpu_seconds spent in the kernel
     handler_cpu_seconds: float  # reaped children (the handlers), for reference
     rss_mb: float
     peak_rss_mb: float
@@ -249,19 +250,21 @@ class Meter:
         self._stop = threading.Event()
         self._peak = 0
         self._thread: threading.Thread | None = None
-        self._start: tuple[float, float] = (0.0, 0.0)
+        self._start: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self.usage: Usage | None = None
 
-    def _cpu(self) -> tuple[float, float]:
-        own = children = 0.0
+    def _cpu(self) -> tuple[float, float, float]:
+        """Own CPU seconds, the kernel's part of them, and the reaped children's."""
+        own = system = children = 0.0
         for proc in [self.proc, *_helpers(self.proc)]:
             try:
                 times = proc.cpu_times()
             except psutil.NoSuchProcess:
                 continue
             own += times.user + times.system
+            system += times.system
             children += times.children_user + times.children_system
-        return own, children
+        return own, system, children
 
     def rss(self) -> int:
         return int(self.proc.memory_info().rss)
@@ -284,11 +287,12 @@ class Meter:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        own, children = self._cpu()
+        own, system, children = self._cpu()
         rss = self.rss()
         self.usage = Usage(
             cpu_seconds=own - self._start[0],
-            handler_cpu_seconds=children - self._start[1],
+            system_cpu_seconds=system - self._start[1],
+            handler_cpu_seconds=children - self._start[2],
             rss_mb=round(rss / MB, 1),
             peak_rss_mb=round(max(self._peak, rss) / MB, 1),
             open_fds=self.proc.num_fds(),

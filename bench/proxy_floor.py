@@ -17,23 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import cast
 
 import httptools
-import psutil
 import uvloop
 
 from . import wrk
 from .anchors import DEFAULT_DIR, OF_WATCHDOG, find
-from .procs import free_port
-
-_HERE = Path(__file__).resolve().parent.parent
+from .procs import CHECKOUT, Children, Meter, Service, base_env, free_port, wait_port
 
 
 class _RelayUp(asyncio.Protocol):
@@ -170,22 +164,17 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
     uvloop.run(main())
 
 
-def _cpu_us(proc: psutil.Process) -> tuple[float, float]:
-    """User and system CPU seconds of ``proc`` and its children (not the upstream's)."""
-    family = [proc] + [p for p in proc.children(recursive=True) if p.name() != "sleep"]
-    times = [p.cpu_times() for p in family]
-    return sum(t.user for t in times), sum(t.system for t in times)
-
-
-def measure(port: int, pid: int, connections: int, seconds: float) -> tuple[float, float, float]:
-    """Requests/s and user, system µs per request."""
-    proc = psutil.Process(pid)
-    wrk.run(f"http://127.0.0.1:{port}/", connections=connections, seconds=1)  # warm-up
-    user, system = _cpu_us(proc)
-    result = wrk.run(f"http://127.0.0.1:{port}/", connections=connections, seconds=seconds)
-    user2, system2 = _cpu_us(proc)
+def measure(service: Service, connections: int, seconds: float) -> tuple[float, float, float]:
+    """Requests/s and user, system µs per request (of fwatchdog with its fork server, as the
+    bench meters it; not the upstream's ``sleep``)."""
+    wrk.run(service.url + "/", connections=connections, seconds=1)  # warm-up
+    with Meter(service.pid) as meter:
+        result = wrk.run(service.url + "/", connections=connections, seconds=seconds)
+    assert meter.usage is not None
     n = max(result.requests, 1)
-    return result.requests / result.seconds, (user2 - user) / n * 1e6, (system2 - system) / n * 1e6
+    system = meter.usage.system_cpu_seconds
+    user = meter.usage.cpu_seconds - system
+    return result.requests / result.seconds, user / n * 1e6, system / n * 1e6
 
 
 Subject = tuple[list[str], dict[str, str]]
@@ -212,15 +201,6 @@ def subjects(upstream_port: int) -> dict[str, Subject]:
     return chosen
 
 
-def start(subject: Subject) -> tuple[subprocess.Popen[bytes], int]:
-    argv, settings = subject
-    port = free_port()
-    env = {**os.environ, **settings, "port": str(port)}
-    argv = [arg.replace("{port}", str(port)) for arg in argv]
-    out = subprocess.DEVNULL
-    return subprocess.Popen(argv, cwd=_HERE, env=env, stdout=out, stderr=out), port
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         serve(argv[1], int(argv[2]), int(argv[3]))
@@ -230,40 +210,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     wrk.ensure_wrk()
-    upstream_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(upstream_port)])
-    started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    try:
-        for name, subject in subjects(upstream_port).items():
-            started[name] = start(subject)
-        for _, port in started.values():
-            _wait_port(port)
+    with tempfile.TemporaryDirectory() as run_dir, Children(Path(run_dir)) as children:
+        upstream_port = free_port()
+        upstream = [sys.executable, "-m", "bench.upstream", str(upstream_port)]
+        wait_port(children.start("upstream", upstream, base_env(Path(run_dir)), upstream_port))
+        started = {}
+        for name, (command, settings) in subjects(upstream_port).items():
+            port = free_port()
+            env = base_env(Path(run_dir), **settings, port=str(port))
+            argv = [arg.replace("{port}", str(port)) for arg in command]
+            started[name] = children.start(name, argv, env, port, cwd=CHECKOUT)
+        for service in started.values():
+            wait_port(service)
         for connections in (1, 16):
             for round_ in range(args.rounds):
-                for name, (proc, port) in started.items():
-                    rate, user, system = measure(port, proc.pid, connections, args.seconds)
+                for name, service in started.items():
+                    rate, user, system = measure(service, connections, args.seconds)
                     print(
                         f"c{connections} round {round_ + 1} {name:12s} {rate:8.0f} req/s "
                         f"user {user:6.1f} µs  system {system:6.1f} µs  per request",
                         flush=True,
                     )
-    finally:
-        for proc in [upstream] + [proc for proc, _ in started.values()]:
-            proc.terminate()
-            proc.wait(10)
     return 0
-
-
-def _wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 if __name__ == "__main__":
