@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import nats
 import nats.errors
@@ -19,11 +21,15 @@ from nats_server import NatsServer
 from watchdog.gateway.queue.nats_writes import JetStreamWrites
 
 
-async def _connected(server: NatsServer) -> tuple[nats.NATS, JetStreamWrites]:
+@asynccontextmanager
+async def _connected(server: NatsServer) -> AsyncIterator[tuple[nats.NATS, JetStreamWrites]]:
     nc = await nats.connect(server.url)
-    writes = JetStreamWrites(nc)
-    await writes.start()
-    return nc, writes
+    try:
+        writes = JetStreamWrites(nc)
+        await writes.start()
+        yield nc, writes
+    finally:
+        await nc.close()
 
 
 def test_publishes_return_the_stream_sequence_and_expected_stream_is_checked(
@@ -32,8 +38,7 @@ def test_publishes_return_the_stream_sequence_and_expected_stream_is_checked(
     name = f"w{uuid.uuid4().hex[:12]}"
 
     async def body() -> None:
-        nc, writes = await _connected(nats_server)
-        try:
+        async with _connected(nats_server) as (nc, writes):
             await nc.jetstream().add_stream(
                 StreamConfig(name=name, subjects=[f"{name}.>"], storage=StorageType.MEMORY)
             )
@@ -48,8 +53,6 @@ def test_publishes_return_the_stream_sequence_and_expected_stream_is_checked(
                 await writes.publish(f"{name}.a", b"3", timeout=5, stream="another")
             with pytest.raises(nats.js.errors.NoStreamResponseError):
                 await writes.publish(f"nobody.{name}", b"4", timeout=5)
-        finally:
-            await nc.close()
 
     run(body(), timeout=30)
 
@@ -60,8 +63,7 @@ def test_a_compare_and_set_that_does_not_match_is_a_wrong_last_sequence(
     bucket = f"w{uuid.uuid4().hex[:12]}"
 
     async def body() -> None:
-        nc, writes = await _connected(nats_server)
-        try:
+        async with _connected(nats_server) as (nc, writes):
             kv = await nc.jetstream().create_key_value(bucket=bucket, history=1)
             subject = f"$KV.{bucket}.key"
             first = await writes.publish(subject, b"one", timeout=5, last=0)
@@ -75,8 +77,6 @@ def test_a_compare_and_set_that_does_not_match_is_a_wrong_last_sequence(
             await kv.delete("key")  # a tombstone: creating it again takes nats-py's create
             with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
                 await writes.publish(subject, b"new", timeout=5, last=0)
-        finally:
-            await nc.close()
 
     run(body(), timeout=30)
 
@@ -85,13 +85,12 @@ def test_an_unanswered_request_times_out_and_is_forgotten(nats_server: NatsServe
     subject = f"silent.{uuid.uuid4().hex[:12]}"
 
     async def body() -> None:
-        nc, writes = await _connected(nats_server)
         heard: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
         async def listen_only(msg: Msg) -> None:
             heard.set_result(msg)  # takes the request, never answers
 
-        try:
+        async with _connected(nats_server) as (nc, writes):
             await nc.subscribe(subject, cb=listen_only)
             await nc.flush()
             started = time.monotonic()
@@ -102,7 +101,5 @@ def test_an_unanswered_request_times_out_and_is_forgotten(nats_server: NatsServe
             assert writes.waiting == 0  # nothing left waiting for a reply
             with pytest.raises(nats.errors.NoRespondersError):
                 await writes.request(f"nobody.{subject}", b"ping", timeout=5)
-        finally:
-            await nc.close()
 
     run(body(), timeout=30)
