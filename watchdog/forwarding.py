@@ -7,7 +7,7 @@ the client's Host goes on as ``X-Forwarded-Host`` and ``X-Forwarded-For/Proto`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Set
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,6 +30,7 @@ HOP_BY_HOP = frozenset(
 # Host (or the caller passes one), and the framing of the body is the proxy's to choose.
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
 NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+_DROPPED = NOT_FORWARDED | {"x-forwarded-for"}  # the client's goes on inside the proxy's own
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 
@@ -67,39 +68,29 @@ def connection_tokens_of(pairs: Iterable[tuple[str, str]]) -> set[str]:
     return tokens
 
 
-def forwarded_pairs(
-    request: ForwardedRequest, extra: Mapping[str, str] | None = None
-) -> list[tuple[str, str]]:
-    """The request's end-to-end headers plus ``X-Forwarded-For/Host/Proto`` and ``extra``
-    (which replace any of the same name), in order, as the upstream should get them."""
+def forwarded_pairs(request: ForwardedRequest, host: str | None = None) -> list[tuple[str, str]]:
+    """The request's end-to-end headers plus ``X-Forwarded-For/Host/Proto``, in order, as the
+    upstream should get them, and ``Host: host`` when given (else the caller's client writes
+    the upstream's own)."""
     source = request.headers
-    drop = NOT_FORWARDED | connection_tokens(source) if "Connection" in source else NOT_FORWARDED
-    replaced = {"x-forwarded-for"}
-    if extra:
-        replaced.update(name.lower() for name in extra)
-    pairs = [
-        (name, value)
-        for name, value in source.items()
-        if (lower := name.lower()) not in drop and lower not in replaced
-    ]
+    drop = _DROPPED | connection_tokens(source) if "Connection" in source else _DROPPED
+    pairs = [(name, value) for name, value in source.items() if name.lower() not in drop]
     peer = request.remote or ""
     prior = source.get("X-Forwarded-For")
     pairs.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    # The client's own X-Forwarded-Host/Proto win (an earlier proxy set them); extra wins over all.
-    for name, value in (("X-Forwarded-Host", request.host), ("X-Forwarded-Proto", request.scheme)):
-        lower = name.lower()
-        if lower not in replaced and (name not in source or lower in drop):
-            pairs.append((name, value))
-    if extra:
-        pairs.extend(extra.items())
+    # The client's own X-Forwarded-Host/Proto win (an earlier proxy set them).
+    if "X-Forwarded-Host" not in source or "x-forwarded-host" in drop:
+        pairs.append(("X-Forwarded-Host", request.host))
+    if "X-Forwarded-Proto" not in source or "x-forwarded-proto" in drop:
+        pairs.append(("X-Forwarded-Proto", request.scheme))
+    if host is not None:
+        pairs.append(("Host", host))
     return pairs
 
 
-def forwarded_headers(
-    request: ForwardedRequest, extra: Mapping[str, str] | None = None
-) -> CIMultiDict[str]:
+def forwarded_headers(request: ForwardedRequest) -> CIMultiDict[str]:
     """:func:`forwarded_pairs` as a multidict, for callers that edit them further."""
-    return CIMultiDict(forwarded_pairs(request, extra))
+    return CIMultiDict(forwarded_pairs(request))
 
 
 def returned_pairs(headers: Iterable[tuple[str, str]], tokens: Set[str]) -> list[tuple[str, str]]:

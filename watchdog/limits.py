@@ -140,6 +140,65 @@ class TaskTimeout:
                 raise TimeoutError from (exc if isinstance(exc, BaseException) else None)
 
 
+class Deadlines:
+    """One timeout for many requests' tasks, on a few loop timers: each request joins the
+    bucket of its deadline (rounded up to ``resolution``), and one timer per bucket cancels
+    the tasks still in it. A request pays a set insertion and removal, where a loop timer of
+    its own (:class:`TaskTimeout`) costs several microseconds on the hot path."""
+
+    __slots__ = ("_loop", "_seconds", "_resolution", "_buckets")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seconds: float, resolution: float = 0.01
+    ) -> None:
+        self._loop = loop
+        self._seconds = seconds
+        self._resolution = resolution
+        self._buckets: dict[int, set[Deadline]] = {}
+
+    def start(self) -> Deadline:
+        """The current task's deadline, ``seconds`` from now; :meth:`Deadline.end` it."""
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        tick = int((self._loop.time() + self._seconds) / self._resolution) + 1
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = set()
+            self._loop.call_at(tick * self._resolution, self._expire, tick)
+        deadline = Deadline(task, bucket)
+        bucket.add(deadline)
+        return deadline
+
+    def _expire(self, tick: int) -> None:
+        for deadline in self._buckets.pop(tick):
+            deadline.expire()
+
+
+class Deadline:
+    """One task's place in :class:`Deadlines`."""
+
+    __slots__ = ("_task", "_bucket", "_cancelling", "_expired")
+
+    def __init__(self, task: asyncio.Task[object], bucket: set[Deadline]) -> None:
+        self._task = task
+        self._bucket = bucket
+        self._cancelling = task.cancelling()
+        self._expired = False
+
+    def expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    def end(self) -> None:
+        self._bucket.discard(self)
+
+    def timed_out(self) -> bool:
+        """Whether a ``CancelledError`` in the task came from this deadline, as
+        ``asyncio.timeout`` decides it: its own cancellation is taken back, and it is the
+        deadline's unless somebody else asked to cancel the task meanwhile."""
+        return self._expired and self._task.uncancel() <= self._cancelling
+
+
 async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
     """Await one write to the client, raising :class:`ClientStalled` if it takes too long."""
     try:

@@ -308,6 +308,53 @@ class PairsResponse(Response):
         return "".join(lines).encode("utf-8", errors="surrogateescape")
 
 
+class Sent(StreamResponse):
+    """A response its handler wrote to the channel itself, head and body in one piece (a
+    relayed answer, see :func:`relayed_head`): the server has nothing left to send."""
+
+    __slots__ = ()
+
+    def __init__(self, status: int, channel: Channel) -> None:
+        super().__init__(status)
+        self._channel = channel
+        self._eof = True
+
+
+_RELAYED_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINE_CACHE_SIZE = 64
+
+
+def relayed_head(
+    status: int,
+    reason: bytes,
+    lines: list[bytes],
+    request: Framing,
+    *,
+    dated: bool,
+    body_length: int | None,
+) -> bytes:
+    """The head of a relayed answer, in bytes as it came: ``lines`` (``Name: value``) carry no
+    framing, which is added here as :meth:`StreamResponse.head_bytes` decides it for a body of
+    ``body_length`` bytes (a Content-Length; the Connection the request needs), with a Date
+    unless ``dated``."""
+    key = (status, reason)
+    status_line = _RELAYED_STATUS_LINES.get(key)
+    if status_line is None:
+        status_line = b"HTTP/1.1 %d %s" % key
+        if len(_RELAYED_STATUS_LINES) < _STATUS_LINE_CACHE_SIZE:
+            _RELAYED_STATUS_LINES[key] = status_line
+    parts = [status_line, *lines]
+    if body_length is not None and not has_no_body(status):
+        parts.append(b"Content-Length: %d" % body_length)
+    connection = _connection(request.keep_alive, request.version)
+    if connection is not None:
+        parts.append(b"Connection: " + connection.encode())
+    if not dated:
+        parts.append(b"Date: " + http_date().encode())
+    parts += (b"", b"")  # the blank line that ends the head
+    return b"\r\n".join(parts)
+
+
 def _connection(keep_alive: bool, version: tuple[int, int]) -> str | None:
     """The Connection header a response needs, if any: HTTP/1.1 keeps the connection unless
     told, HTTP/1.0 closes it unless told."""

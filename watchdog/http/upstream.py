@@ -20,6 +20,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from ..forwarding import HOP_BY_HOP
+
 HIGH_WATER = 256 * 1024
 """Response bytes buffered for a slow consumer before reading from the upstream pauses."""
 
@@ -30,6 +32,18 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _CHUNK_END = b"0\r\n\r\n"
 _NO_TOKENS: frozenset[str] = frozenset()
 
+# What a response header is to the client's parsing (lower-case name → kind); any other name
+# is returned to the client as it came.
+_CONTENT_LENGTH, _CONTENT_TYPE, _DATE, _TRANSFER_ENCODING, _CONNECTION, _HOP = range(6)
+_HEADER_KINDS: dict[bytes, int] = {
+    **{name.encode(): _HOP for name in HOP_BY_HOP},
+    b"content-length": _CONTENT_LENGTH,
+    b"content-type": _CONTENT_TYPE,
+    b"date": _DATE,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+
 
 def encode(text: str) -> bytes:
     """Header text to bytes: the inverse of the server's decoding, so any byte round-trips."""
@@ -38,6 +52,11 @@ def encode(text: str) -> bytes:
 
 def decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
+
+
+def _name_of(line: bytes) -> str:
+    """The lower-case name of a header line ``Name: value``."""
+    return decode(line.partition(b":")[0]).lower()
 
 
 class UpstreamError(Exception):
@@ -60,15 +79,18 @@ class UpstreamResponse:
 
     __slots__ = (
         "status",
-        "reason",
+        "raw_reason",
         "version",
-        "headers",
+        "raw_headers",
+        "returned",
         "content_length",
         "chunked",
         "typed",
+        "dated",
         "connection_tokens",
         "keep_alive",
         "complete",
+        "_headers",
         "_connection",
         "_chunks",
         "_buffered",
@@ -78,14 +100,21 @@ class UpstreamResponse:
 
     def __init__(self, connection: _Connection) -> None:
         self.status = 0
-        self.reason = ""
+        self.raw_reason = b""
         self.version = "1.1"
-        self.headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         """As received, in order, hop-by-hop ones included."""
+        self.returned: list[bytes] = []
+        """The header lines (``Name: value``, without CRLF) a proxy returns as they came: not
+        the hop-by-hop ones nor Content-Length (see :mod:`...forwarding`), but still those the
+        Connection header names (:attr:`connection_tokens`), which may come after them."""
         self.content_length: int | None = None
         self.chunked = False
         self.typed = False
         """It has a Content-Type."""
+        self.dated = False
+        """It has a Date."""
+        self._headers: list[tuple[str, str]] | None = None
         self.connection_tokens: frozenset[str] | set[str] = _NO_TOKENS
         """The header names its Connection header lists (lower case): hop-by-hop too."""
         self.keep_alive = False
@@ -96,6 +125,24 @@ class UpstreamResponse:
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+
+    @property
+    def reason(self) -> str:
+        return decode(self.raw_reason)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """:attr:`raw_headers` as text (decoded on first use: a relay needs only the bytes)."""
+        if self._headers is None:
+            self._headers = [(decode(name), decode(value)) for name, value in self.raw_headers]
+        return self._headers
+
+    def returned_lines(self) -> list[bytes]:
+        """:attr:`returned` without the headers the Connection header names."""
+        tokens = self.connection_tokens
+        if not tokens:
+            return self.returned
+        return [line for line in self.returned if _name_of(line) not in tokens]
 
     @property
     def buffered(self) -> int:
@@ -128,6 +175,16 @@ class UpstreamResponse:
         self._buffered = 0
         if self._connection is not None:
             self._connection.consumer_caught_up()
+        return data
+
+    def read_whole_nowait(self) -> bytes | None:
+        """The whole body if it has all arrived (read at once, no waiting), else None."""
+        if not self.complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
         return data
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -253,24 +310,28 @@ class _Connection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         assert self._response is not None
-        self._response.reason = decode(reason)
+        self._response.raw_reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self._response
         assert response is not None
-        header = decode(name)
-        text = decode(value)
-        response.headers.append((header, text))
-        lower = header.lower()
-        if lower == "content-length":
-            response.content_length = int(text) if text.isdigit() else None
-        elif lower == "content-type":
+        response.raw_headers.append((name, value))
+        kind = _HEADER_KINDS.get(name.lower())
+        if kind is None:  # most headers: returned as they came
+            response.returned.append(name + b": " + value)
+        elif kind == _CONTENT_LENGTH:
+            response.content_length = int(value) if value.isdigit() else None
+        elif kind == _CONTENT_TYPE:
             response.typed = True
-        elif lower == "transfer-encoding":
-            response.chunked = "chunked" in text.lower()
-        elif lower == "connection":
+            response.returned.append(name + b": " + value)
+        elif kind == _DATE:
+            response.dated = True
+            response.returned.append(name + b": " + value)
+        elif kind == _TRANSFER_ENCODING:
+            response.chunked = b"chunked" in value.lower()
+        elif kind == _CONNECTION:
             response.connection_tokens = response.connection_tokens | {
-                t.strip().lower() for t in text.split(",")
+                t.strip().lower() for t in decode(value).split(",")
             }
 
     def on_headers_complete(self) -> None:
@@ -482,8 +543,20 @@ class UpstreamPool:
             Whatever ``stream`` raised, when the client's body failed first.
         """
         chunked = stream is not None and content_length is None
-        head = _request_head(method, target, headers, body, stream, content_length)
-        connection = await self._connection()
+        head = request_head(method, target, headers, body, stream, content_length)
+        return await self.send(method, head, body, stream, chunked)
+
+    async def send(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | bytearray | None = None,
+        stream: BodySource | None = None,
+        chunked: bool = False,
+    ) -> UpstreamResponse:
+        """:meth:`request` with the head already written out, its framing included (a
+        Content-Length for ``body``; ``chunked`` for a ``stream`` of unknown length)."""
+        connection = self._idle_connection() or await self._connect()
         try:
             return await connection.send(method, head, body, stream, chunked)
         except UpstreamError:
@@ -507,7 +580,7 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send an upgrade request (its ``headers`` include ``Connection`` and ``Upgrade``)
         on a new connection; a ``101`` answer can then be :meth:`UpstreamResponse.detach`-ed."""
-        head = _request_head(method, target, headers, None, None, None)
+        head = request_head(method, target, headers, None, None, None)
         connection = await self._connect()
         try:
             return await connection.send(method, head, None, None, False)
@@ -524,7 +597,7 @@ class UpstreamPool:
         for connection in list(self._open):
             connection.close()
 
-    async def _connection(self) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()  # (get_running_loop costs a getpid() on Python 3.11)
         idle = self._idle
         while idle:
@@ -532,7 +605,7 @@ class UpstreamPool:
             if connection.usable(now, self.idle_timeout):
                 return connection
             connection.close()
-        return await self._connect()
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -559,7 +632,7 @@ class UpstreamPool:
             self._idle.remove(connection)
 
 
-def _request_head(
+def request_head(
     method: str,
     target: str,
     headers: Sequence[tuple[str, str]],
@@ -567,14 +640,15 @@ def _request_head(
     stream: BodySource | None,
     content_length: int | None,
 ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    """A request's head: ``headers`` as given, then the framing of its body, as
+    :meth:`UpstreamPool.request` describes it."""
+    lines = [f"{method} {target} HTTP/1.1", *map(": ".join, headers)]
     if body is not None:
-        lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append(f"Content-Length: {len(body)}")
     elif stream is not None:
         if content_length is not None:
-            lines.append(f"Content-Length: {content_length}\r\n")
+            lines.append(f"Content-Length: {content_length}")
         else:
-            lines.append("Transfer-Encoding: chunked\r\n")
-    lines.append("\r\n")
-    return encode("".join(lines))
+            lines.append("Transfer-Encoding: chunked")
+    lines += ("", "")  # the blank line that ends the head
+    return encode("\r\n".join(lines))

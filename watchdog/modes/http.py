@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
-from ..http import PairsResponse, Request, StreamResponse
+from ..http import PairsResponse, Request, Sent, StreamResponse, relayed_head
+from ..http.response import has_no_body
 from ..http.tunnel import Tunnel
-from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
+from ..http.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    encode,
+    request_head,
+)
 from ..limits import (
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
+    Deadlines,
     TaskTimeout,
     read_body,
     seconds_or_none,
@@ -46,6 +55,7 @@ log = logging.getLogger("watchdog.http")
 _PROBE_INTERVAL = 0.02
 _PROBE_TIMEOUT = 2.0
 _PROBE_BODY_LIMIT = 64 * 1024
+_DURATION_NAME = DURATION_HEADER.encode()
 
 WHOLE_BODY_LIMIT = 64 * 1024
 """A request or response body of at most this size with a known length is read whole and
@@ -77,6 +87,8 @@ class HttpRunner:
         self._probe_host = parts.netloc or f"{self._host}:{self._port}"
         self._pool = UpstreamPool(self._host, self._port)
         self._write_timeout = seconds_or_none(config.write_timeout)
+        self._exec_timeout = seconds_or_none(config.exec_timeout)
+        self._deadlines: Deadlines | None = None
         self._supervisor: Supervisor | None = None
         self._available = False  # the upstream runs and has accepted a connection
         self._consecutive_timeouts = 0
@@ -87,6 +99,8 @@ class HttpRunner:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._exec_timeout is not None:
+            self._deadlines = Deadlines(self._loop, self._exec_timeout)
         env = dict(self.config.environ)
         program = resolve_program(self.config.fprocess, env.get("PATH"))
         self._supervisor = Supervisor(
@@ -183,11 +197,14 @@ class HttpRunner:
     async def handle(self, request: Request, started: float) -> StreamResponse:
         if not self._available:
             return text_response(503, "Upstream is not running; it is being restarted\n", started)
-        timeout = self._deadline(request)
         read_timeout = self.config.read_timeout
         # (Monotonic time is the loop's time; asking the loop would cost a getpid() on 3.11.)
         exchange = _Exchange(started + read_timeout if read_timeout else None)
+        timeout = self._exec_timeout
         try:
+            if self._takes_express(request):
+                return await self._express(request, started, exchange)
+            timeout = self._deadline(request)
             if timeout is None:
                 return await self._route(request, started, exchange)
             assert self._loop is not None  # set by start(), before any request
@@ -216,6 +233,80 @@ class HttpRunner:
         finally:
             exchange.release()
 
+    def _takes_express(self, request: Request) -> bool:
+        """Whether :meth:`_express` takes the request: it is whole in hand (no body, or a small
+        one that has all arrived), neither an upgrade nor one with an X-Timeout of its own, and
+        buffer_http does not ask for a size limit."""
+        if self.config.buffer_http:
+            return False
+        headers = request.headers
+        if "Upgrade" in headers or "X-Timeout" in headers:
+            return False
+        if not request.body_exists:
+            return True
+        length = request.content_length
+        return length is not None and length <= WHOLE_BODY_LIMIT and request.content.complete
+
+    async def _express(
+        self, request: Request, started: float, exchange: _Exchange
+    ) -> StreamResponse:
+        """The hot path, most requests: sent whole in one write, and a small answer relayed
+        whole in one write too, its head from the upstream's bytes as they came. Under
+        exec_timeout (:class:`Deadlines`), as :meth:`_route` is; any other answer is relayed
+        as :meth:`_answer` relays it."""
+        method = request.method
+        if request.body_exists:
+            body: bytes | None = request.content.read_nowait()
+        else:
+            body = None if method in _BODYLESS_METHODS else b""
+        exchange.body.complete = True
+        headers = forwarded_pairs(request, request.host)
+        head = request_head(method, request.raw_path, headers, body, None, None)
+        deadline = self._deadlines.start() if self._deadlines is not None else None
+        try:
+            upstream = await self._pool.send(method, head, body)
+            exchange.upstream = upstream
+            if not _small_answer(request, upstream):
+                return await self._answer(request, started, exchange, upstream)
+            answer = upstream.read_whole_nowait()
+            if answer is None:  # not all here yet
+                answer = await upstream.read()
+        except asyncio.CancelledError:
+            if deadline is not None and deadline.timed_out():
+                raise TimeoutError from None
+            raise
+        finally:
+            if deadline is not None:
+                deadline.end()
+        exchange.answered = True
+        self._consecutive_timeouts = 0
+        sent = exchange.response = self._relay_whole(request, started, upstream, answer)
+        channel = request.channel
+        if channel.congested:  # the deadline costs nothing while the client keeps up
+            await within_write_timeout(channel.drain(), self._write_timeout)
+        return sent
+
+    @staticmethod
+    def _relay_whole(
+        request: Request, started: float, upstream: UpstreamResponse, body: bytes
+    ) -> Sent:
+        """Write the upstream's whole answer to the client in one piece."""
+        status = upstream.status
+        no_body = has_no_body(status)
+        lines = upstream.returned_lines()
+        lines.append(b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started))
+        head = relayed_head(
+            status,
+            upstream.raw_reason,
+            lines,
+            request,
+            dated=upstream.dated,
+            body_length=None if no_body else len(body),
+        )
+        channel = request.channel
+        channel.write_head(head, None if no_body else body)
+        return Sent(status, channel)
+
     async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
         if _is_websocket(request):
             return await self._proxy_upgrade(request, started, exchange)
@@ -235,7 +326,7 @@ class HttpRunner:
         return limit
 
     async def _proxy(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
-        headers = forwarded_pairs(request, {"Host": request.host})
+        headers = forwarded_pairs(request, request.host)
         method = request.method
         body = exchange.body
         if self.config.buffer_http or _small_body(request):
@@ -267,13 +358,7 @@ class HttpRunner:
         headers = _returned_headers(upstream)
         headers.append((DURATION_HEADER, duration_value(started)))
         length = upstream.content_length
-        if (
-            length is not None
-            and length <= WHOLE_BODY_LIMIT
-            and request.method != "HEAD"
-            and upstream.typed
-        ):
-            # (Without a Content-Type of its own a whole Response would be given a default.)
+        if _small_answer(request, upstream):
             return PairsResponse(upstream.status, upstream.reason, headers, await upstream.read())
         response = StreamResponse(upstream.status, upstream.reason)
         response.headers.extend(headers)
@@ -293,7 +378,7 @@ class HttpRunner:
         """A WebSocket: the handshake goes to the upstream; on its 101 the two connections are
         joined byte for byte (frames pass untouched) until either side closes."""
         exchange.body.complete = True  # an upgrade request has no body: the handshake is all
-        headers = forwarded_pairs(request, {"Host": request.host})
+        headers = forwarded_pairs(request, request.host)
         headers += [("Connection", "Upgrade"), ("Upgrade", request.headers.get("Upgrade", ""))]
         upstream = await self._pool.open(request.method, request.raw_path, headers)
         if not upstream.upgraded:
@@ -365,6 +450,18 @@ def _small_body(request: Request) -> bool:
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
     return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
+
+
+def _small_answer(request: Request, upstream: UpstreamResponse) -> bool:
+    """The answer is relayed whole: a body of a known length up to :data:`WHOLE_BODY_LIMIT`
+    and a Content-Type of its own (a whole Response without one would be given a default)."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and length <= WHOLE_BODY_LIMIT
+        and request.method != "HEAD"
+        and upstream.typed
+    )
 
 
 async def _read_whole(request: Request, body: _BodyState, limit: int | None) -> bytes | bytearray:
