@@ -346,11 +346,12 @@ def relayed_head(
     parts = [status_line, *lines]
     if body_length is not None and not has_no_body(status):
         parts.append(b"Content-Length: %d" % body_length)
-    connection = _connection(request.keep_alive, request.version)
-    if connection is not None:
-        parts.append(b"Connection: " + connection.encode())
+    if not request.keep_alive:
+        parts.append(b"Connection: close")
+    elif request.version < (1, 1):
+        parts.append(b"Connection: keep-alive")
     if not dated:
-        parts.append(b"Date: " + http_date().encode())
+        parts.append(http_date_line())
     parts += (b"", b"")  # the blank line that ends the head
     return b"\r\n".join(parts)
 
@@ -365,13 +366,21 @@ def _connection(keep_alive: bool, version: tuple[int, int]) -> str | None:
 
 _date_second = -1
 _date_value = ""
+_date_line = b""
 
 
 def http_date() -> str:
     """The Date header, formatted once a second."""
-    global _date_second, _date_value
+    global _date_second, _date_value, _date_line
     now = int(time.time())
     if now != _date_second:
         _date_second = now
         _date_value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        _date_line = b"Date: " + _date_value.encode()
     return _date_value
+
+
+def http_date_line() -> bytes:
+    """``Date: ...`` (:func:`http_date`) as a head line in bytes."""
+    http_date()
+    return _date_line
