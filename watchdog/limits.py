@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
@@ -67,6 +68,61 @@ class InflightLimiter:
 
     def refusal_text(self) -> str:
         return f"Concurrent request limit exceeded. Max concurrent requests: {self.limit}\n"
+
+
+class InflightMetrics(Protocol):
+    """What :class:`Admission` counts in (the watchdog's metrics)."""
+
+    @property
+    def in_flight(self) -> Gauge: ...
+
+    def observe(self, status: int, method: str, seconds: float) -> None: ...
+
+
+class Gauge(Protocol):
+    def inc(self, amount: float = 1.0) -> None: ...
+
+    def dec(self, amount: float = 1.0) -> None: ...
+
+
+class Admission:
+    """What the server does around every request to the function, whichever path answers
+    it: the in-flight cap (:class:`InflightLimiter`) and the request metrics."""
+
+    __slots__ = ("limiter", "_metrics")
+
+    def __init__(self, limiter: InflightLimiter, metrics: InflightMetrics) -> None:
+        self.limiter = limiter
+        self._metrics = metrics
+
+    def admit(self) -> bool:
+        """Count a request in, unless max_inflight are already in."""
+        if not self.limiter.try_acquire():
+            return False
+        self._metrics.in_flight.inc()
+        return True
+
+    def withdraw(self) -> None:
+        """Count an admitted request out again, unanswered (it will be admitted anew)."""
+        self.limiter.release()
+        self._metrics.in_flight.dec()
+
+    def discharge(self, status: int, method: str, started: float) -> None:
+        """Count an admitted request out, answered with ``status`` (``started``: its
+        ``time.monotonic()`` arrival)."""
+        self.limiter.release()
+        self._metrics.in_flight.dec()
+        self._metrics.observe(status, method, time.monotonic() - started)
+
+
+class Admitted:
+    """The note of a request that was admitted before its handler got it (an express
+    handing it over), timed from ``started``."""
+
+    __slots__ = ("started",)
+
+    def __init__(self, started: float) -> None:
+        self.started = started
 
 
 async def read_body(
@@ -140,11 +196,17 @@ class TaskTimeout:
                 raise TimeoutError from (exc if isinstance(exc, BaseException) else None)
 
 
+class Expiring(Protocol):
+    """What :class:`Deadlines` keeps: told when its time is up."""
+
+    def expire(self) -> None: ...
+
+
 class Deadlines:
-    """One timeout for many requests' tasks, on a few loop timers: each request joins the
-    bucket of its deadline (rounded up to ``resolution``), and one timer per bucket cancels
-    the tasks still in it. A request pays a set insertion and removal, where a loop timer of
-    its own (:class:`TaskTimeout`) costs several microseconds on the hot path."""
+    """One timeout for many requests, on a few loop timers: each request joins the bucket of
+    its deadline (rounded up to ``resolution``), and one timer per bucket expires what is
+    still in it. A request pays a set insertion and removal, where a loop timer of its own
+    (:class:`TaskTimeout`) costs several microseconds on the hot path."""
 
     __slots__ = ("_loop", "_seconds", "_resolution", "_buckets")
 
@@ -154,36 +216,40 @@ class Deadlines:
         self._loop = loop
         self._seconds = seconds
         self._resolution = resolution
-        self._buckets: dict[int, set[Deadline]] = {}
+        self._buckets: dict[int, set[Expiring]] = {}
 
-    def start(self) -> Deadline:
-        """The current task's deadline, ``seconds`` from now; :meth:`Deadline.end` it."""
-        task = asyncio.current_task(self._loop)
-        assert task is not None
+    def add(self, item: Expiring) -> set[Expiring]:
+        """Expire ``item`` ``seconds`` from now, unless it is removed from the set returned
+        before then."""
         tick = int((self._loop.time() + self._seconds) / self._resolution) + 1
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = set()
             self._loop.call_at(tick * self._resolution, self._expire, tick)
-        deadline = Deadline(task, bucket)
-        bucket.add(deadline)
-        return deadline
+        bucket.add(item)
+        return bucket
+
+    def start(self) -> Deadline:
+        """The current task's deadline; :meth:`Deadline.end` it."""
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        return Deadline(task, self)
 
     def _expire(self, tick: int) -> None:
-        for deadline in self._buckets.pop(tick):
-            deadline.expire()
+        for item in self._buckets.pop(tick):
+            item.expire()
 
 
 class Deadline:
-    """One task's place in :class:`Deadlines`."""
+    """One task's place in :class:`Deadlines`: its expiry cancels the task."""
 
     __slots__ = ("_task", "_bucket", "_cancelling", "_expired")
 
-    def __init__(self, task: asyncio.Task[object], bucket: set[Deadline]) -> None:
+    def __init__(self, task: asyncio.Task[object], deadlines: Deadlines) -> None:
         self._task = task
-        self._bucket = bucket
         self._cancelling = task.cancelling()
         self._expired = False
+        self._bucket = deadlines.add(self)
 
     def expire(self) -> None:
         self._expired = True

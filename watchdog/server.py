@@ -19,7 +19,15 @@ from . import __version__
 from .config import WatchdogConfig
 from .health import Health
 from .http import HttpServer, Limits, Request, Response, StreamResponse
-from .limits import ClientStalled, InflightLimiter, seconds_or_none, send_whole
+from .http.express import NOTE
+from .limits import (
+    Admission,
+    Admitted,
+    ClientStalled,
+    InflightLimiter,
+    seconds_or_none,
+    send_whole,
+)
 from .logs import FunctionLog, bad_request_log
 from .metrics import WatchdogMetrics
 from .modes import Runner, build_runner
@@ -44,6 +52,7 @@ class Watchdog:
         self.metrics = WatchdogMetrics(self.processes)
         self.health = Health(None if config.suppress_lock else config.lock_path)
         self.limiter = InflightLimiter(config.max_inflight)
+        self.admission = Admission(self.limiter, self.metrics)
         function_log = FunctionLog(
             prefix=config.prefix_logs,
             json_format=config.log_format == "json",
@@ -94,7 +103,8 @@ class Watchdog:
             max_field=_MAX_FIELD,
             max_head=_MAX_HEAD,
         )
-        self._http = HttpServer(self._dispatch, limits, bad_request_log())
+        express = self.runner.express(self.admission)
+        self._http = HttpServer(self._dispatch, limits, bad_request_log(), express)
         await self._http.listen(self.config.port, reuse_address=True)
         log.info("Listening on port: %s", self._http.port)
         self._metrics_http = HttpServer(self.metrics.serve, limits, bad_request_log())
@@ -138,14 +148,13 @@ class Watchdog:
         return await self._invoke(request)
 
     async def _invoke(self, request: Request) -> StreamResponse:
-        started = time.monotonic()
-        if not self.limiter.try_acquire():
-            self.metrics.rejected.labels(reason="max_inflight").inc()
-            self.metrics.observe(429, request.method, time.monotonic() - started)
-            refusal = text_response(429, self.limiter.refusal_text(), started)
-            refusal.headers["Retry-After"] = "1"
-            return refusal
-        self.metrics.in_flight.inc()
+        admitted = request.state.get(NOTE)
+        if isinstance(admitted, Admitted):  # by the express, which handed it over
+            started = admitted.started
+        else:
+            started = time.monotonic()
+            if not self.admission.admit():
+                return self._refuse_inflight(request, started)
         status = 500
         try:
             response = await self.runner.handle(request, started)
@@ -158,9 +167,14 @@ class Watchdog:
             status = sent_status(request) or 499
             raise
         finally:
-            self.limiter.release()
-            self.metrics.in_flight.dec()
-            self.metrics.observe(status, request.method, time.monotonic() - started)
+            self.admission.discharge(status, request.method, started)
+
+    def _refuse_inflight(self, request: Request, started: float) -> Response:
+        self.metrics.rejected.labels(reason="max_inflight").inc()
+        self.metrics.observe(429, request.method, time.monotonic() - started)
+        refusal = text_response(429, self.limiter.refusal_text(), started)
+        refusal.headers["Retry-After"] = "1"
+        return refusal
 
     async def _send(self, request: Request, response: StreamResponse) -> None:
         """Write a response the mode returned unsent, within write_timeout, while the request

@@ -17,6 +17,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
+from .express import NOTE, Call, Express
 from .request import BodyStream, Request
 from .response import Response, StreamResponse
 
@@ -60,10 +61,17 @@ class Limits:
 class ServerState:
     """What the connections of one listener share."""
 
-    def __init__(self, handler: Handler, limits: Limits, bad_request: BadRequestLog) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        bad_request: BadRequestLog,
+        express: Express | None = None,
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.bad_request = bad_request
+        self.express = express
         self.connections: set[HttpProtocol] = set()
         self.draining = False
 
@@ -100,7 +108,9 @@ class HttpProtocol(asyncio.Protocol):
         self._expect_continue = False
         # Requests parsed, in order: the one being handled first.
         self._pipeline: deque[Request] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | Call | None = None  # the request in flight
+        self._held: Call | None = None  # a head the express may take, its body arriving
+        self._held_parts: list[bytes] = []
         self._head_sent = False  # for the request being handled
         self._lingering: tuple[Request, StreamResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -138,6 +148,8 @@ class HttpProtocol(asyncio.Protocol):
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
         if self._task is not None and not self._detached:
             self._task.cancel()
+            if isinstance(self._task, Call):
+                self._task = None  # (a task is done when its cancellation has run)
         self._check_finished()
 
     def data_received(self, data: bytes) -> None:
@@ -164,6 +176,8 @@ class HttpProtocol(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             self._refuse(400, str(exc) or "malformed request")
+        if self._held is not None:  # its body is still arriving: the ordinary path waits for it
+            self._enqueue(self._request_of(self._release_held(), complete=False))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -203,8 +217,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        request = self._request()
         self._waiting_since = None
+        if self._state.express is not None and self._task is None and not self._pipeline:
+            self._held = self._express_call()
+            if self._held is not None:
+                return  # taken (or not) once its body is here: on_message_complete
+        self._enqueue(self._request())
+
+    def _enqueue(self, request: Request) -> None:
         self._pipeline.append(request)
         if self._task is None:
             self._start_next()
@@ -212,6 +232,9 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        if self._held is not None:
+            self._held_parts.append(body)
+            return
         body_stream = self._body
         if body_stream is not None:
             body_stream.feed_data(body)
@@ -219,6 +242,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()  # too much unwanted body to wait for the end of
 
     def on_message_complete(self) -> None:
+        if self._held is not None:
+            self._offer(self._release_held())
+            return
         if self._body is not None:
             self._body.feed_eof()
             self._body = None
@@ -226,6 +252,77 @@ class HttpProtocol(asyncio.Protocol):
         lingering, self._lingering = self._lingering, None
         if lingering is not None:
             self._after_response(*lingering)
+
+    def _express_call(self) -> Call | None:
+        """The head as the express takes it, when it is one: HTTP/1.x with a Host, no body or
+        a small one of a known length, no upgrade, no ``Expect``."""
+        parser = self._parser
+        headers = self._headers
+        version = _EXPRESS_VERSIONS.get(parser.get_http_version())
+        host = headers.get("Host")
+        if version is None or not host:
+            return None
+        if "Transfer-Encoding" in headers or "Expect" in headers or "Upgrade" in headers:
+            return None  # a body of unknown length, a wait for 100 Continue, an upgrade
+        method = parser.get_method().decode("ascii")
+        length = _content_length(headers)
+        if method == "CONNECT" or length is not None and length > _EXPRESS_BODY_LIMIT:
+            return None
+        return Call(
+            method,
+            self._url.decode("utf-8", "surrogateescape"),
+            version,
+            headers,
+            host,
+            parser.should_keep_alive(),
+            length,
+            self._remote,
+            self,
+        )
+
+    def _release_held(self) -> Call:
+        call = self._held
+        assert call is not None
+        parts = self._held_parts
+        if parts:
+            call.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._held_parts = []
+        self._held = None
+        return call
+
+    def _offer(self, call: Call) -> None:
+        """A call whole in hand: to the express, or on the ordinary path if it declines."""
+        assert self._state.express is not None
+        self._task = call
+        if not self._state.express.take(call):
+            self._task = None
+            self._enqueue(self._request_of(call, complete=True))
+
+    def _request_of(self, call: Call, *, complete: bool) -> Request:
+        """The ordinary request of a call (its body whole when ``complete``, else only the
+        start of it: the rest feeds the stream as it arrives)."""
+        assert self._transport is not None
+        body_exists = bool(call.content_length)
+        content = BodyStream(self, eof=complete or not body_exists)
+        if call.body:
+            content.feed_data(call.body)
+        if not content.complete:
+            self._body = content
+        return Request(
+            method=call.method,
+            raw_path=call.raw_path,
+            version=call.version,
+            headers=call.headers,
+            content=content,
+            body_exists=body_exists,
+            content_length=call.content_length,
+            keep_alive=call.keep_alive,
+            upgrade=False,
+            transport=self._transport,
+            connection=self,
+            remote=self._remote,
+            sockname=self._sockname,
+        )
 
     def _request(self) -> Request:
         assert self._transport is not None
@@ -312,14 +409,13 @@ class HttpProtocol(asyncio.Protocol):
         if not request.content.complete and self._parsing and not self._expect_continue:
             self._linger(request, response)
             return
-        keep_alive = (
-            response.keep_alive is not False
-            and request.keep_alive
-            and request.content.complete
-            and (self._parsing or bool(self._pipeline))
-            and not self._state.draining
+        self._next(
+            response.keep_alive is not False and request.keep_alive and request.content.complete
         )
-        if not keep_alive:
+
+    def _next(self, keep_alive: bool) -> None:
+        """An answer is out: on to the next request, or close (not ``keep_alive``)."""
+        if not keep_alive or not (self._parsing or self._pipeline) or self._state.draining:
             self._close()
             return
         if self._pipeline:
@@ -328,6 +424,25 @@ class HttpProtocol(asyncio.Protocol):
             self._await_head()
         else:
             self._close()  # a refused head or an upgrade that was answered without one
+
+    # -- the express's side ---------------------------------------------------------------
+
+    def express_done(self, call: Call, keep_alive: bool) -> None:
+        if self._task is call:
+            self._task = None
+        self._check_finished()
+        if not self._closed:
+            self._next(keep_alive and call.keep_alive)
+
+    def hand_off(self, call: Call, note: object | None) -> None:
+        if self._task is not call or self._closed:
+            return
+        request = self._request_of(call, complete=True)
+        if note is not None:
+            request.state[NOTE] = note
+        self._task = None
+        self._pipeline.appendleft(request)
+        self._start_next()
 
     def _linger(self, request: Request, response: StreamResponse) -> None:
         """Read and drop the rest of a body the handler did not want, then go on as if it had
@@ -428,6 +543,7 @@ class HttpProtocol(asyncio.Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """A head the server does not accept: log it, answer, close. Reading stops."""
         self._parsing = False
+        self._held = None
         self._state.bad_request(self._remote, reason)
         self.pause_reading()
         if self._body is not None:
@@ -492,6 +608,9 @@ class _Unparsed:
 
 
 _REFUSAL_CONTEXT = _Unparsed()
+
+_EXPRESS_BODY_LIMIT = 64 * 1024
+_EXPRESS_VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0)}
 
 
 _VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}

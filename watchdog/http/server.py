@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from .express import Express
 from .protocol import BadRequestLog, Handler, HttpProtocol, Limits, ServerState
 
 
 class HttpServer:
     """Serves ``handler`` on one port until :meth:`shutdown`."""
 
-    def __init__(self, handler: Handler, limits: Limits, bad_request: BadRequestLog) -> None:
-        self._state = ServerState(handler, limits, bad_request)
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        bad_request: BadRequestLog,
+        express: Express | None = None,
+    ) -> None:
+        """``express``: takes what requests it can first (:mod:`.express`)."""
+        self._state = ServerState(handler, limits, bad_request, express)
         self._server: asyncio.Server | None = None
 
     async def listen(

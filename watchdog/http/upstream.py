@@ -28,7 +28,7 @@ HIGH_WATER = 256 * 1024
 IDLE_TIMEOUT = 30.0
 """An idle pooled connection older than this is closed rather than reused."""
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _CHUNK_END = b"0\r\n\r\n"
 _NO_TOKENS: frozenset[str] = frozenset()
 
@@ -98,7 +98,7 @@ class UpstreamResponse:
         "_error",
     )
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: UpstreamConnection) -> None:
         self.status = 0
         self.raw_reason = b""
         self.version = "1.1"
@@ -120,7 +120,7 @@ class UpstreamResponse:
         self.keep_alive = False
         self.complete = False
         """The whole body has arrived (it may still be buffered here, unread)."""
-        self._connection: _Connection | None = connection
+        self._connection: UpstreamConnection | None = connection
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -237,7 +237,7 @@ class UpstreamResponse:
             waiter.set_result(None)
 
 
-class _Connection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: writes requests, parses responses with httptools."""
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -516,8 +516,8 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.ssl = ssl
         """TLS to the upstream when given (the gateway's https functions)."""
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
         self.opened = 0
         """Connections made so far (a measure of how well keep-alive works)."""
 
@@ -556,12 +556,12 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """:meth:`request` with the head already written out, its framing included (a
         Content-Length for ``body``; ``chunked`` for a ``stream`` of unknown length)."""
-        connection = self._idle_connection() or await self._connect()
+        connection = self.take_idle() or await self._connect()
         try:
             return await connection.send(method, head, body, stream, chunked)
         except UpstreamError:
             connection.close()
-            replayable = stream is None and method in _IDEMPOTENT
+            replayable = stream is None and method in IDEMPOTENT
             if not (replayable and connection.reused and connection.closed_before_answering()):
                 raise
         except BaseException:
@@ -597,7 +597,8 @@ class UpstreamPool:
         for connection in list(self._open):
             connection.close()
 
-    def _idle_connection(self) -> _Connection | None:
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection fit for a request (out of the pool until it is kept again)."""
         now = time.monotonic()  # (get_running_loop costs a getpid() on Python 3.11)
         idle = self._idle
         while idle:
@@ -607,11 +608,11 @@ class UpstreamPool:
             connection.close()
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await loop.create_connection(
-                lambda: _Connection(self), self.host, self.port, ssl=self.ssl
+                lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl
             )
         except OSError as exc:
             reason = exc.strerror or str(exc) or exc.__class__.__name__
@@ -622,11 +623,11 @@ class UpstreamPool:
 
     # -- called by connections --------------------------------------------------------------
 
-    def keep(self, connection: _Connection) -> None:
+    def keep(self, connection: UpstreamConnection) -> None:
         connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: UpstreamConnection) -> None:
         self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)

@@ -6,6 +6,8 @@ import asyncio
 from typing import Protocol
 
 from ..http import Request, StreamResponse
+from ..http.express import Express
+from ..limits import Admission
 
 
 class Runner(Protocol):
@@ -20,6 +22,10 @@ class Runner(Protocol):
 
     async def handle(self, request: Request, started: float) -> StreamResponse:
         """Answer one request. ``started`` is its ``time.monotonic()`` arrival time."""
+
+    def express(self, admission: Admission) -> Express | None:
+        """The mode's hot path for the commonest requests (:mod:`..http.express`), if it has
+        one, counting its requests with ``admission``; called once the mode has started."""
 
     def healthy(self) -> bool:
         """Whether the mode can serve at all (``/_/health``)."""

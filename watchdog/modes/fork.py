@@ -24,6 +24,7 @@ from ..config import WatchdogConfig
 from ..forkserver import ForkServer
 from ..http import Request, Response, StreamResponse
 from ..limits import (
+    Admission,
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
@@ -101,6 +102,9 @@ class ForkRunner:
         )
         spawner.start()
         return spawner
+
+    def express(self, admission: Admission) -> None:
+        return None  # every request takes the ordinary path
 
     def healthy(self) -> bool:
         return self.processes.can_spawn_handlers

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
 from ..http import PairsResponse, Request, Sent, StreamResponse, relayed_head
+from ..http.express import NOTE
 from ..http.response import has_no_body
 from ..http.tunnel import Tunnel
 from ..http.upstream import (
@@ -30,6 +31,7 @@ from ..http.upstream import (
     request_head,
 )
 from ..limits import (
+    Admission,
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
@@ -49,6 +51,7 @@ from ..responses import (
     text_response,
 )
 from ..supervisor import Supervisor
+from .http_express import ExpressNote, HttpExpress
 
 log = logging.getLogger("watchdog.http")
 
@@ -128,6 +131,17 @@ class HttpRunner:
     def healthy(self) -> bool:
         return self._available
 
+    @property
+    def available(self) -> bool:
+        """The upstream runs and accepts connections."""
+        return self._available
+
+    def answered(self) -> None:
+        self._consecutive_timeouts = 0
+
+    def express(self, admission: Admission) -> HttpExpress:
+        return HttpExpress(self, self._pool, admission, self._deadlines)
+
     async def ready(self) -> bool:
         if not self._available:
             return False
@@ -201,7 +215,10 @@ class HttpRunner:
         # (Monotonic time is the loop's time; asking the loop would cost a getpid() on 3.11.)
         exchange = _Exchange(started + read_timeout if read_timeout else None)
         timeout = self._exec_timeout
+        note = request.state.get(NOTE)
         try:
+            if isinstance(note, ExpressNote):
+                return await self._after_express(request, started, exchange, note)
             if self._takes_express(request):
                 return await self._express(request, started, exchange)
             timeout = self._deadline(request)
@@ -232,6 +249,24 @@ class HttpRunner:
             )
         finally:
             exchange.release()
+
+    async def _after_express(
+        self, request: Request, started: float, exchange: _Exchange, note: ExpressNote
+    ) -> StreamResponse:
+        """Go on from where the express handed the request over (:mod:`.http_express`)."""
+        exchange.body.complete = True  # the express sent it whole
+        if note.timed_out:
+            raise TimeoutError
+        if note.error is not None:
+            raise note.error
+        assert note.upstream is not None
+        exchange.upstream = note.upstream
+        remaining = None
+        if self._exec_timeout is not None:
+            remaining = max(self._exec_timeout - (time.monotonic() - started), 0.0)
+        assert self._loop is not None
+        async with TaskTimeout(self._loop, remaining):
+            return await self._answer(request, started, exchange, note.upstream)
 
     def _takes_express(self, request: Request) -> bool:
         """Whether :meth:`_express` takes the request: it is whole in hand (no body, or a small

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from ..config import WatchdogConfig
 from ..http import Request, Response, StreamResponse
 from ..http.files import FileResponse
+from ..limits import Admission
 
 
 class StaticRootError(Exception):
@@ -28,6 +29,9 @@ class StaticRunner:
         if not self._root.is_dir():
             raise StaticRootError(f"static_path={str(self._root)!r} is not a directory")
         self._root = self._root.resolve()
+
+    def express(self, admission: Admission) -> None:
+        return None  # every request takes the ordinary path
 
     def healthy(self) -> bool:
         return True

@@ -1,0 +1,220 @@
+"""mode=http's hot path: a request whole in hand, proxied from callbacks, without a task.
+
+Most requests to a function are a head with no body or a small one, answered with a small
+body of a known length. For those the express (:mod:`..http.express`) writes the request to a
+pooled upstream connection in one write as soon as it has arrived, and the answer to the client
+in one write as soon as it has arrived: no request object, no task, no coroutines. Whatever
+else happens (an answer to stream, an upstream that failed, exec_timeout, no idle connection)
+goes to :class:`.HttpRunner`'s ordinary path, with a note (:class:`ExpressNote`) of how far
+the express got, so that every rule is written once: there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from ..forwarding import forwarded_pairs
+from ..http.express import Call
+from ..http.response import has_no_body, relayed_head
+from ..http.upstream import (
+    IDEMPOTENT,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    request_head,
+)
+from ..limits import Admission, Admitted, Deadlines, Expiring
+from ..responses import DURATION_HEADER
+
+WHOLE_ANSWER_LIMIT = 64 * 1024
+"""The longest answer relayed whole by the express; longer ones stream (the ordinary path)."""
+
+_DURATION_NAME = DURATION_HEADER.encode()
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class Upstream(Protocol):
+    """What the express needs of the runner that supervises the upstream."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def answered(self) -> None:
+        """An answer came (the upstream is not hung)."""
+
+
+class ExpressNote(Admitted):
+    """How far the express got with a request it handed to the ordinary path: admitted, and
+    sent to the upstream, whose answer's head is ``upstream`` (to relay), or which failed
+    with ``error``, or did not answer within exec_timeout (``timed_out``)."""
+
+    __slots__ = ("upstream", "error", "timed_out")
+
+    def __init__(
+        self,
+        started: float,
+        *,
+        upstream: UpstreamResponse | None = None,
+        error: BaseException | None = None,
+        timed_out: bool = False,
+    ) -> None:
+        super().__init__(started)
+        self.upstream = upstream
+        self.error = error
+        self.timed_out = timed_out
+
+
+class HttpExpress:
+    """Takes the requests it can answer whole from callbacks (:meth:`take`)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        pool: UpstreamPool,
+        admission: Admission,
+        deadlines: Deadlines | None,
+    ) -> None:
+        self.upstream = upstream
+        self.pool = pool
+        self.admission = admission
+        self.deadlines = deadlines
+
+    def take(self, call: Call) -> bool:
+        path = call.raw_path
+        if (
+            not self.upstream.available
+            or path[:1] != "/"  # another form of target, refused by the ordinary path
+            or path.startswith("/_/")
+            or "X-Timeout" in call.headers
+        ):
+            return False
+        connection = self.pool.take_idle()
+        if connection is None:
+            return False  # the ordinary path connects (once; then there are idle ones)
+        if not self.admission.admit():
+            self.pool.keep(connection)
+            return False  # the ordinary path refuses it (429)
+        exchange = _Exchange(self, call, connection, time.monotonic())
+        call.on_cancel = exchange.cancel
+        body = call.body
+        if body is None and call.method not in _BODYLESS_METHODS:
+            body = b""  # "Content-Length: 0", as HTTP clients send it
+        headers = forwarded_pairs(call, call.host)
+        head = request_head(call.method, call.raw_path, headers, body, None, None)
+        if self.deadlines is not None:
+            exchange.bucket = self.deadlines.add(exchange)
+        answer = connection.send(call.method, head, body, None, False)
+        answer.add_done_callback(exchange.on_head)
+        return True
+
+
+class _Exchange:
+    """One request taken by the express, from its sending to its end."""
+
+    __slots__ = ("express", "call", "connection", "started", "bucket", "over")
+
+    def __init__(
+        self,
+        express: HttpExpress,
+        call: Call,
+        connection: UpstreamConnection,
+        started: float,
+    ) -> None:
+        self.express = express
+        self.call = call
+        self.connection = connection
+        self.started = started
+        self.bucket: set[Expiring] | None = None
+        self.over = False
+
+    def on_head(self, answer: asyncio.Future[UpstreamResponse]) -> None:
+        if self.over:
+            return
+        bucket = self.bucket
+        if bucket is not None:
+            bucket.discard(self)
+            self.bucket = None
+        error = answer.exception()
+        if error is not None:
+            self._failed(error)
+            return
+        upstream = answer.result()
+        length = upstream.content_length
+        body = None
+        if (
+            length is not None
+            and length <= WHOLE_ANSWER_LIMIT
+            and upstream.typed  # else the ordinary path gives it the default Content-Type
+            and self.call.method != "HEAD"
+        ):
+            body = upstream.read_whole_nowait()
+        if body is None:  # to stream, or not all here yet: the ordinary path relays it
+            self._hand_off(ExpressNote(self.started, upstream=upstream))
+            return
+        self.over = True
+        self.express.upstream.answered()
+        call = self.call
+        try:
+            call.send(_whole_answer(call, upstream, body, self.started))
+        except ConnectionError:
+            pass  # the client went away: nothing to tell anyone
+        upstream.release()
+        self.express.admission.discharge(upstream.status, call.method, self.started)
+        call.finish()
+
+    def _failed(self, error: BaseException) -> None:
+        self.connection.close()
+        call = self.call
+        if (
+            isinstance(error, UpstreamError)
+            and call.method in IDEMPOTENT
+            and self.connection.reused
+            and self.connection.closed_before_answering()
+        ):
+            # The upstream closed an idle connection just as it was reused: the ordinary
+            # path sends the request again, on a new one.
+            self.over = True
+            self.express.admission.withdraw()
+            call.hand_off()
+            return
+        self._hand_off(ExpressNote(self.started, error=error))
+
+    def expire(self) -> None:
+        """exec_timeout: the upstream did not answer in time."""
+        if not self.over:
+            self.connection.close()
+            self._hand_off(ExpressNote(self.started, timed_out=True))
+
+    def cancel(self) -> None:
+        """The client went away (or draining ended) first: counted as nginx counts it, 499."""
+        if not self.over:
+            self.over = True
+            self._end_deadline()
+            self.connection.close()
+            self.express.admission.discharge(499, self.call.method, self.started)
+
+    def _hand_off(self, note: ExpressNote) -> None:
+        self.over = True
+        self._end_deadline()
+        self.call.hand_off(note)
+
+    def _end_deadline(self) -> None:
+        if self.bucket is not None:
+            self.bucket.discard(self)
+            self.bucket = None
+
+
+def _whole_answer(call: Call, upstream: UpstreamResponse, body: bytes, started: float) -> bytes:
+    """The upstream's answer, head and body, in one piece for one write."""
+    status = upstream.status
+    no_body = has_no_body(status)
+    lines = upstream.returned_lines()
+    lines.append(b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started))
+    length = None if no_body else len(body)
+    head = relayed_head(
+        status, upstream.raw_reason, lines, call, dated=upstream.dated, body_length=length
+    )
+    return head if no_body else head + body
