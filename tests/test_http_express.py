@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from conftest import RunningWatchdog
 from test_http_mode import start_http
@@ -110,3 +111,41 @@ def test_exec_timeout_is_a_504_that_counts_towards_hung(start_watchdog) -> None:
         assert reply.status == 504 and reply.text == "Upstream did not answer within 500ms\n"
     wd.wait_for_log("2 consecutive requests timed out")
     _wait_for(lambda: wd.request("GET", "/_/ready").status == 200, timeout=15, what="back")
+
+
+def test_requests_that_fall_due_together_all_get_their_504(start_watchdog) -> None:
+    wd = start_http(start_watchdog, exec_timeout="500ms", upstream_hung_after="0")
+    with ThreadPoolExecutor(4) as pool:  # four idle pooled connections for the express
+        assert (
+            list(pool.map(lambda _: wd.request("GET", "/slow?s=0.2").status, range(4))) == [200] * 4
+        )
+        replies = list(pool.map(lambda _: wd.request("GET", "/slow?s=30"), range(4)))
+    assert [reply.status for reply in replies] == [504] * 4, [r.text for r in replies]
+
+
+def _in_flight(wd: RunningWatchdog) -> float:
+    found = re.search(r"^http_requests_in_flight (\S+)", wd.metrics(), re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+def test_a_client_that_stops_reading_small_answers_is_cut_off(start_watchdog) -> None:
+    wd = start_http(start_watchdog, write_timeout="1s")
+    _warm(wd)
+    ask = b"GET /sized?n=60000 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", wd.port))
+        for sent in range(1, 1000):  # one at a time, each after the last was written
+            sock.sendall(ask)
+            _wait_for(
+                lambda answered=sent + 1: (
+                    _in_flight(wd) == 1 or _count(wd.metrics(), "200", "get") == answered
+                ),
+                timeout=10,
+                what="the answer written or held",
+            )
+            if _in_flight(wd) == 1:
+                break  # the client's buffers are full: the answer waits, holding its slot
+        wd.wait_for_log("within write_timeout; cut off")
+        _wait_for(lambda: _in_flight(wd) == 0, timeout=10, what="the slot given back")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
@@ -203,29 +204,34 @@ class Expiring(Protocol):
 
 
 class Deadlines:
-    """One timeout for many requests, on a few loop timers: each request joins the bucket of
-    its deadline (rounded up to ``resolution``), and one timer per bucket expires what is
-    still in it. A request pays a set insertion and removal, where a loop timer of its own
-    (:class:`TaskTimeout`) costs several microseconds on the hot path."""
+    """One timeout for many requests, on one loop timer: each request joins the bucket of its
+    deadline (rounded up to 1/200 of the timeout: late by at most 0.5%), and the timer,
+    armed for the oldest bucket, expires what is still in it. A request pays a set insertion
+    and removal, where a loop timer of its own (:class:`TaskTimeout`) costs several
+    microseconds on the hot path; at most 200 buckets are pending at a time."""
 
-    __slots__ = ("_loop", "_seconds", "_resolution", "_buckets")
+    __slots__ = ("_loop", "_seconds", "_resolution", "_buckets", "_timer")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, resolution: float = 0.01
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         self._loop = loop
         self._seconds = seconds
-        self._resolution = resolution
-        self._buckets: dict[int, set[Expiring]] = {}
+        self._resolution = max(seconds / 200, 0.001)
+        # (tick, bucket), oldest first: deadlines are added in the order they fall due.
+        self._buckets: deque[tuple[int, set[Expiring]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, item: Expiring) -> set[Expiring]:
         """Expire ``item`` ``seconds`` from now, unless it is removed from the set returned
         before then."""
         tick = int((self._loop.time() + self._seconds) / self._resolution) + 1
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = set()
-            self._loop.call_at(tick * self._resolution, self._expire, tick)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == tick:
+            bucket = buckets[-1][1]
+        else:
+            bucket = set()
+            buckets.append((tick, bucket))
+            if self._timer is None:
+                self._arm(tick)
         bucket.add(item)
         return bucket
 
@@ -235,9 +241,21 @@ class Deadlines:
         assert task is not None
         return Deadline(task, self)
 
-    def _expire(self, tick: int) -> None:
-        for item in self._buckets.pop(tick):
-            item.expire()
+    def _arm(self, tick: int) -> None:
+        self._timer = self._loop.call_at(tick * self._resolution, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        buckets = self._buckets
+        now = self._loop.time() + 0.001  # (timers may fire a little early)
+        while buckets:
+            tick, bucket = buckets[0]
+            if tick * self._resolution > now:
+                self._arm(tick)
+                return
+            buckets.popleft()
+            while bucket:  # (an item may take itself out as it expires)
+                bucket.pop().expire()
 
 
 class Deadline:

@@ -30,6 +30,10 @@ class CallOwner(Protocol):
     @property
     def congested(self) -> bool: ...
 
+    async def drain(self) -> None: ...
+
+    def cut(self) -> None: ...
+
     def express_done(self, call: Call, keep_alive: bool) -> None: ...
 
     def hand_off(self, call: Call, note: object | None) -> None: ...
@@ -97,6 +101,18 @@ class Call:
             ConnectionResetError: the client went away.
         """
         self._owner.write_head(data, None)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken enough of what was written (:attr:`congested`).
+
+        Raises:
+            ConnectionResetError: the client went away.
+        """
+        await self._owner.drain()
+
+    def cut(self) -> None:
+        """Abort the connection: a client that stopped reading."""
+        self._owner.cut()
 
     def finish(self, keep_alive: bool = True) -> None:
         """The answer is written whole: on to the connection's next request (``keep_alive``

@@ -434,6 +434,9 @@ class HttpProtocol(asyncio.Protocol):
         if not self._closed:
             self._next(keep_alive and call.keep_alive)
 
+    def cut(self) -> None:
+        self._abort()
+
     def hand_off(self, call: Call, note: object | None) -> None:
         if self._task is not call or self._closed:
             return

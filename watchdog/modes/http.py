@@ -139,8 +139,10 @@ class HttpRunner:
     def answered(self) -> None:
         self._consecutive_timeouts = 0
 
-    def express(self, admission: Admission) -> HttpExpress:
-        return HttpExpress(self, self._pool, admission, self._deadlines)
+    def express(self, admission: Admission) -> HttpExpress | None:
+        if self.config.buffer_http:
+            return None  # every body is read whole first, and bounded: the ordinary path's
+        return HttpExpress(self, self._pool, admission, self._deadlines, self._write_timeout)
 
     async def ready(self) -> bool:
         if not self._available:

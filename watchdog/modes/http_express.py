@@ -12,6 +12,7 @@ the express got, so that every rule is written once: there.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
@@ -26,8 +27,10 @@ from ..http.upstream import (
     UpstreamResponse,
     request_head,
 )
-from ..limits import Admission, Admitted, Deadlines, Expiring
+from ..limits import Admission, Admitted, ClientStalled, Deadlines, Expiring, within_write_timeout
 from ..responses import DURATION_HEADER
+
+log = logging.getLogger("watchdog.http")
 
 WHOLE_ANSWER_LIMIT = 64 * 1024
 """The longest answer relayed whole by the express; longer ones stream (the ordinary path)."""
@@ -76,11 +79,13 @@ class HttpExpress:
         pool: UpstreamPool,
         admission: Admission,
         deadlines: Deadlines | None,
+        write_timeout: float | None,
     ) -> None:
         self.upstream = upstream
         self.pool = pool
         self.admission = admission
         self.deadlines = deadlines
+        self.write_timeout = write_timeout
 
     def take(self, call: Call) -> bool:
         path = call.raw_path
@@ -162,7 +167,27 @@ class _Exchange:
         except ConnectionError:
             pass  # the client went away: nothing to tell anyone
         upstream.release()
+        if call.congested:  # it holds its max_inflight slot until taken, as any answer does
+            asyncio.ensure_future(self._finish_when_taken(upstream.status))
+            return
         self.express.admission.discharge(upstream.status, call.method, self.started)
+        call.finish()
+
+    async def _finish_when_taken(self, status: int) -> None:
+        """Finish once the client has taken the answer; cut it off after write_timeout."""
+        call = self.call
+        try:
+            await within_write_timeout(call.drain(), self.express.write_timeout)
+        except ClientStalled:
+            log.warning(
+                "Client did not read the response to %s %s within write_timeout; cut off",
+                call.method,
+                call.raw_path,
+            )
+            call.cut()
+        except ConnectionError:
+            pass  # the client went away
+        self.express.admission.discharge(status, call.method, self.started)
         call.finish()
 
     def _failed(self, error: BaseException) -> None:
