@@ -159,7 +159,7 @@ class _Exchange:
         if body is None:  # to stream, or not all here yet: the ordinary path relays it
             self._hand_off(ExpressNote(self.started, upstream=upstream))
             return
-        self.over = True
+        self._end()
         self.express.upstream.answered()
         call = self.call
         try:
@@ -201,7 +201,7 @@ class _Exchange:
         ):
             # The upstream closed an idle connection just as it was reused: the ordinary
             # path sends the request again, on a new one.
-            self.over = True
+            self._end()
             self.express.admission.withdraw()
             call.hand_off()
             return
@@ -216,13 +216,20 @@ class _Exchange:
     def cancel(self) -> None:
         """The client went away (or draining ended) first: counted as nginx counts it, 499."""
         if not self.over:
-            self.over = True
+            self._end()
             self._end_deadline()
             self.connection.close()
             self.express.admission.discharge(499, self.call.method, self.started)
 
-    def _hand_off(self, note: ExpressNote) -> None:
+    def _end(self) -> None:
+        """Nothing more to do for this request: unhook it from its call, so that the two (a
+        reference cycle, holding the request's body) go as soon as they are dropped, not at
+        the collector's next full pass."""
         self.over = True
+        self.call.on_cancel = _nothing
+
+    def _hand_off(self, note: ExpressNote) -> None:
+        self._end()
         self._end_deadline()
         self.call.hand_off(note)
 
@@ -230,6 +237,10 @@ class _Exchange:
         if self.bucket is not None:
             self.bucket.discard(self)
             self.bucket = None
+
+
+def _nothing() -> None:
+    pass
 
 
 def _whole_answer(call: Call, upstream: UpstreamResponse, body: bytes, started: float) -> bytes:
