@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
-from ..http import PairsResponse, Request, Sent, StreamResponse, relayed_head
+from ..http import PairsResponse, Request, Sent, StreamResponse
 from ..http.express import NOTE
-from ..http.response import has_no_body
 from ..http.tunnel import Tunnel
 from ..http.upstream import (
     UpstreamError,
@@ -51,23 +50,24 @@ from ..responses import (
     text_response,
 )
 from ..supervisor import Supervisor
-from .http_express import ExpressNote, HttpExpress
+from .http_express import (
+    BODYLESS_METHODS,
+    ExpressNote,
+    HttpExpress,
+    small_answer,
+    whole_answer,
+)
 
 log = logging.getLogger("watchdog.http")
 
 _PROBE_INTERVAL = 0.02
 _PROBE_TIMEOUT = 2.0
 _PROBE_BODY_LIMIT = 64 * 1024
-_DURATION_NAME = DURATION_HEADER.encode()
 
 WHOLE_BODY_LIMIT = 64 * 1024
 """A request or response body of at most this size with a known length is read whole and
 sent together with its head: one write (one system call) instead of head, body and end apart,
 which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
-
-# Methods a body-less request is sent with "Content-Length: 0" for, as HTTP clients do: an
-# upstream may otherwise wait for a body or refuse with 411.
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class UpstreamStartError(Exception):
@@ -221,8 +221,8 @@ class HttpRunner:
         try:
             if isinstance(note, ExpressNote):
                 return await self._after_express(request, started, exchange, note)
-            if self._takes_express(request):
-                return await self._express(request, started, exchange)
+            if self._whole_in_hand(request):
+                return await self._proxy_whole(request, started, exchange)
             timeout = self._deadline(request)
             if timeout is None:
                 return await self._route(request, started, exchange)
@@ -270,10 +270,10 @@ class HttpRunner:
         async with TaskTimeout(self._loop, remaining):
             return await self._answer(request, started, exchange, note.upstream)
 
-    def _takes_express(self, request: Request) -> bool:
-        """Whether :meth:`_express` takes the request: it is whole in hand (no body, or a small
-        one that has all arrived), neither an upgrade nor one with an X-Timeout of its own, and
-        buffer_http does not ask for a size limit."""
+    def _whole_in_hand(self, request: Request) -> bool:
+        """Whether :meth:`_proxy_whole` takes a request the express did not: it is whole in
+        hand (no body, or a small one that has all arrived), neither an upgrade nor one with an
+        X-Timeout of its own, and buffer_http does not ask for a size limit."""
         if self.config.buffer_http:
             return False
         headers = request.headers
@@ -284,18 +284,18 @@ class HttpRunner:
         length = request.content_length
         return length is not None and length <= WHOLE_BODY_LIMIT and request.content.complete
 
-    async def _express(
+    async def _proxy_whole(
         self, request: Request, started: float, exchange: _Exchange
     ) -> StreamResponse:
-        """The hot path, most requests: sent whole in one write, and a small answer relayed
-        whole in one write too, its head from the upstream's bytes as they came. Under
+        """A request whole in hand, as the express proxies it but in the request's task: sent
+        whole in one write, and a small answer relayed whole in one write too. Under
         exec_timeout (:class:`Deadlines`), as :meth:`_route` is; any other answer is relayed
         as :meth:`_answer` relays it."""
         method = request.method
         if request.body_exists:
             body: bytes | None = request.content.read_nowait()
         else:
-            body = None if method in _BODYLESS_METHODS else b""
+            body = None if method in BODYLESS_METHODS else b""
         exchange.body.complete = True
         headers = forwarded_pairs(request, request.host)
         head = request_head(method, request.raw_path, headers, body, None, None)
@@ -303,7 +303,7 @@ class HttpRunner:
         try:
             upstream = await self._pool.send(method, head, body)
             exchange.upstream = upstream
-            if not _small_answer(request, upstream):
+            if not small_answer(request, upstream):
                 return await self._answer(request, started, exchange, upstream)
             answer = upstream.read_whole_nowait()
             if answer is None:  # not all here yet
@@ -317,32 +317,12 @@ class HttpRunner:
                 deadline.end()
         exchange.answered = True
         self._consecutive_timeouts = 0
-        sent = exchange.response = self._relay_whole(request, started, upstream, answer)
         channel = request.channel
+        channel.write_head(whole_answer(request, upstream, answer, started), None)
+        sent = exchange.response = Sent(upstream.status, channel)
         if channel.congested:  # the deadline costs nothing while the client keeps up
             await within_write_timeout(channel.drain(), self._write_timeout)
         return sent
-
-    @staticmethod
-    def _relay_whole(
-        request: Request, started: float, upstream: UpstreamResponse, body: bytes
-    ) -> Sent:
-        """Write the upstream's whole answer to the client in one piece."""
-        status = upstream.status
-        no_body = has_no_body(status)
-        lines = upstream.returned_lines()
-        lines.append(b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started))
-        head = relayed_head(
-            status,
-            upstream.raw_reason,
-            lines,
-            request,
-            dated=upstream.dated,
-            body_length=None if no_body else len(body),
-        )
-        channel = request.channel
-        channel.write_head(head, None if no_body else body)
-        return Sent(status, channel)
 
     async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
         if _is_websocket(request):
@@ -373,7 +353,7 @@ class HttpRunner:
             upstream = await self._pool.request(method, request.raw_path, headers, whole)
         elif not request.body_exists:
             body.complete = True
-            empty = None if method in _BODYLESS_METHODS else b""
+            empty = None if method in BODYLESS_METHODS else b""
             upstream = await self._pool.request(method, request.raw_path, headers, empty)
         else:
             upstream = await self._pool.request(
@@ -395,7 +375,7 @@ class HttpRunner:
         headers = _returned_headers(upstream)
         headers.append((DURATION_HEADER, duration_value(started)))
         length = upstream.content_length
-        if _small_answer(request, upstream):
+        if small_answer(request, upstream):
             return PairsResponse(upstream.status, upstream.reason, headers, await upstream.read())
         response = StreamResponse(upstream.status, upstream.reason)
         response.headers.extend(headers)
@@ -487,18 +467,6 @@ def _small_body(request: Request) -> bool:
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
     return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
-
-
-def _small_answer(request: Request, upstream: UpstreamResponse) -> bool:
-    """The answer is relayed whole: a body of a known length up to :data:`WHOLE_BODY_LIMIT`
-    and a Content-Type of its own (a whole Response without one would be given a default)."""
-    length = upstream.content_length
-    return (
-        length is not None
-        and length <= WHOLE_BODY_LIMIT
-        and request.method != "HEAD"
-        and upstream.typed
-    )
 
 
 async def _read_whole(request: Request, body: _BodyState, limit: int | None) -> bytes | bytearray:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from ..forwarding import forwarded_pairs
 from ..http.express import Call
-from ..http.response import has_no_body, relayed_head
+from ..http.response import Framing, has_no_body, relayed_head
 from ..http.upstream import (
     IDEMPOTENT,
     UpstreamConnection,
@@ -36,7 +36,9 @@ WHOLE_ANSWER_LIMIT = 64 * 1024
 """The longest answer relayed whole by the express; longer ones stream (the ordinary path)."""
 
 _DURATION_NAME = DURATION_HEADER.encode()
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods a body-less request is sent with "Content-Length: 0" for, as HTTP clients do: an
+upstream may otherwise wait for a body or refuse with 411."""
 
 
 class Upstream(Protocol):
@@ -105,8 +107,8 @@ class HttpExpress:
         exchange = _Exchange(self, call, connection, time.monotonic())
         call.on_cancel = exchange.cancel
         body = call.body
-        if body is None and call.method not in _BODYLESS_METHODS:
-            body = b""  # "Content-Length: 0", as HTTP clients send it
+        if body is None and call.method not in BODYLESS_METHODS:
+            body = b""
         headers = forwarded_pairs(call, call.host)
         head = request_head(call.method, call.raw_path, headers, body, None, None)
         if self.deadlines is not None:
@@ -147,15 +149,7 @@ class _Exchange:
             self._failed(error)
             return
         upstream = answer.result()
-        length = upstream.content_length
-        body = None
-        if (
-            length is not None
-            and length <= WHOLE_ANSWER_LIMIT
-            and upstream.typed  # else the ordinary path gives it the default Content-Type
-            and self.call.method != "HEAD"
-        ):
-            body = upstream.read_whole_nowait()
+        body = upstream.read_whole_nowait() if small_answer(self.call, upstream) else None
         if body is None:  # to stream, or not all here yet: the ordinary path relays it
             self._hand_off(ExpressNote(self.started, upstream=upstream))
             return
@@ -163,7 +157,7 @@ class _Exchange:
         self.express.upstream.answered()
         call = self.call
         try:
-            call.send(_whole_answer(call, upstream, body, self.started))
+            call.send(whole_answer(call, upstream, body, self.started))
         except ConnectionError:
             pass  # the client went away: nothing to tell anyone
         upstream.release()
@@ -243,14 +237,30 @@ def _nothing() -> None:
     pass
 
 
-def _whole_answer(call: Call, upstream: UpstreamResponse, body: bytes, started: float) -> bytes:
-    """The upstream's answer, head and body, in one piece for one write."""
+def small_answer(request: Framing, upstream: UpstreamResponse) -> bool:
+    """The answer is relayed whole: a body of a known length up to
+    :data:`WHOLE_ANSWER_LIMIT` and a Content-Type of its own (a whole answer without one
+    would be given a default), to a request other than HEAD."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and length <= WHOLE_ANSWER_LIMIT
+        and upstream.typed
+        and request.method != "HEAD"
+    )
+
+
+def whole_answer(
+    request: Framing, upstream: UpstreamResponse, body: bytes, started: float
+) -> bytes:
+    """The upstream's answer to ``request``, head (with the duration since ``started``) and
+    body, in one piece for one write."""
     status = upstream.status
     no_body = has_no_body(status)
     lines = upstream.returned_lines()
     lines.append(b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started))
     length = None if no_body else len(body)
     head = relayed_head(
-        status, upstream.raw_reason, lines, call, dated=upstream.dated, body_length=length
+        status, upstream.raw_reason, lines, request, dated=upstream.dated, body_length=length
     )
     return head if no_body else head + body
