@@ -235,12 +235,6 @@ class Deadlines:
         bucket.add(item)
         return bucket
 
-    def start(self) -> Deadline:
-        """The current task's deadline; :meth:`Deadline.end` it."""
-        task = asyncio.current_task(self._loop)
-        assert task is not None
-        return Deadline(task, self)
-
     def _arm(self, tick: int) -> None:
         self._timer = self._loop.call_at(tick * self._resolution, self._expire)
 
@@ -256,31 +250,6 @@ class Deadlines:
             buckets.popleft()
             while bucket:  # (an item may take itself out as it expires)
                 bucket.pop().expire()
-
-
-class Deadline:
-    """One task's place in :class:`Deadlines`: its expiry cancels the task."""
-
-    __slots__ = ("_task", "_bucket", "_cancelling", "_expired")
-
-    def __init__(self, task: asyncio.Task[object], deadlines: Deadlines) -> None:
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._expired = False
-        self._bucket = deadlines.add(self)
-
-    def expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    def end(self) -> None:
-        self._bucket.discard(self)
-
-    def timed_out(self) -> bool:
-        """Whether a ``CancelledError`` in the task came from this deadline, as
-        ``asyncio.timeout`` decides it: its own cancellation is taken back, and it is the
-        deadline's unless somebody else asked to cancel the task meanwhile."""
-        return self._expired and self._task.uncancel() <= self._cancelling
 
 
 async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .protocol import Handler, Limits
 from .request import BodyStream, Request
-from .response import PairsResponse, Response, Sent, StreamResponse, relayed_head
+from .response import PairsResponse, Response, StreamResponse, relayed_head
 from .server import HttpServer
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "PairsResponse",
     "Request",
     "Response",
-    "Sent",
     "StreamResponse",
     "relayed_head",
 ]

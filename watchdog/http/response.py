@@ -5,7 +5,7 @@ when the head goes out."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -308,26 +308,15 @@ class PairsResponse(Response):
         return "".join(lines).encode("utf-8", errors="surrogateescape")
 
 
-class Sent(StreamResponse):
-    """A response its handler wrote to the channel itself, head and body in one piece (a
-    relayed answer, see :func:`relayed_head`): the server has nothing left to send."""
-
-    __slots__ = ()
-
-    def __init__(self, status: int, channel: Channel) -> None:
-        super().__init__(status)
-        self._channel = channel
-        self._eof = True
-
-
 _RELAYED_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_CONNECTION_LINES = {value: b"Connection: " + value.encode() for value in ("close", "keep-alive")}
 _STATUS_LINE_CACHE_SIZE = 64
 
 
 def relayed_head(
     status: int,
     reason: bytes,
-    lines: list[bytes],
+    lines: Sequence[bytes],
     request: Framing,
     *,
     dated: bool,
@@ -346,10 +335,9 @@ def relayed_head(
     parts = [status_line, *lines]
     if body_length is not None and not has_no_body(status):
         parts.append(b"Content-Length: %d" % body_length)
-    if not request.keep_alive:
-        parts.append(b"Connection: close")
-    elif request.version < (1, 1):
-        parts.append(b"Connection: keep-alive")
+    connection = _connection(request.keep_alive, request.version)
+    if connection is not None:
+        parts.append(_CONNECTION_LINES[connection])
     if not dated:
         parts.append(http_date_line())
     parts += (b"", b"")  # the blank line that ends the head

@@ -169,10 +169,7 @@ class UpstreamResponse:
                 await self._waiter
             finally:
                 self._waiter = None
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
+        data = self._take_buffered()
         if self._connection is not None:
             self._connection.consumer_caught_up()
         return data
@@ -181,6 +178,9 @@ class UpstreamResponse:
         """The whole body if it has all arrived (read at once, no waiting), else None."""
         if not self.complete or self._error is not None:
             return None
+        return self._take_buffered()
+
+    def _take_buffered(self) -> bytes:
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
-from ..http import PairsResponse, Request, Sent, StreamResponse
+from ..http import PairsResponse, Request, StreamResponse
 from ..http.express import NOTE
 from ..http.tunnel import Tunnel
 from ..http.upstream import (
@@ -27,7 +27,6 @@ from ..http.upstream import (
     UpstreamPool,
     UpstreamResponse,
     encode,
-    request_head,
 )
 from ..limits import (
     Admission,
@@ -52,10 +51,10 @@ from ..responses import (
 from ..supervisor import Supervisor
 from .http_express import (
     BODYLESS_METHODS,
+    WHOLE_BODY_LIMIT,
     ExpressNote,
     HttpExpress,
     small_answer,
-    whole_answer,
 )
 
 log = logging.getLogger("watchdog.http")
@@ -63,11 +62,6 @@ log = logging.getLogger("watchdog.http")
 _PROBE_INTERVAL = 0.02
 _PROBE_TIMEOUT = 2.0
 _PROBE_BODY_LIMIT = 64 * 1024
-
-WHOLE_BODY_LIMIT = 64 * 1024
-"""A request or response body of at most this size with a known length is read whole and
-sent together with its head: one write (one system call) instead of head, body and end apart,
-which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
 
 
 class UpstreamStartError(Exception):
@@ -221,8 +215,6 @@ class HttpRunner:
         try:
             if isinstance(note, ExpressNote):
                 return await self._after_express(request, started, exchange, note)
-            if self._whole_in_hand(request):
-                return await self._proxy_whole(request, started, exchange)
             timeout = self._deadline(request)
             if timeout is None:
                 return await self._route(request, started, exchange)
@@ -269,60 +261,6 @@ class HttpRunner:
         assert self._loop is not None
         async with TaskTimeout(self._loop, remaining):
             return await self._answer(request, started, exchange, note.upstream)
-
-    def _whole_in_hand(self, request: Request) -> bool:
-        """Whether :meth:`_proxy_whole` takes a request the express did not: it is whole in
-        hand (no body, or a small one that has all arrived), neither an upgrade nor one with an
-        X-Timeout of its own, and buffer_http does not ask for a size limit."""
-        if self.config.buffer_http:
-            return False
-        headers = request.headers
-        if "Upgrade" in headers or "X-Timeout" in headers:
-            return False
-        if not request.body_exists:
-            return True
-        length = request.content_length
-        return length is not None and length <= WHOLE_BODY_LIMIT and request.content.complete
-
-    async def _proxy_whole(
-        self, request: Request, started: float, exchange: _Exchange
-    ) -> StreamResponse:
-        """A request whole in hand, as the express proxies it but in the request's task: sent
-        whole in one write, and a small answer relayed whole in one write too. Under
-        exec_timeout (:class:`Deadlines`), as :meth:`_route` is; any other answer is relayed
-        as :meth:`_answer` relays it."""
-        method = request.method
-        if request.body_exists:
-            body: bytes | None = request.content.read_nowait()
-        else:
-            body = None if method in BODYLESS_METHODS else b""
-        exchange.body.complete = True
-        headers = forwarded_pairs(request, request.host)
-        head = request_head(method, request.raw_path, headers, body, None, None)
-        deadline = self._deadlines.start() if self._deadlines is not None else None
-        try:
-            upstream = await self._pool.send(method, head, body)
-            exchange.upstream = upstream
-            if not small_answer(request, upstream):
-                return await self._answer(request, started, exchange, upstream)
-            answer = upstream.read_whole_nowait()
-            if answer is None:  # not all here yet
-                answer = await upstream.read()
-        except asyncio.CancelledError:
-            if deadline is not None and deadline.timed_out():
-                raise TimeoutError from None
-            raise
-        finally:
-            if deadline is not None:
-                deadline.end()
-        exchange.answered = True
-        self._consecutive_timeouts = 0
-        channel = request.channel
-        channel.write_head(whole_answer(request, upstream, answer, started), None)
-        sent = exchange.response = Sent(upstream.status, channel)
-        if channel.congested:  # the deadline costs nothing while the client keeps up
-            await within_write_timeout(channel.drain(), self._write_timeout)
-        return sent
 
     async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:
         if _is_websocket(request):

@@ -32,8 +32,10 @@ from ..responses import DURATION_HEADER
 
 log = logging.getLogger("watchdog.http")
 
-WHOLE_ANSWER_LIMIT = 64 * 1024
-"""The longest answer relayed whole by the express; longer ones stream (the ordinary path)."""
+WHOLE_BODY_LIMIT = 64 * 1024
+"""A request or response body of at most this size with a known length is read whole and
+sent together with its head: one write (one system call) instead of head, body and end apart,
+which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
 
 _DURATION_NAME = DURATION_HEADER.encode()
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
@@ -140,10 +142,7 @@ class _Exchange:
     def on_head(self, answer: asyncio.Future[UpstreamResponse]) -> None:
         if self.over:
             return
-        bucket = self.bucket
-        if bucket is not None:
-            bucket.discard(self)
-            self.bucket = None
+        self._end_deadline()
         error = answer.exception()
         if error is not None:
             self._failed(error)
@@ -239,12 +238,12 @@ def _nothing() -> None:
 
 def small_answer(request: Framing, upstream: UpstreamResponse) -> bool:
     """The answer is relayed whole: a body of a known length up to
-    :data:`WHOLE_ANSWER_LIMIT` and a Content-Type of its own (a whole answer without one
+    :data:`WHOLE_BODY_LIMIT` and a Content-Type of its own (a whole answer without one
     would be given a default), to a request other than HEAD."""
     length = upstream.content_length
     return (
         length is not None
-        and length <= WHOLE_ANSWER_LIMIT
+        and length <= WHOLE_BODY_LIMIT
         and upstream.typed
         and request.method != "HEAD"
     )
@@ -257,10 +256,13 @@ def whole_answer(
     body, in one piece for one write."""
     status = upstream.status
     no_body = has_no_body(status)
-    lines = upstream.returned_lines()
-    lines.append(b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started))
-    length = None if no_body else len(body)
+    duration = b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started)
     head = relayed_head(
-        status, upstream.raw_reason, lines, request, dated=upstream.dated, body_length=length
+        status,
+        upstream.raw_reason,
+        (*upstream.returned_lines(), duration),
+        request,
+        dated=upstream.dated,
+        body_length=None if no_body else len(body),
     )
     return head if no_body else head + body
