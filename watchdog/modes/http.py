@@ -22,12 +22,7 @@ from ..forwarding import forwarded_pairs, returned_pairs
 from ..http import PairsResponse, Request, StreamResponse
 from ..http.express import NOTE
 from ..http.tunnel import Tunnel
-from ..http.upstream import (
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    encode,
-)
+from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
 from ..limits import (
     Admission,
     BodyTimeout,
@@ -123,11 +118,6 @@ class HttpRunner:
         log.info("Upstream ready at %s", self.base_url)
 
     def healthy(self) -> bool:
-        return self._available
-
-    @property
-    def available(self) -> bool:
-        """The upstream runs and accepts connections."""
         return self._available
 
     def answered(self) -> None:

@@ -46,8 +46,8 @@ upstream may otherwise wait for a body or refuse with 411."""
 class Upstream(Protocol):
     """What the express needs of the runner that supervises the upstream."""
 
-    @property
-    def available(self) -> bool: ...
+    def healthy(self) -> bool:
+        """The upstream runs and accepts connections."""
 
     def answered(self) -> None:
         """An answer came (the upstream is not hung)."""
@@ -94,7 +94,7 @@ class HttpExpress:
     def take(self, call: Call) -> bool:
         path = call.raw_path
         if (
-            not self.upstream.available
+            not self.upstream.healthy()
             or path[:1] != "/"  # another form of target, refused by the ordinary path
             or path.startswith("/_/")
             or "X-Timeout" in call.headers
