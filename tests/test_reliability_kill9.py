@@ -168,6 +168,16 @@ def _record_exists(gateway: Gateway, call_id: str) -> bool:
     return status == 200
 
 
+def _records(gateway: Gateway, call_ids: set[str], shown: int = 5) -> str:
+    """The records of some of ``call_ids`` (status, attempts and their log): what a failure
+    needs to say where those calls stopped."""
+    first = sorted(call_ids)[:shown]
+    records = [request(gateway.port, "GET", f"/system/activations/{i}")[1] for i in first]
+    return f"{sorted(call_ids)}, the first records: " + "\n".join(
+        record.decode(errors="replace")[:1500] for record in records
+    )
+
+
 def _wait_settled(
     receiver: Receiver, ran_file: Path, written: set[str], timeout: float
 ) -> tuple[set[str], set[str]]:
@@ -265,7 +275,8 @@ def test_calls_survive_two_kill9_of_the_gateway(kill9_world: Kill9World) -> None
     # one submission per submitter; any other refusal is the gateway failing, not the kill.
     assert len(tally.unknown) <= len(KILL_AFTER) * SUBMITTERS, report
     assert all(_record_exists(gateway, i) for i in accepted), report
-    assert not written - ran, f"written, never ran: {sorted(written - ran)}; {report}"
+    never_ran = written - ran
+    assert not never_ran, f"written, never ran: {_records(gateway, never_ran)}; {report}"
     assert not written - called_back, f"no callback: {sorted(written - called_back)}; {report}"
     assert not ran - written, f"ran, never accepted: {sorted(ran - written)}; {report}"
     assert not called_back - written, f"called back, not accepted: {sorted(called_back - written)}"
