@@ -307,6 +307,9 @@ def add_notes(run: Run, settings: Settings) -> None:
             f"{ROUNDS} interleaved rounds per concurrency, the round of median req/s shown "
             "(gateway sync: median p50); issue 13's targets compare with these rows."
         )
+    floor = gateway_sync.floor_note(run)
+    if floor is not None:
+        run.notes.append(floor)
     if any(row.scenario.startswith("8 queue") for row in run.measurements):
         run.notes.append(
             f"8 queue backends: {ROUNDS} interleaved rounds (each runs every backend in turn), "
