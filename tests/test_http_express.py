@@ -93,6 +93,20 @@ def test_every_request_is_counted_once(start_watchdog) -> None:
     assert "http_requests_in_flight 0.0" in metrics
 
 
+def test_a_reused_connection_closed_unanswered_is_replayed_on_a_new_one(start_watchdog) -> None:
+    """The upstream closes the idle pooled connection the express reuses without answering
+    (as a server does that times out idle connections just as one is reused): the request
+    is sent again on a new connection, answered, and counted once."""
+    wd = start_http(start_watchdog)
+    _warm(wd)  # the connection the express reuses
+    reply = wd.request("GET", "/drop-reused")
+    assert (reply.status, reply.text) == (200, "fresh connection")
+    metrics = wd.metrics()
+    assert _count(metrics, "200", "get") == 2  # the warm-up and this one
+    assert "http_requests_in_flight 0.0" in metrics
+    assert wd.request("POST", "/drop-reused", body=b"x").status == 502  # not sent twice
+
+
 def test_a_client_that_leaves_before_the_answer_is_counted_499(start_watchdog) -> None:
     wd = start_http(start_watchdog)
     _warm(wd)
