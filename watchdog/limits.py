@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -11,6 +12,8 @@ from typing import Protocol, TypeVar
 from .http import Request, Response, StreamResponse
 
 T = TypeVar("T")
+
+log = logging.getLogger("watchdog.limits")
 
 
 class ByteStream(Protocol):
@@ -38,6 +41,14 @@ class BodyTooLarge(Exception):
 
 class ClientStalled(Exception):
     """The client did not accept response bytes within write_timeout."""
+
+
+def log_stalled(method: str, target: str) -> None:
+    """The one line logged when a client is cut off for not taking its answer, whichever
+    path was writing it."""
+    log.warning(
+        "Client did not read the response to %s %s within write_timeout; cut off", method, target
+    )
 
 
 class InflightLimiter:

@@ -25,6 +25,7 @@ from .limits import (
     Admitted,
     ClientStalled,
     InflightLimiter,
+    log_stalled,
     seconds_or_none,
     send_whole,
 )
@@ -182,11 +183,7 @@ class Watchdog:
         try:
             await send_whole(request, response, seconds_or_none(self.config.write_timeout))
         except ClientStalled:
-            log.warning(
-                "Client did not read the response to %s %s within write_timeout; cut off",
-                request.method,
-                request.path,
-            )
+            log_stalled(request.method, request.path)
             request.transport.abort()
         except ConnectionError:
             pass  # the client went away: nothing to tell anyone

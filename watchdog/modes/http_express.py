@@ -12,7 +12,6 @@ the express got, so that every rule is written once: there.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Protocol
 
@@ -27,10 +26,16 @@ from ..http.upstream import (
     UpstreamResponse,
     request_head,
 )
-from ..limits import Admission, Admitted, ClientStalled, Deadlines, Expiring, within_write_timeout
+from ..limits import (
+    Admission,
+    Admitted,
+    ClientStalled,
+    Deadlines,
+    Expiring,
+    log_stalled,
+    within_write_timeout,
+)
 from ..responses import DURATION_HEADER
-
-log = logging.getLogger("watchdog.http")
 
 WHOLE_BODY_LIMIT = 64 * 1024
 """A request or response body of at most this size with a known length is read whole and
@@ -172,11 +177,7 @@ class _Exchange:
         try:
             await within_write_timeout(call.drain(), self.express.write_timeout)
         except ClientStalled:
-            log.warning(
-                "Client did not read the response to %s %s within write_timeout; cut off",
-                call.method,
-                call.raw_path,
-            )
+            log_stalled(call.method, call.raw_path)
             call.cut()
         except ConnectionError:
             pass  # the client went away
