@@ -367,17 +367,19 @@ def test_an_answer_written_after_the_handler_cut_the_connection_is_refused() -> 
     assert events == ["refused"]
 
 
-def test_a_response_of_header_pairs_is_framed_as_any_other() -> None:
-    from watchdog.http import PairsResponse
+def test_a_relayed_response_of_header_lines_is_framed_as_any_other() -> None:
+    from watchdog.http import RelayedResponse
 
     async def answer(request: Request) -> StreamResponse:
         status = int(request.path.strip("/"))
-        pairs = [("X-One", "1"), ("Date", "Mon, 07 Dec 2026 12:00:00 GMT")]
+        lines, dated, typed = [b"X-One: 1", b"Date: Mon, 07 Dec 2026 12:00:00 GMT"], True, False
         if request.query_string == "undated":
-            pairs = [("X-One", "1")]
+            lines, dated = [b"X-One: 1"], False
         elif request.query_string == "typed":  # a function's own type, never a second one
-            pairs = [("content-type", "text/csv")]
-        return PairsResponse(status, None, pairs, b"" if status == 204 else b"body")
+            lines, typed = [b"content-type: text/csv"], True
+        reason = b"No Content" if status == 204 else b"OK"
+        body = b"" if status == 204 else b"body"
+        return RelayedResponse(status, reason, lines, body, dated=dated, typed=typed)
 
     close = b"Host: x\r\nConnection: close\r\n\r\n"
     reply = asyncio.run(_serve_one(answer, b"GET /200 HTTP/1.1\r\n" + close))

@@ -22,13 +22,15 @@ from types import TracebackType
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..forwarding import NOT_RETURNED, connection_tokens_of, forwarded_headers
+from ..forwarding import forwarded_headers
 from ..http import Request
+from ..http.upstream import decode, encode, line_name
 from ..limits import TaskTimeout
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .proxy import (
     ChunkSource,
+    Extra,
     FunctionUpstreams,
     Upstream,
     UpstreamError,
@@ -180,30 +182,38 @@ class Invocation:
     headers_after: float
     status: int = 0
 
-    def response_pairs(self, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
-        """The function's end-to-end headers, then the call id, start time and the duration
-        until the response headers came (the gateway's measure, replacing the watchdog's),
-        then ``extra``: each added header replaces the function's of that name."""
-        added = [
+    def response_lines(self, extra: Extra = ()) -> list[bytes]:
+        """The function's end-to-end header lines as they came, then the call id, start time
+        and the duration until the response headers came (the gateway's measure, replacing
+        the watchdog's), then ``extra``: each added header replaces the function's of that
+        name."""
+        drop = _REPLACED
+        if extra:
+            drop = drop | {name.lower() for name, _ in extra}
+        returned = self.upstream.returned_lines()
+        kept = [line for line in returned if line_name(line) not in drop]
+        added = (
             (CALL_ID_HEADER, self.call.call_id),
             (START_TIME_HEADER, str(self.call.start_time_ns)),
             (DURATION_HEADER, f"{self.headers_after:.6f}"),
             *extra,
-        ]
-        headers = self.upstream.headers
-        drop = _REPLACED | connection_tokens_of(headers)
-        if extra:
-            drop |= {name.lower() for name, _ in extra}
-        kept = [(name, value) for name, value in headers if name.lower() not in drop]
-        kept.extend(added)
+        )
+        kept += (encode(f"{name}: {value}") for name, value in added)
         return kept
+
+    def response_pairs(self, extra: Extra = ()) -> list[tuple[str, str]]:
+        """:meth:`response_lines` as (name, value) text, for an answer that streams."""
+        split = (line.partition(b": ") for line in self.response_lines(extra))
+        return [(decode(name), decode(value)) for name, _, value in split]
 
     def response_headers(self) -> CIMultiDict[str]:
         """:meth:`response_pairs` as a multidict, for callers that edit them further."""
         return CIMultiDict(self.response_pairs())
 
 
-_REPLACED = NOT_RETURNED | {"x-call-id", "x-start-time", "x-duration-seconds"}
+_REPLACED = frozenset({"x-call-id", "x-start-time", "x-duration-seconds"})
+"""What :meth:`Invocation.response_lines` drops of a function's lines (which are without the
+framing and hop-by-hop ones already): the gateway writes its own."""
 
 
 class Invoker:

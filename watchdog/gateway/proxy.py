@@ -16,14 +16,17 @@ import base64
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..forwarding import connection_tokens_of, returned_pairs
-from ..http import PairsResponse, Request, StreamResponse
+from ..http import RelayedResponse, Request, StreamResponse
 from ..http.response import DEFAULT_CONTENT_TYPE
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
 __all__ = [
+    "Answer",
+    "Extra",
     "WHOLE_BODY_LIMIT",
     "ChunkSource",
     "FunctionUpstreams",
@@ -164,29 +167,50 @@ def abort_connection(request: Request) -> None:
     request.transport.abort()
 
 
-async def relay(
-    request: Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
-) -> StreamResponse:
-    """Answer ``request`` with ``upstream``'s status, the given ``headers`` (end-to-end ones
-    only: the server frames the body) and its body, sent before returning (what the caller
+Extra = tuple[tuple[str, str], ...]
+"""Headers the gateway adds to a function's answer, each replacing the function's own."""
+
+
+class Answer(Protocol):
+    """A function's answer as :func:`relay` passes it on: its head, and its headers as the
+    client gets them, as text (for an answer that streams) or as lines in bytes (for one
+    relayed whole)."""
+
+    @property
+    def upstream(self) -> UpstreamResponse: ...
+
+    def response_pairs(self, extra: Extra = ()) -> list[tuple[str, str]]: ...
+
+    def response_lines(self, extra: Extra = ()) -> list[bytes]: ...
+
+
+async def relay(request: Request, answer: Answer, extra: Extra) -> StreamResponse:
+    """Answer ``request`` with the function's status, headers (its end-to-end ones, then
+    ``extra``: the server frames the body) and body, sent before returning (what the caller
     does next, counting the call, adds nothing to the client's wait).
 
-    A small body with a known length is read whole and goes in one write with the headers;
-    any other streams write by write. If the upstream breaks off during a streamed body, the
-    client's connection is cut (see :func:`abort_connection`). A client that goes away raises
-    ``ConnectionError``.
+    A small body with a known length is read whole and goes in one write with the headers,
+    which are the function's header lines as they came; any other streams write by write. If
+    the upstream breaks off during a streamed body, the client's connection is cut (see
+    :func:`abort_connection`). A client that goes away raises ``ConnectionError``.
 
     Raises:
         UpstreamError: the upstream broke off before the end of a small body (nothing has
             been sent to the client yet, so an error status can still be answered).
     """
+    upstream = answer.upstream
     length = upstream.content_length
     head_only = request.method == "HEAD"
     if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
+        lines = answer.response_lines(extra)
         body = await upstream.read()
-        whole = PairsResponse(upstream.status, upstream.reason, headers, body)
+        typed = upstream.typed or any(name.lower() == "content-type" for name, _ in extra)
+        whole = RelayedResponse(
+            upstream.status, upstream.raw_reason, lines, body, dated=upstream.dated, typed=typed
+        )
         await whole.prepare(request)
         return whole
+    headers = answer.response_pairs(extra)
     response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None:
         response.content_length = length

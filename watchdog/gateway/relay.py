@@ -8,7 +8,7 @@ import logging
 from ..http import Request, Response, StreamResponse
 from .answers import SERVED_BY
 from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
-from .proxy import UpstreamError, abort_connection, relay
+from .proxy import Extra, UpstreamError, abort_connection, relay
 from .registry import Function
 
 log = logging.getLogger("watchdog.gateway")
@@ -34,12 +34,11 @@ async def answer_call(
     """
     try:
         async with invoker.invoke(function, call) as invocation:
-            served: tuple[tuple[str, str], ...] = (("X-Served-By", SERVED_BY),)
+            served: Extra = (("X-Served-By", SERVED_BY),)
             if content_type is not None:
                 served += (("Content-Type", content_type),)
-            headers = invocation.response_pairs(served)
             try:
-                return await relay(request, invocation.upstream, headers)
+                return await relay(request, invocation, served)
             except UpstreamError as exc:  # broke off before anything was sent
                 invocation.status = 502
                 message = f"function {function.key} broke off its response: {exc}"

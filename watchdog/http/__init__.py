@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .protocol import Handler, Limits
 from .request import BodyStream, Request
-from .response import PairsResponse, Response, StreamResponse, relayed_head
+from .response import RelayedResponse, Response, StreamResponse, relayed_head
 from .server import HttpServer
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
     "Handler",
     "HttpServer",
     "Limits",
-    "PairsResponse",
+    "RelayedResponse",
     "Request",
     "Response",
     "StreamResponse",

@@ -268,21 +268,30 @@ class Response(StreamResponse):
         return "Content-Type" in self.headers
 
 
-class PairsResponse(Response):
-    """A whole response whose headers come as (name, value) pairs that carry no framing (a
-    proxy's, which dropped Content-Length, Transfer-Encoding and the hop-by-hop ones): its head
-    is written straight from them, without the multidict a :class:`Response` fills and edits
-    (most of the cost of a small proxied answer's head). Headers set on ``headers`` after
-    construction follow the pairs."""
+class RelayedResponse(Response):
+    """A whole answer relayed from an upstream, its header lines as the upstream sent them
+    (``Name: value`` in bytes, without framing: a proxy drops Content-Length,
+    Transfer-Encoding and the hop-by-hop ones). Its head is :func:`relayed_head`'s: no text
+    headers are built and edited on the way (most of the cost of a small proxied answer's
+    head). Headers set on ``headers`` after construction follow the lines."""
 
-    __slots__ = ("pairs", "_typed")
+    __slots__ = ("raw_reason", "lines", "dated", "_typed")
 
     def __init__(
-        self, status: int, reason: str | None, pairs: list[tuple[str, str]], body: bytes
+        self,
+        status: int,
+        raw_reason: bytes,
+        lines: list[bytes],
+        body: bytes,
+        *,
+        dated: bool,
+        typed: bool,
     ) -> None:
-        super().__init__(status, body=body, reason=reason)
-        self.pairs = pairs
-        self._typed = any(name.lower() == "content-type" for name, _ in pairs)
+        super().__init__(status, body=body)
+        self.raw_reason = raw_reason
+        self.lines = lines
+        self.dated = dated
+        self._typed = typed
 
     @property
     def typed(self) -> bool:
@@ -291,21 +300,22 @@ class PairsResponse(Response):
     def head_bytes(self, request: Framing, body_length: int | None = None) -> bytes:
         keep_alive = request.keep_alive and self._keep_alive is not False
         self._keep_alive = keep_alive
-        lines = [_status_line(self.status, self.reason)]
-        dated = False
-        for name, value in self.pairs:
-            lines.append(f"{name}: {value}\r\n")
-            dated = dated or name.lower() == "date"
-        lines += [f"{name}: {value}\r\n" for name, value in self.headers.items()]
-        if body_length is not None and not has_no_body(self.status):
-            lines.append(f"Content-Length: {body_length}\r\n")
-        connection = _connection(keep_alive, request.version)
-        if connection is not None:
-            lines.append(f"Connection: {connection}\r\n")
-        if not dated:
-            lines.append(f"Date: {http_date()}\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", errors="surrogateescape")
+        lines = self.lines
+        if self.headers:
+            lines = lines + [_line(name, value) for name, value in self.headers.items()]
+        return relayed_head(
+            self.status,
+            self.raw_reason,
+            lines,
+            request,
+            dated=self.dated,
+            body_length=body_length,
+            keep_alive=keep_alive,
+        )
+
+
+def _line(name: str, value: str) -> bytes:
+    return f"{name}: {value}".encode("utf-8", errors="surrogateescape")
 
 
 _RELAYED_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
@@ -321,11 +331,12 @@ def relayed_head(
     *,
     dated: bool,
     body_length: int | None,
+    keep_alive: bool | None = None,
 ) -> bytes:
     """The head of a relayed answer, in bytes as it came: ``lines`` (``Name: value``) carry no
     framing, which is added here as :meth:`StreamResponse.head_bytes` decides it for a body of
-    ``body_length`` bytes (a Content-Length; the Connection the request needs), with a Date
-    unless ``dated``."""
+    ``body_length`` bytes (a Content-Length; the Connection the request needs, or
+    ``keep_alive`` says), with a Date unless ``dated``."""
     key = (status, reason)
     status_line = _RELAYED_STATUS_LINES.get(key)
     if status_line is None:
@@ -335,7 +346,8 @@ def relayed_head(
     parts = [status_line, *lines]
     if body_length is not None and not has_no_body(status):
         parts.append(b"Content-Length: %d" % body_length)
-    connection = _connection(request.keep_alive, request.version)
+    keep = request.keep_alive if keep_alive is None else keep_alive
+    connection = _connection(keep, request.version)
     if connection is not None:
         parts.append(_CONNECTION_LINES[connection])
     if not dated:

@@ -54,7 +54,7 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def _name_of(line: bytes) -> str:
+def line_name(line: bytes) -> str:
     """The lower-case name of a header line ``Name: value``."""
     return decode(line.partition(b":")[0]).lower()
 
@@ -142,7 +142,7 @@ class UpstreamResponse:
         tokens = self.connection_tokens
         if not tokens:
             return self.returned
-        return [line for line in self.returned if _name_of(line) not in tokens]
+        return [line for line in self.returned if line_name(line) not in tokens]
 
     @property
     def buffered(self) -> int:

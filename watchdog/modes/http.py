@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
-from ..http import PairsResponse, Request, StreamResponse
+from ..http import RelayedResponse, Request, StreamResponse
 from ..http.express import NOTE
 from ..http.tunnel import Tunnel
 from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
@@ -49,6 +49,7 @@ from .http_express import (
     WHOLE_BODY_LIMIT,
     ExpressNote,
     HttpExpress,
+    relayed_lines,
     small_answer,
 )
 
@@ -300,11 +301,15 @@ class HttpRunner:
         exchange.upstream = upstream
         exchange.answered = True
         self._consecutive_timeouts = 0
-        headers = _returned_headers(upstream)
-        headers.append((DURATION_HEADER, duration_value(started)))
         length = upstream.content_length
         if small_answer(request, upstream):
-            return PairsResponse(upstream.status, upstream.reason, headers, await upstream.read())
+            lines = relayed_lines(upstream, started)
+            body = await upstream.read()
+            return RelayedResponse(
+                upstream.status, upstream.raw_reason, lines, body, dated=upstream.dated, typed=True
+            )
+        headers = _returned_headers(upstream)
+        headers.append((DURATION_HEADER, duration_value(started)))
         response = StreamResponse(upstream.status, upstream.reason)
         response.headers.extend(headers)
         response.content_length = length

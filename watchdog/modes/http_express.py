@@ -250,6 +250,14 @@ def small_answer(request: Framing, upstream: UpstreamResponse) -> bool:
     )
 
 
+def relayed_lines(upstream: UpstreamResponse, started: float) -> list[bytes]:
+    """The header lines of the upstream's answer as the client gets them: the upstream's own
+    as they came (see :meth:`.UpstreamResponse.returned_lines`), then the duration since
+    ``started``."""
+    duration = b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started)
+    return [*upstream.returned_lines(), duration]
+
+
 def whole_answer(
     request: Framing, upstream: UpstreamResponse, body: bytes, started: float
 ) -> bytes:
@@ -257,11 +265,10 @@ def whole_answer(
     body, in one piece for one write."""
     status = upstream.status
     no_body = has_no_body(status)
-    duration = b"%s: %.6f" % (_DURATION_NAME, time.monotonic() - started)
     head = relayed_head(
         status,
         upstream.raw_reason,
-        (*upstream.returned_lines(), duration),
+        relayed_lines(upstream, started),
         request,
         dated=upstream.dated,
         body_length=None if no_body else len(body),
