@@ -198,6 +198,13 @@ class Kill9World:
     ran_file: Path
     receiver: Receiver
     prefix: str
+    queue_log: Path | None = None  # the nats-server's log, for a failure's report
+
+    def queue_log_tail(self, lines: int = 40) -> str:
+        if self.queue_log is None:
+            return ""
+        tail = self.queue_log.read_text(errors="replace").splitlines()[-lines:]
+        return "\nnats-server's log, last lines:\n" + "\n".join(tail)
 
 
 @pytest.fixture(params=["sqlite", "nats"])
@@ -221,10 +228,12 @@ def kill9_world(
         "--function", f"ran=http://127.0.0.1:{handler.port}",
         "--initial-backoff", "50ms", "--max-backoff", "200ms",
     ]  # fmt: skip
+    queue_log = None
     if request.param == "sqlite":
         argv += ["--queue-path", str(tmp_path / "queue.db")]  # the same file at every start
     else:
         server: NatsServer = request.getfixturevalue("nats_server")
+        queue_log = server.log_path
         argv += ["--queue", "nats", "--nats-url", server.url, "--nats-prefix", prefix]
         argv += ["--lease", "2s"]  # a killed gateway's calls are taken over after this
     env = {
@@ -234,7 +243,7 @@ def kill9_world(
     }
     gateway = Gateway(argv, env, port, tmp_path / "gateway.log")
     try:
-        yield Kill9World(gateway, ran_file, receiver(), prefix)
+        yield Kill9World(gateway, ran_file, receiver(), prefix, queue_log)
     finally:
         gateway.close()
 
@@ -269,7 +278,7 @@ def test_calls_survive_two_kill9_of_the_gateway(kill9_world: Kill9World) -> None
     ran, called_back = _wait_settled(w.receiver, w.ran_file, written, SETTLE)
     report = (
         f"{len(accepted)} accepted, cut off: {tally.unknown} ({len(cut_written)} written)\n"
-        f"{gateway.logs()}"
+        f"{gateway.logs()}{w.queue_log_tail()}"
     )
     # A submitter starts no request while the gateway is down, so each kill cuts off at most
     # one submission per submitter; any other refusal is the gateway failing, not the kill.
