@@ -24,6 +24,7 @@ from yarl import URL
 
 from ..forwarding import forwarded_headers
 from ..http import Request
+from ..http.request import small_body
 from ..http.upstream import decode, encode, line_name
 from ..limits import TaskTimeout
 from ..responses import format_seconds
@@ -35,7 +36,6 @@ from .proxy import (
     Upstream,
     UpstreamError,
     UpstreamResponse,
-    small_body,
 )
 from .queue.base import new_call_id
 from .registry import Function, FunctionRegistry, InvalidName, split_ref

@@ -21,13 +21,13 @@ from urllib.parse import unquote, urlsplit
 
 from ..forwarding import connection_tokens_of, returned_pairs
 from ..http import RelayedResponse, Request, StreamResponse
+from ..http.request import WHOLE_BODY_LIMIT, small_body
 from ..http.response import DEFAULT_CONTENT_TYPE
 from ..http.upstream import IDLE_TIMEOUT, UpstreamError, UpstreamPool, UpstreamResponse
 
 __all__ = [
     "Answer",
     "Extra",
-    "WHOLE_BODY_LIMIT",
     "ChunkSource",
     "FunctionUpstreams",
     "Upstream",
@@ -37,14 +37,8 @@ __all__ = [
     "body_pending",
     "relay",
     "response_headers",
-    "small_body",
 ]
 
-WHOLE_BODY_LIMIT = 64 * 1024
-"""A request or response body of at most this size with a known length is read whole and
-sent together with its headers: one write (one system call) instead of headers, body and end
-apart, which is most of a small proxied request's cost. Longer or unknown-length bodies
-stream."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -140,13 +134,6 @@ class ChunkSource:
             if chunk:
                 return chunk
         return b""
-
-
-def small_body(request: Request) -> bool:
-    """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
-    whole and sent in one write than streamed chunk by chunk."""
-    length = request.content_length
-    return length is not None and length <= WHOLE_BODY_LIMIT and request.body_exists
 
 
 def body_pending(request: Request) -> bool:

@@ -18,7 +18,7 @@ import httptools
 from multidict import CIMultiDict
 
 from .express import NOTE, Call, Express
-from .request import BodyStream, Request
+from .request import WHOLE_BODY_LIMIT, BodyStream, Request
 from .response import Response, StreamResponse
 
 log = logging.getLogger("watchdog.http")
@@ -266,7 +266,7 @@ class HttpProtocol(asyncio.Protocol):
             return None  # a body of unknown length, a wait for 100 Continue, an upgrade
         method = parser.get_method().decode("ascii")
         length = _content_length(headers)
-        if method == "CONNECT" or length is not None and length > _EXPRESS_BODY_LIMIT:
+        if method == "CONNECT" or length is not None and length > WHOLE_BODY_LIMIT:
             return None
         return Call(
             method,
@@ -612,11 +612,8 @@ class _Unparsed:
 
 _REFUSAL_CONTEXT = _Unparsed()
 
-_EXPRESS_BODY_LIMIT = 64 * 1024
-_EXPRESS_VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0)}
-
-
 _VERSIONS: dict[str, tuple[int, int]] = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
+_EXPRESS_VERSIONS = {text: version for text, version in _VERSIONS.items() if version >= (1, 0)}
 
 
 def _version(text: str) -> tuple[int, int]:

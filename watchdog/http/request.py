@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 BODY_HIGH_WATER = 256 * 1024  # buffered body bytes that pause reading from the client
 BODY_LOW_WATER = 64 * 1024
+WHOLE_BODY_LIMIT = 64 * 1024
+"""A request or response body of at most this size with a known length is read whole and
+sent together with its head: one write (one system call) instead of head, body and end apart,
+which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
 
 
 class FlowControl(Protocol):
@@ -234,3 +238,10 @@ class Request:
         parsing it and returns the bytes received after this request's head; from then on the
         handler owns the transport, closing it included."""
         return self._connection.detach(protocol)
+
+
+def small_body(request: Request) -> bool:
+    """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
+    whole and sent in one write than streamed chunk by chunk."""
+    length = request.content_length
+    return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT

@@ -21,6 +21,7 @@ from ..config import WatchdogConfig, parse_duration
 from ..forwarding import forwarded_pairs, returned_pairs
 from ..http import RelayedResponse, Request, StreamResponse
 from ..http.express import NOTE
+from ..http.request import small_body
 from ..http.tunnel import Tunnel
 from ..http.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode
 from ..limits import (
@@ -46,7 +47,6 @@ from ..responses import (
 from ..supervisor import Supervisor
 from .http_express import (
     BODYLESS_METHODS,
-    WHOLE_BODY_LIMIT,
     ExpressNote,
     HttpExpress,
     relayed_lines,
@@ -275,7 +275,7 @@ class HttpRunner:
         headers = forwarded_pairs(request, request.host)
         method = request.method
         body = exchange.body
-        if self.config.buffer_http or _small_body(request):
+        if self.config.buffer_http or small_body(request):
             # A small body goes with the request head in one write; buffer_http asks for it.
             limit = self.config.max_body_size if self.config.buffer_http else None
             whole = await _read_whole(request, body, limit)
@@ -393,13 +393,6 @@ class HttpRunner:
 
 def _is_websocket(request: Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-def _small_body(request: Request) -> bool:
-    """The request has a body of a known length up to :data:`WHOLE_BODY_LIMIT`: cheaper read
-    whole and sent in one write than streamed chunk by chunk."""
-    length = request.content_length
-    return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
 
 
 async def _read_whole(request: Request, body: _BodyState, limit: int | None) -> bytes | bytearray:

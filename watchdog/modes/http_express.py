@@ -17,6 +17,7 @@ from typing import Protocol
 
 from ..forwarding import forwarded_pairs
 from ..http.express import Call
+from ..http.request import WHOLE_BODY_LIMIT
 from ..http.response import Framing, has_no_body, relayed_head
 from ..http.upstream import (
     IDEMPOTENT,
@@ -36,11 +37,6 @@ from ..limits import (
     within_write_timeout,
 )
 from ..responses import DURATION_HEADER
-
-WHOLE_BODY_LIMIT = 64 * 1024
-"""A request or response body of at most this size with a known length is read whole and
-sent together with its head: one write (one system call) instead of head, body and end apart,
-which is most of a small proxied request's cost. Longer or unknown-length bodies stream."""
 
 _DURATION_NAME = DURATION_HEADER.encode()
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
