@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from .http import Request, Response, StreamResponse
+from .http.express import Call
 
 T = TypeVar("T")
 
@@ -270,6 +271,46 @@ async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
             return await write
     except TimeoutError:
         raise ClientStalled from None
+
+
+def answer_call(
+    call: Call,
+    head: bytes,
+    body: bytes | bytearray | None,
+    write_timeout: float | None,
+    settle: Callable[[], None],
+) -> None:
+    """Write an express call's whole answer, and finish the call. ``settle`` (which counts it
+    out) runs once the client has taken the answer, or was cut off for not taking it within
+    ``write_timeout``: until then the call holds its max_inflight slot, as any answer does."""
+    try:
+        call.send(head, body)
+    except ConnectionError:
+        pass  # the client went away: nothing to tell anyone
+    if call.congested:
+        task = asyncio.ensure_future(_finish_when_taken(call, write_timeout, settle))
+        _TAKING.add(task)  # (the loop holds only a weak reference to a task)
+        task.add_done_callback(_TAKING.discard)
+        return
+    settle()
+    call.finish()
+
+
+_TAKING: set[asyncio.Future[None]] = set()
+
+
+async def _finish_when_taken(
+    call: Call, write_timeout: float | None, settle: Callable[[], None]
+) -> None:
+    try:
+        await within_write_timeout(call.drain(), write_timeout)
+    except ClientStalled:
+        log_stalled(call.method, call.raw_path)
+        call.cut()
+    except ConnectionError:
+        pass  # the client went away
+    settle()
+    call.finish()
 
 
 async def send_whole(request: Request, response: StreamResponse, timeout: float | None) -> None:

@@ -143,13 +143,13 @@ def write_now(fd: int, data: bytes | bytearray | memoryview) -> int:
 
 class PipeCollector:
     """Reads a pipe from loop callbacks into one buffer until its end or past ``limit`` bytes
-    (None: no limit), waking whoever waits once rather than once per chunk.
+    (None: no limit), telling whoever waits once rather than once per chunk.
 
-    At the end of file ``on_eof()`` is called, and the wake-up waits for ``after`` too (a
+    At the end of file ``on_eof()`` is called, and the news waits for ``after`` too (a
     handler's exit, reported just after its stdout's end).
     """
 
-    __slots__ = ("_fd", "_readiness", "output", "limit", "_on_eof", "_after", "_ready")
+    __slots__ = ("_fd", "_readiness", "output", "limit", "_on_eof", "_after", "_done")
 
     def __init__(
         self,
@@ -164,22 +164,33 @@ class PipeCollector:
         self.limit = limit
         self._on_eof: Callable[[], None] | None = on_eof
         self._after = after
-        self._ready: asyncio.Future[bool] | None = None
+        self._done: Callable[[bool | OSError], None] | None = None
 
     async def fill(self) -> bool:
         """Read until the end of file (True) or past the limit (False: the rest is left in
         the pipe, for :func:`read_chunk` or another ``fill`` with a higher limit)."""
         ready: asyncio.Future[bool] = self._readiness.loop.create_future()
-        self._ready = ready
+        self.collect(lambda outcome: _settle(ready, outcome))
+        try:
+            return await ready
+        finally:
+            if not ready.done():
+                self.stop()
+
+    def collect(self, done: Callable[[bool | OSError], None]) -> None:
+        """:meth:`fill` from callbacks: ``done`` is called once, with what ``fill`` returns
+        or the error it raises."""
+        self._done = done
         if self._readiness.watched(self._fd):
             self._on_ready()  # an edge may have passed unwatched: look first
         else:
             self._readiness.wait(self._fd, self._on_ready)  # registering reports what is there
-        try:
-            return await ready
-        finally:
-            if not ready.done() and self._on_eof is not None:
-                self._readiness.cancel(self._fd)  # (after its end, the number may be reused)
+
+    def stop(self) -> None:
+        """Nobody waits any more."""
+        self._done = None
+        if self._on_eof is not None:
+            self._readiness.cancel(self._fd)  # (after its end, the number may be reused)
 
     def _on_ready(self) -> None:
         while True:
@@ -189,8 +200,7 @@ class PipeCollector:
                 self._readiness.wait(self._fd, self._on_ready)
                 return
             except OSError as exc:
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_exception(exc)
+                self._tell(exc)
                 return
             if not chunk:
                 on_eof, self._on_eof = self._on_eof, None
@@ -198,18 +208,28 @@ class PipeCollector:
                     on_eof()
                 after = self._after
                 if after is None or after.done():
-                    self._wake(True)
+                    self._tell(True)
                 else:
-                    after.add_done_callback(lambda _: self._wake(True))
+                    after.add_done_callback(lambda _: self._tell(True))
                 return
             self.output += chunk
             if self.limit is not None and len(self.output) > self.limit:
-                self._wake(False)
+                self._tell(False)
                 return
 
-    def _wake(self, eof: bool) -> None:
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(eof)
+    def _tell(self, outcome: bool | OSError) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(outcome)
+
+
+def _settle(future: asyncio.Future[bool], outcome: bool | OSError) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, OSError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class PipeDrain:

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from multidict import CIMultiDict
 
+from .response import COALESCE_LIMIT
+
 
 class Express(Protocol):
     def take(self, call: Call) -> bool:
@@ -26,6 +28,8 @@ class CallOwner(Protocol):
     """The connection a call arrived on, as the call needs it."""
 
     def write_head(self, head: bytes, body: bytes | bytearray | memoryview | None) -> None: ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
     @property
     def congested(self) -> bool: ...
@@ -94,13 +98,18 @@ class Call:
         """The client is slow to take what was written."""
         return self._owner.congested
 
-    def send(self, data: bytes) -> None:
-        """Write to the client.
+    def send(self, head: bytes, body: bytes | bytearray | None = None) -> None:
+        """Write to the client: ``head`` and ``body`` in one write, or apart when the body is
+        large (never copied to the head).
 
         Raises:
             ConnectionResetError: the client went away.
         """
-        self._owner.write_head(data, None)
+        if body is not None and len(body) > COALESCE_LIMIT:
+            self._owner.write_head(head, None)
+            self._owner.write(body)
+        else:
+            self._owner.write_head(head, body)
 
     async def drain(self) -> None:
         """Wait until the client has taken enough of what was written (:attr:`congested`).

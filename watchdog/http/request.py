@@ -207,9 +207,7 @@ class Request:
     ) -> None:
         self.method = method
         self.raw_path = raw_path
-        path, _, self.query_string = raw_path.partition("?")
-        path = path.partition("#")[0]
-        self.path = unquote(path) if "%" in path else path
+        self.path, self.query_string = split_target(raw_path)
         self.version = version
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(headers)
         self.remote = remote
@@ -245,3 +243,11 @@ def small_body(request: Request) -> bool:
     whole and sent in one write than streamed chunk by chunk."""
     length = request.content_length
     return request.body_exists and length is not None and length <= WHOLE_BODY_LIMIT
+
+
+def split_target(raw_path: str) -> tuple[str, str]:
+    """The path (percent-decoded, without a fragment) and the query string of an origin-form
+    request target."""
+    path, _, query = raw_path.partition("?")
+    path = path.partition("#")[0]
+    return unquote(path) if "%" in path else path, query

@@ -36,7 +36,7 @@ _REASONS: dict[int, str] = {status.value: status.phrase for status in HTTPStatus
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Framing is the server's: a mode's own value would contradict the body actually sent.
 _FRAMING = ("Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive")
-_COALESCE_LIMIT = 64 * 1024  # a larger body is written apart from its head, never copied to it
+COALESCE_LIMIT = 64 * 1024  # a larger body is written apart from its head, never copied to it
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -252,7 +252,7 @@ class Response(StreamResponse):
         head = self.head_bytes(request, None if has_no_body(self.status) else len(body))
         if self._head_only or not body:
             channel.write_head(head, None)
-        elif len(body) > _COALESCE_LIMIT:
+        elif len(body) > COALESCE_LIMIT:
             channel.write_head(head, None)
             channel.write(body)
         else:

@@ -17,41 +17,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Coroutine, Iterable, Mapping
 
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
 from ..config import WatchdogConfig
 from ..forkserver import ForkServer
 from ..http import Request, Response, StreamResponse
+from ..http.express import NOTE
 from ..limits import (
     Admission,
     BodyTimeout,
     BodyTooLarge,
     ClientStalled,
+    Deadlines,
     TaskTimeout,
     read_body,
     seconds_or_none,
     within_write_timeout,
 )
-from ..logs import FunctionLog, LineSplitter
+from ..logs import FunctionLog
 from ..metrics import WatchdogMetrics
-from ..pipes import PipeCollector, PipeDrain, read_chunk, write_all, write_now
+from ..pipes import read_chunk, write_all
 from ..prefork import PreforkSpawner
-from ..process import Child, ProcessTable, SpawnError, describe_exit, resolve_program
+from ..process import ProcessTable, SpawnError, describe_exit, resolve_program
 from ..responses import DURATION_HEADER, duration_value, format_seconds, text_response
+from .fork_express import ForkExpress, ForkNote
+from .fork_handler import ForkedHandler, Forking, ForkPolicy, StdinStart
 
 log = logging.getLogger("watchdog.fork")
 
 AUTO_RESPONSE_BUFFER = 256 * 1024
-_STDERR_TAIL = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class ForkPolicy:
-    buffer_request: bool
-    """Read the whole request body before starting the handler."""
-    response_buffer: int | None
-    """Bytes of stdout held before streaming begins; None holds all of it."""
 
 
 POLICIES: dict[str, ForkPolicy] = {
@@ -72,10 +68,9 @@ class ForkRunner:
         function_log: FunctionLog,
     ) -> None:
         self.config = config
-        self.policy = POLICIES[config.mode]
+        self.forking = Forking(config, POLICIES[config.mode], processes, metrics, function_log)
         self.processes = processes
         self.metrics = metrics
-        self.function_log = function_log
         self.program = ""
         self._base_env = dict(config.environ)
 
@@ -103,8 +98,12 @@ class ForkRunner:
         spawner.start()
         return spawner
 
-    def express(self, admission: Admission) -> None:
-        return None  # every request takes the ordinary path
+    def express(self, admission: Admission) -> ForkExpress | None:
+        if not ForkExpress.suits(self.forking):
+            return None
+        exec_timeout = self.config.exec_timeout
+        deadlines = Deadlines(self.processes.loop, exec_timeout) if exec_timeout else None
+        return ForkExpress(self, admission, deadlines)
 
     def healthy(self) -> bool:
         return self.processes.can_spawn_handlers
@@ -118,55 +117,93 @@ class ForkRunner:
     async def stop(self, grace: float) -> None:
         await self.processes.kill_all(grace)
 
+    def spawn(self, variables: dict[str, str], stdin: StdinStart) -> ForkedHandler:
+        """Start a handler with ``variables`` added to its environment and the start of its
+        stdin in the pipe.
+
+        Raises:
+            SpawnError: it cannot be started.
+        """
+        child = self.processes.spawn_handler(
+            variables, merge_stderr=self.config.combine_output, before_start=stdin.fill
+        )
+        return ForkedHandler(self.forking, child)
+
+    def variables(
+        self, method: str, path: str, query: str, headers: Iterable[tuple[str, str]]
+    ) -> dict[str, str]:
+        """The ``Http_*`` variables of a request, if the handler is given them."""
+        if not self.config.cgi_headers:
+            return {}
+        return request_variables(method, path, query, headers)
+
+    def content_type(self, request_headers: Mapping[str, str]) -> str:
+        """An answer's Content-Type when the handler does not say: as the classic watchdog's,
+        the configured one, else the request's own."""
+        return (
+            self.config.content_type
+            or request_headers.get("Content-Type")
+            or "application/octet-stream"
+        )
+
+    # -- the ordinary path ----------------------------------------------------------------
+
     async def handle(self, request: Request, started: float) -> StreamResponse:
+        note = request.state.get(NOTE)
+        if isinstance(note, ForkNote):
+            call = _Call(self, request, note.handler, started, None)
+            return await self._serve(call, call.resume(note), self._remaining(started))
         body: bytearray | None = None
         loop = self.processes.loop  # get_running_loop() makes a getpid system call each time
         read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
-        if self.policy.buffer_request:
+        if self.forking.policy.buffer_request:
             try:
                 body = await read_body(request, read_deadline, self.config.max_body_size)
             except BodyTimeout:
                 return self._body_timeout(started)
             except BodyTooLarge as exc:
                 return text_response(413, exc.text, started)
-        stdin = _StdinStart(*_body_so_far(request, body))
+        stdin = StdinStart(*_body_so_far(request, body))
         try:
-            child = self.processes.spawn_handler(
-                self._request_env(request),
-                merge_stderr=self.config.combine_output,
-                before_start=stdin.fill,
-            )
+            handler = self.spawn(self._request_env(request), stdin)
         except SpawnError as exc:
             log.error("%s", exc)
             return text_response(500, f"{exc}\n", started)
-        call = _Call(self, request, child, started, read_deadline)
+        call = _Call(self, request, handler, started, read_deadline)
+        return await self._serve(call, call.run(stdin), seconds_or_none(self.config.exec_timeout))
+
+    async def _serve(
+        self, call: _Call, work: Coroutine[None, None, StreamResponse], timeout: float | None
+    ) -> StreamResponse:
+        """Await ``work``, the call's answer, within ``timeout``; answer its failures."""
         try:
-            async with TaskTimeout(loop, seconds_or_none(self.config.exec_timeout)):
-                return await call.run(stdin)
+            async with TaskTimeout(self.processes.loop, timeout):
+                return await work
         except TimeoutError:
             self.metrics.killed.labels(reason="exec_timeout").inc()
             limit = format_seconds(self.config.exec_timeout)
-            log.warning("Killing %s: exceeded exec_timeout of %s", child.pid, limit)
+            log.warning("Killing %s: exceeded exec_timeout of %s", call.child.pid, limit)
             return await call.fail(504, f"Function exceeded its exec_timeout of {limit}\n")
         except SpawnError as exc:  # reported by the fork server after the request went out
             log.error("%s", exc)
-            return text_response(500, f"{exc}\n", started)
+            return text_response(500, f"{exc}\n", call.started)
         except BodyTimeout:
             return await call.fail(408, _body_timeout_text(self.config.read_timeout))
         except ClientStalled:
             self.metrics.killed.labels(reason="client_stalled").inc()
             return await call.fail(504, "Client did not read the response within write_timeout\n")
         finally:
-            await call.finish()
+            await call.handler.finish()
+
+    def _remaining(self, started: float) -> float | None:
+        """What is left of exec_timeout for a request that arrived at ``started``."""
+        if not self.config.exec_timeout:
+            return None
+        return max(self.config.exec_timeout - (time.monotonic() - started), 0.0)
 
     def _request_env(self, request: Request) -> dict[str, str]:
-        if not self.config.cgi_headers:
-            return {}
-        return request_variables(
-            request.method,
-            request.path,
-            request.query_string,
-            request.headers.items(),
+        return self.variables(
+            request.method, request.path, request.query_string, request.headers.items()
         )
 
     def _body_timeout(self, started: float) -> Response:
@@ -188,66 +225,43 @@ def _body_so_far(request: Request, body: bytearray | None) -> tuple[bytes | byte
     return prefix, request.content.is_eof()
 
 
-class _StdinStart:
-    """What of the body goes into the handler's stdin before it starts: as much as the pipe
-    takes; stdin is closed there when that is the whole body."""
-
-    __slots__ = ("data", "whole", "written")
-
-    def __init__(self, data: bytes | bytearray, whole: bool) -> None:
-        self.data = data
-        self.whole = whole
-        self.written = 0
-
-    def fill(self, child: Child) -> None:
-        fd = child.stdin
-        assert fd is not None
-        if self.data:
-            self.written = write_now(fd, self.data)
-        if self.whole and self.written == len(self.data):
-            child.close_fd(fd)
-
-    @property
-    def rest(self) -> memoryview:
-        """The part not written yet: a view, not a copy of a body up to max_body_size long."""
-        return memoryview(self.data)[self.written :]
-
-
 class _Call:
-    """One handler process serving one request."""
+    """One request served by one handler process, on the ordinary path."""
 
     def __init__(
         self,
         runner: ForkRunner,
         request: Request,
-        child: Child,
+        handler: ForkedHandler,
         started: float,
         read_deadline: float | None,
     ) -> None:
         self.runner = runner
         self.config = runner.config
         self.request = request
-        self.child = child
+        self.handler = handler
+        self.child = handler.child
         self.started = started
         self.read_deadline = read_deadline
         self.response: StreamResponse | None = None
-        self._stderr_tail = bytearray()
-        self._stderr: PipeDrain | None = None
-        self._splitter: LineSplitter | None = None
-        self._exit_timer: asyncio.TimerHandle | None = None
-        self._stdout_open = True
-        child.exited.add_done_callback(self._on_exit)
 
     # -- the request ----------------------------------------------------------------------
 
-    async def run(self, stdin: _StdinStart) -> StreamResponse:
-        self._drain_stderr()
+    async def run(self, stdin: StdinStart) -> StreamResponse:
         rest = stdin.rest
         if stdin.whole and not rest:
             return await self._respond()  # the whole body is in the pipe, and stdin closed
         if stdin.whole:
             return await self._respond_while_feeding(rest, b"")
         return await self._respond_while_feeding(None, bytes(rest))
+
+    async def resume(self, note: ForkNote) -> StreamResponse:
+        """Go on from where the express handed the request over (:mod:`.fork_express`)."""
+        if note.timed_out:
+            raise TimeoutError
+        if isinstance(note.outcome, OSError):
+            raise note.outcome
+        return await self._answer(note.output, note.outcome)
 
     async def _respond_while_feeding(
         self, body: memoryview | None, prefix: bytes
@@ -287,19 +301,20 @@ class _Call:
 
     async def _respond(self) -> StreamResponse:
         output, eof = await self._read_initial_output()
+        return await self._answer(output, eof)
+
+    async def _answer(self, output: bytearray, eof: bool) -> StreamResponse:
+        """Answer with what the handler wrote so far: all of it (``eof``), or its start."""
         if eof:
             returncode = await self.child.exited
-            await self._stderr_closed()
+            await self.handler.stderr_closed()
             return self._complete(output, returncode)
         return await self._stream(output)
 
     async def _read_initial_output(self) -> tuple[bytearray, bool]:
         """Read stdout until EOF (and the handler's exit) or past the policy's buffer (and a
         CGI head, when expected)."""
-        fd = self.child.stdout
-        assert fd is not None
-        limit = self.runner.policy.response_buffer
-        collector = PipeCollector(fd, limit, self._close_stdout, after=self.child.exited)
+        collector = self.handler.collector(self.runner.forking.policy.response_buffer)
         while not await collector.fill():
             output = collector.output
             if not (self.config.cgi_response and self._head(output, final=False) is None):
@@ -308,7 +323,7 @@ class _Call:
         return collector.output, True
 
     def _complete(self, output: bytearray, returncode: int) -> Response:
-        self._count_exit(returncode)
+        self.handler.count_exit(returncode)
         if returncode != 0:
             return self._failed_response(output, returncode)
         try:
@@ -343,9 +358,9 @@ class _Call:
             await within_write_timeout(response.write(chunk), write_timeout)
         while chunk := await read_chunk(fd):
             await within_write_timeout(response.write(chunk), write_timeout)
-        self._close_stdout()
+        self.handler.close_stdout()
         returncode = await self.child.exited
-        self._count_exit(returncode)
+        self.handler.count_exit(returncode)
         if returncode != 0:
             log.error("Handler failed after its response began (%s)", describe_exit(returncode))
             self._abort_connection()
@@ -364,16 +379,8 @@ class _Call:
                 response.set_status(head.status, head.reason)
             response.headers.extend(head.headers)
         if head is None or "Content-Type" not in head.headers:
-            response.headers["Content-Type"] = self._content_type()
+            response.headers["Content-Type"] = self.runner.content_type(self.request.headers)
         response.headers[DURATION_HEADER] = duration_value(self.started)
-
-    def _content_type(self) -> str:
-        # As the classic watchdog: an unset content_type echoes the request's own.
-        return (
-            self.config.content_type
-            or self.request.headers.get("Content-Type")
-            or "application/octet-stream"
-        )
 
     def _failed_response(self, output: bytearray, returncode: int) -> Response:
         what = describe_exit(returncode)
@@ -381,8 +388,8 @@ class _Call:
         text = what + "\n"
         if self.config.combine_output:
             text += output.decode("utf-8", errors="replace")
-        elif self.config.write_debug and self._stderr_tail:
-            text += self._stderr_tail.decode("utf-8", errors="replace")
+        elif self.config.write_debug and self.handler.stderr_tail:
+            text += self.handler.stderr_tail.decode("utf-8", errors="replace")
         return text_response(500, text, self.started)
 
     def _bad_head(self, exc: CGIHeaderError) -> Response:
@@ -390,87 +397,17 @@ class _Call:
         log.error("%s", text)
         return text_response(502, text + "\n", self.started)
 
-    def _count_exit(self, returncode: int) -> None:
-        outcome = "success" if returncode == 0 else ("signal" if returncode < 0 else "error")
-        self.runner.metrics.exits.labels(outcome=outcome).inc()
-
-    # -- failure and clean-up -------------------------------------------------------------
+    # -- failure --------------------------------------------------------------------------
 
     async def fail(self, status: int, text: str) -> StreamResponse:
         """Answer ``status`` if nothing was sent yet, else cut the connection."""
-        await self._kill()
+        await self.handler.kill()
         if self.response is not None:
             self._abort_connection()
             return self.response
         return text_response(status, text, self.started)
 
-    async def finish(self) -> None:
-        """Whatever happened: no process of the tree and no pipe survives the request."""
-        if not self.child.exited.done():
-            # Cancelled (client gone, shutdown) or a failure path that did not kill yet.
-            self.runner.metrics.killed.labels(reason="request_ended").inc()
-            await self._kill()
-        if self._exit_timer is not None:
-            self._exit_timer.cancel()
-        if self._stderr is not None:
-            self._stderr.stop()
-            self._flush_stderr()
-        self.child.close_pipes()
-
-    async def _kill(self) -> None:
-        await self.runner.processes.kill_tree(self.child, self.config.kill_grace)
-
     def _abort_connection(self) -> None:
         transport = self.request.transport
         if transport is not None:
             transport.abort()
-
-    def _on_exit(self, exited: asyncio.Future[int]) -> None:
-        # Processes the handler left behind may still hold its stdout or stderr open; give them
-        # kill_grace to let go, then stop them, so the response never waits on an orphan.
-        if not exited.cancelled() and exited.exception() is not None:
-            return  # never started: nothing left behind
-        if self._stdout_open or (self._stderr is not None and not self._stderr.done.done()):
-            loop = self.runner.processes.loop
-            self._exit_timer = loop.call_later(self.config.kill_grace, self._kill_leftovers)
-
-    def _kill_leftovers(self) -> None:
-        self.runner.processes.kill_leftovers(self.child)
-
-    def _close_stdout(self) -> None:
-        self._stdout_open = False
-        self.child.close_fd(self.child.stdout)
-
-    # -- stderr ---------------------------------------------------------------------------
-
-    def _drain_stderr(self) -> None:
-        fd = self.child.stderr
-        if fd is None:
-            return
-        self._stderr = PipeDrain(fd, self._on_stderr)
-
-    def _on_stderr(self, data: bytes) -> None:
-        if self._splitter is None:  # most handlers write nothing there
-            self._splitter = self.runner.function_log.splitter()
-        self.runner.function_log.write("stderr", self._splitter.feed(data))
-        if self.config.write_debug:
-            self._stderr_tail += data
-            del self._stderr_tail[:-_STDERR_TAIL]
-
-    def _flush_stderr(self) -> None:
-        if self._splitter is not None:
-            self.runner.function_log.write("stderr", self._splitter.flush())
-            self._splitter = None
-
-    async def _stderr_closed(self) -> None:
-        """Wait for the handler's last stderr lines (bounded: an orphan may hold the pipe)."""
-        if self._stderr is not None:
-            self._stderr.read_now()  # its end of file is usually there, its event not yet seen
-        if self._stderr is None or self._stderr.done.done():
-            self._flush_stderr()
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._stderr.done), self.config.kill_grace)
-        except TimeoutError:
-            pass
-        self._flush_stderr()

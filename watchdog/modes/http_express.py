@@ -30,11 +30,9 @@ from ..http.upstream import (
 from ..limits import (
     Admission,
     Admitted,
-    ClientStalled,
     Deadlines,
     Expiring,
-    log_stalled,
-    within_write_timeout,
+    answer_call,
 )
 from ..responses import DURATION_HEADER
 
@@ -156,29 +154,13 @@ class _Exchange:
         self._end()
         self.express.upstream.answered()
         call = self.call
-        try:
-            call.send(whole_answer(call, upstream, body, self.started))
-        except ConnectionError:
-            pass  # the client went away: nothing to tell anyone
+        status = upstream.status
+        whole = whole_answer(call, upstream, body, self.started)
         upstream.release()
-        if call.congested:  # it holds its max_inflight slot until taken, as any answer does
-            asyncio.ensure_future(self._finish_when_taken(upstream.status))
-            return
-        self.express.admission.discharge(upstream.status, call.method, self.started)
-        call.finish()
+        answer_call(call, whole, None, self.express.write_timeout, lambda: self._discharge(status))
 
-    async def _finish_when_taken(self, status: int) -> None:
-        """Finish once the client has taken the answer; cut it off after write_timeout."""
-        call = self.call
-        try:
-            await within_write_timeout(call.drain(), self.express.write_timeout)
-        except ClientStalled:
-            log_stalled(call.method, call.raw_path)
-            call.cut()
-        except ConnectionError:
-            pass  # the client went away
-        self.express.admission.discharge(status, call.method, self.started)
-        call.finish()
+    def _discharge(self, status: int) -> None:
+        self.express.admission.discharge(status, self.call.method, self.started)
 
     def _failed(self, error: BaseException) -> None:
         self.connection.close()
