@@ -25,8 +25,11 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
+from multidict import MultiMapping
+
 from .. import __version__
 from ..http import Request, Response, StreamResponse
+from ..http.express import NOTE
 from ..targets import refuse_target
 from .answers import json_response, method_not_allowed, refusal, text
 from .config import GatewayConfig
@@ -38,6 +41,7 @@ from .invoke import (
     Call,
     InvokeError,
     Invoker,
+    Sent,
 )
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from .proxy import body_pending
@@ -50,6 +54,7 @@ log = logging.getLogger("watchdog.gateway")
 Handler = Callable[[Request, str], Awaitable[StreamResponse]]
 REALM = 'Basic realm="Restricted"'
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+FUNCTION_PREFIX = "/function/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,8 @@ class Route:
 class Converter(Protocol):
     """Turns slow synchronous calls into asynchronous ones (:mod:`.async_api`)."""
 
-    def conversion_wait(self, request: Request, function: Function) -> float | None: ...
+    def conversion_wait(self, headers: MultiMapping[str], function: Function) -> float | None:
+        """Seconds after which a synchronous call turns asynchronous; None: never."""
 
     async def call_converting(
         self, request: Request, function: Function, target: str, wait: float
@@ -138,7 +144,7 @@ class GatewayApp:
             # With basic auth on, a browser that logged in to the console sends the credentials
             # with any site's requests: only then can another site's page act as the user.
             Route(
-                "/function/",
+                FUNCTION_PREFIX,
                 self.function,
                 protected=config.basic_auth_invoke,
                 same_site=config.basic_auth_invoke and auth.enabled,
@@ -176,6 +182,12 @@ class GatewayApp:
     # -- /function/NAME ---------------------------------------------------------------------
 
     async def function(self, request: Request, rest: str) -> StreamResponse:
+        sent = request.state.get(NOTE)
+        if isinstance(sent, Sent):  # by the express (:mod:`.express`), which handed it over
+            try:
+                return await answer_call(self.invoker, request, sent.function, sent.call, sent=sent)
+            except InvokeError as exc:
+                return _invoke_error(exc, sent.call, request)
         redirect = _clean_redirect(request)
         if redirect is not None:
             return redirect
@@ -188,7 +200,7 @@ class GatewayApp:
         try:
             function = self.invoker.resolve(unquote(segment))
             if self.converter is not None:
-                wait = self.converter.conversion_wait(request, function)
+                wait = self.converter.conversion_wait(request.headers, function)
                 if wait is not None:
                     return await self.converter.call_converting(request, function, target, wait)
             try:

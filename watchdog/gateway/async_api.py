@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
+from multidict import MultiMapping
+
 from ..config import parse_duration
 from ..forwarding import forwarded_headers
 from ..http import Request, Response, StreamResponse
@@ -284,9 +286,10 @@ class AsyncCalls:
 
     # -- conversion of slow synchronous calls ---------------------------------------------
 
-    def conversion_wait(self, request: Request, function: Function) -> float | None:
-        """Seconds after which this synchronous call turns asynchronous; None: never."""
-        preferred = prefer_wait(request.headers.getall("Prefer", []))
+    def conversion_wait(self, headers: MultiMapping[str], function: Function) -> float | None:
+        """Seconds after which a synchronous call with these request headers turns
+        asynchronous; None: never."""
+        preferred = prefer_wait(headers.getall("Prefer", []))
         if preferred is not None:
             return preferred
         configured = function.convert_after

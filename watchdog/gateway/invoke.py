@@ -287,14 +287,30 @@ class Invoker:
         """
         return _Invoking(self, function, call)
 
-    def _upstream_of(self, function: Function) -> Upstream:
+    def resume(self, sent: Sent) -> AbstractAsyncContextManager[Invocation]:
+        """:meth:`invoke` for a call the express sent already (:mod:`.express`): entered,
+        it gives the answer the express handed over, or raises as :meth:`invoke` would have
+        for its failure."""
+        return _Invoking(self, sent.function, sent.call, sent)
+
+    def upstream_of(self, function: Function) -> Upstream:
+        """Where ``function`` is called.
+
+        Raises:
+            InvokeError: 502, its URL is not one the gateway can call.
+        """
         try:
             return self.upstreams.of(function.base_url)
         except ValueError as exc:
             message = f"function {function.name!r} is unreachable: {exc}"
             raise InvokeError(502, message, function=function) from None
 
-    def _admit(self, function: Function, started: float) -> None:
+    def admits(self, function: Function) -> bool:
+        """``function`` is below its ``max_concurrency``: :meth:`admit` would take a slot."""
+        limit = function.max_concurrency
+        return not limit or self._inflight.get(function.key, 0) < limit
+
+    def admit(self, function: Function, started: float) -> None:
         """Take a concurrency slot for ``function``.
 
         Raises:
@@ -315,16 +331,38 @@ class Invoker:
         self._invocations[key] = self._invocations.get(key, 0) + 1
         self.metrics.started(key)
 
-    def _release(self, function: Function, status: int, started: float) -> None:
+    def release(self, function: Function, status: int, started: float) -> None:
         """Give the slot back and count the call with its final ``status``."""
-        key = function.key
+        self._free(function.key)
+        self.metrics.observe(function.key, status, time.monotonic() - started)
+
+    def withdraw(self, function: Function) -> None:
+        """Give the slot back uncounted: the call will be admitted anew (the express handing
+        it over unsent)."""
+        self._free(function.key)
+        self._invocations[function.key] -= 1
+
+    def _free(self, key: str) -> None:
         remaining = self._inflight[key] - 1
         if remaining:
             self._inflight[key] = remaining
         else:
             del self._inflight[key]
         self.metrics.finished(key)
-        self.metrics.observe(key, status, time.monotonic() - started)
+
+
+@dataclass(slots=True)
+class Sent:
+    """A call the express (:mod:`.express`) sent and admitted at ``started`` (monotonic),
+    handed over to the ordinary path with how far it got: the answer's head (``invocation``,
+    to relay), or the failure before it (``error``), or the function's timeout (``timed_out``)."""
+
+    function: Function
+    call: Call
+    started: float
+    invocation: Invocation | None = None
+    error: BaseException | None = None
+    timed_out: bool = False
 
 
 class _Invoking:
@@ -336,24 +374,29 @@ class _Invoking:
     cancellation into ``TimeoutError``) and counts the call.
     """
 
-    __slots__ = ("invoker", "function", "call", "started", "deadline", "invocation")
+    __slots__ = ("invoker", "function", "call", "sent", "started", "deadline", "invocation")
 
-    def __init__(self, invoker: Invoker, function: Function, call: Call) -> None:
+    def __init__(
+        self, invoker: Invoker, function: Function, call: Call, sent: Sent | None = None
+    ) -> None:
         self.invoker = invoker
         self.function = function
         self.call = call
+        self.sent = sent
         self.started = 0.0
         self.deadline: TaskTimeout | None = None
         self.invocation: Invocation | None = None
 
     async def __aenter__(self) -> Invocation:
+        if self.sent is not None:
+            return await self._resume(self.sent)
         invoker, function, call = self.invoker, self.function, self.call
-        upstream_of = invoker._upstream_of(function)
+        upstream_of = invoker.upstream_of(function)
         target = function_target(upstream_of.prefix, call.target)
         headers = request_pairs(call, upstream_of)
-        whole, stream = _request_body(call)
+        whole, stream = request_body(call)
         self.started = started = time.monotonic()
-        invoker._admit(function, started)
+        invoker.admit(function, started)
         self.deadline = deadline = TaskTimeout(invoker.loop, invoker.timeout_of(function))
         await deadline.__aenter__()
         try:
@@ -373,6 +416,22 @@ class _Invoking:
         )
         return self.invocation
 
+    async def _resume(self, sent: Sent) -> Invocation:
+        """Go on from where the express handed the call over, within what is left of the
+        function's timeout."""
+        invoker = self.invoker
+        self.started = sent.started
+        left = invoker.timeout_of(self.function) - (time.monotonic() - sent.started)
+        self.deadline = deadline = TaskTimeout(invoker.loop, max(left, 0.0))
+        await deadline.__aenter__()
+        failure = TimeoutError() if sent.timed_out else sent.error
+        if failure is not None:
+            await self._fail(failure)
+            raise failure
+        assert sent.invocation is not None
+        self.invocation = sent.invocation
+        return sent.invocation
+
     async def _fail(self, exc: BaseException) -> None:
         """The call ended before its response headers: leave the timeout and count the call;
         raise the InvokeError that tells why, if there is one (else ``exc`` goes on)."""
@@ -381,7 +440,7 @@ class _Invoking:
         except TimeoutError as expired:
             exc = expired
         status = _failure_status(exc)
-        self.invoker._release(self.function, status, self.started)
+        self.invoker.release(self.function, status, self.started)
         name = self.function.name
         if status == 502:
             message = f"function {name!r} is unreachable: {exc}"
@@ -414,7 +473,7 @@ class _Invoking:
                 status = 504
             elif isinstance(exc, asyncio.CancelledError):
                 status = CLIENT_GONE
-            self.invoker._release(self.function, status, self.started)
+            self.invoker.release(self.function, status, self.started)
 
     async def _leave_deadline(self, exc: BaseException | None) -> None:
         """Leave the timeout's block as ``exc`` leaves it; raises ``TimeoutError`` if the
@@ -442,7 +501,7 @@ def _failure_status(exc: BaseException) -> int:
     return 500
 
 
-def _request_body(call: Call) -> tuple[bytes | None, ChunkSource | None]:
+def request_body(call: Call) -> tuple[bytes | None, ChunkSource | None]:
     """The call's body as the client sends it: whole bytes, or a stream of chunks."""
     body = call.body
     if isinstance(body, bytes):

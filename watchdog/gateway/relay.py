@@ -7,7 +7,7 @@ import logging
 
 from ..http import Request, Response, StreamResponse
 from .answers import SERVED_BY
-from .invoke import CLIENT_GONE, Call, InvokeError, Invoker
+from .invoke import CLIENT_GONE, Call, InvokeError, Invoker, Sent
 from .proxy import Extra, UpstreamError, abort_connection, relay
 from .registry import Function
 
@@ -20,10 +20,12 @@ async def answer_call(
     function: Function,
     call: Call,
     content_type: str | None = None,
+    sent: Sent | None = None,
 ) -> StreamResponse:
     """Run ``call`` on ``function`` and send its status, headers and body to ``request``'s
     client as they come (a small body in one write); ``content_type`` replaces the
-    function's.
+    function's. ``sent``: the call was sent by the express already (see
+    :meth:`.Invoker.resume`).
 
     Once the status is out only a cut connection can tell the caller that the rest is not
     coming: a function that breaks off or runs out of time mid-body is answered that way.
@@ -33,7 +35,8 @@ async def answer_call(
             answers it in its own shape).
     """
     try:
-        async with invoker.invoke(function, call) as invocation:
+        invoking = invoker.invoke(function, call) if sent is None else invoker.resume(sent)
+        async with invoking as invocation:
             served: Extra = (("X-Served-By", SERVED_BY),)
             if content_type is not None:
                 served += (("Content-Type", content_type),)

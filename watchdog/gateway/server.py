@@ -18,12 +18,13 @@ from .. import __version__
 from ..http import HttpServer, Limits
 from ..logs import bad_request_log
 from ..signals import stop_on_signals
-from .app import BasicAuth, GatewayApp, Route
+from .app import FUNCTION_PREFIX, BasicAuth, Converter, GatewayApp, Route
 from .async_api import AsyncCalls
 from .callbacks import CallbackDispatcher, CallbackSettings
 from .config import GatewayConfig
 from .console import UI_PATH, Console
 from .doors import DoorServices, mount
+from .express import GatewayExpress
 from .invoke import InvokeError, Invoker
 from .metrics import GatewayMetrics
 from .proxy import FunctionUpstreams
@@ -104,10 +105,26 @@ class Gateway:
             # As the gateway has always answered a longer target (aiohttp's server did).
             line_status=400,
         )
-        self._http = HttpServer(self.app.dispatch, limits, bad_request_log())
+        express = self._express(invoker, auth, converter)
+        self._http = HttpServer(self.app.dispatch, limits, bad_request_log(), express)
         await self._http.listen(self.config.port, reuse_address=True)
         self.port = self._http.port
         log.info("Gateway listening on port: %s", self.port)
+
+    def _express(
+        self, invoker: Invoker, auth: BasicAuth, converter: Converter | None
+    ) -> GatewayExpress | None:
+        """The hot path of ``/function/`` calls, unless basic auth guards them (checked on the
+        ordinary path only)."""
+        if self.config.basic_auth_invoke and auth.enabled:
+            return None
+        assert self.app is not None
+        others = tuple(
+            route.prefix
+            for route in self.app.routes
+            if route.prefix.startswith(FUNCTION_PREFIX) and route.prefix != FUNCTION_PREFIX
+        )
+        return GatewayExpress(invoker, converter, others)
 
     async def _start_async(
         self, invoker: Invoker, auth: BasicAuth
