@@ -74,8 +74,11 @@ class GatewayExpress:
         except InvokeError:
             return False  # the ordinary path answers it (400, 404, 502)
         converter = self.converter
-        if converter is not None and converter.conversion_wait(arrived.headers, function):
-            return False
+        if (
+            converter is not None
+            and converter.conversion_wait(arrived.headers, function) is not None
+        ):
+            return False  # it may turn asynchronous: the ordinary path's
         if not invoker.admits(function):
             return False  # the ordinary path refuses it (429)
         connection = upstream.pool.take_idle()
