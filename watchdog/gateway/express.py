@@ -206,7 +206,7 @@ class _Relay:
     def _end(self) -> None:
         """Nothing more to do for this call: unhook it from its request and its deadline."""
         self.over = True
-        self.arrived.on_cancel = _nothing
+        self.arrived.unhook()
         if self.bucket is not None:
             self.bucket.discard(self)
             self.bucket = None
@@ -214,10 +214,6 @@ class _Relay:
     def _hand_off(self) -> None:
         self._end()
         self.arrived.hand_off(self.sent)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _small(arrived: Arrived, upstream: UpstreamResponse) -> bool:

@@ -136,6 +136,12 @@ class Call:
     def cancel(self) -> None:
         self.on_cancel()
 
+    def unhook(self) -> None:
+        """Nobody is to be told of a cancel any more: the express is done with the call, and
+        the two (a reference cycle, holding the request's body) go as soon as dropped, not at
+        the collector's next full pass."""
+        self.on_cancel = _ignore
+
 
 NOTE = "express.note"
 """The key of an express's note in a handed-off request's ``state``."""

@@ -201,7 +201,7 @@ class _Run:
         """Nothing more to do for this request: unhook it from its call and its deadline, so
         that the two (a reference cycle) go as soon as they are dropped."""
         self.over = True
-        self.call.on_cancel = _nothing
+        self.call.unhook()
         self.collector.stop()
         if self.bucket is not None:
             self.bucket.discard(self)
@@ -210,7 +210,3 @@ class _Run:
     def _hand_off(self, note: ForkNote) -> None:
         self._end()
         self.call.hand_off(note)
-
-
-def _nothing() -> None:
-    pass

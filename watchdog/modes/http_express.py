@@ -194,11 +194,9 @@ class _Exchange:
             self.express.admission.discharge(499, self.call.method, self.started)
 
     def _end(self) -> None:
-        """Nothing more to do for this request: unhook it from its call, so that the two (a
-        reference cycle, holding the request's body) go as soon as they are dropped, not at
-        the collector's next full pass."""
+        """Nothing more to do for this request (see :meth:`Call.unhook`)."""
         self.over = True
-        self.call.on_cancel = _nothing
+        self.call.unhook()
 
     def _hand_off(self, note: ExpressNote) -> None:
         self._end()
@@ -209,10 +207,6 @@ class _Exchange:
         if self.bucket is not None:
             self.bucket.discard(self)
             self.bucket = None
-
-
-def _nothing() -> None:
-    pass
 
 
 def small_answer(request: Framing, upstream: UpstreamResponse) -> bool:
