@@ -74,6 +74,15 @@ class Durations:
         self.buckets[bisect_left(BUCKETS, seconds)] += 1  # `le` bounds are inclusive
 
 
+_BOUNDS = [repr(float(bound)) for bound in BUCKETS] + ["+Inf"]  # as prometheus_client writes
+
+
+def cumulative_buckets(series: Durations) -> list[tuple[str, float]]:
+    """A histogram's buckets as prometheus_client's metric families take them: each upper
+    bound, written as prometheus_client writes it, with the count at or below it."""
+    return list(zip(_BOUNDS, accumulate(series.buckets), strict=True))
+
+
 class WatchdogMetrics:
     """All series of one watchdog."""
 
@@ -158,11 +167,9 @@ class WatchdogMetrics:
         durations = HistogramMetricFamily(
             "http_request_duration_seconds", "Request duration", labels=labels
         )
-        bounds = [repr(float(bound)) for bound in BUCKETS] + ["+Inf"]  # as prometheus_client
         for key, series in self._durations.items():
             requests.add_metric(key, series.count)
-            cumulative = list(accumulate(series.buckets))
-            durations.add_metric(key, list(zip(bounds, cumulative, strict=True)), series.total)
+            durations.add_metric(key, cumulative_buckets(series), series.total)
         yield requests
         yield durations
         yield GaugeMetricFamily(

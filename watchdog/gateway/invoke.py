@@ -25,7 +25,7 @@ from yarl import URL
 from ..forwarding import forwarded_headers
 from ..http import Request
 from ..http.request import small_body
-from ..http.upstream import decode, encode, line_name
+from ..http.upstream import decode, encode
 from ..limits import TaskTimeout
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
@@ -187,18 +187,16 @@ class Invocation:
         and the duration until the response headers came (the gateway's measure, replacing
         the watchdog's), then ``extra``: each added header replaces the function's of that
         name."""
-        drop = _REPLACED
-        if extra:
-            drop = drop | {name.lower() for name, _ in extra}
+        drop = _dropped(extra)
         returned = self.upstream.returned_lines()
-        kept = [line for line in returned if line_name(line) not in drop]
-        added = (
-            (CALL_ID_HEADER, self.call.call_id),
-            (START_TIME_HEADER, str(self.call.start_time_ns)),
-            (DURATION_HEADER, f"{self.headers_after:.6f}"),
-            *extra,
+        kept = [line for line in returned if line.partition(b":")[0].lower() not in drop]
+        call = self.call
+        kept += (
+            _CALL_ID_PREFIX + encode(call.call_id),
+            b"%s%d" % (_START_TIME_PREFIX, call.start_time_ns),
+            b"%s%.6f" % (_DURATION_PREFIX, self.headers_after),
+            *_lines(extra),
         )
-        kept += (encode(f"{name}: {value}") for name, value in added)
         return kept
 
     def response_pairs(self, extra: Extra = ()) -> list[tuple[str, str]]:
@@ -211,9 +209,23 @@ class Invocation:
         return CIMultiDict(self.response_pairs())
 
 
-_REPLACED = frozenset({"x-call-id", "x-start-time", "x-duration-seconds"})
+_REPLACED = frozenset({b"x-call-id", b"x-start-time", b"x-duration-seconds"})
 """What :meth:`Invocation.response_lines` drops of a function's lines (which are without the
 framing and hop-by-hop ones already): the gateway writes its own."""
+_CALL_ID_PREFIX = encode(f"{CALL_ID_HEADER}: ")
+_START_TIME_PREFIX = encode(f"{START_TIME_HEADER}: ")
+_DURATION_PREFIX = encode(f"{DURATION_HEADER}: ")
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped(extra: Extra) -> frozenset[bytes]:
+    """The lower-case names of the function's lines an answer with ``extra`` drops."""
+    return _REPLACED | {encode(name.lower()) for name, _ in extra}
+
+
+@functools.lru_cache(maxsize=64)
+def _lines(extra: Extra) -> tuple[bytes, ...]:
+    return tuple(encode(f"{name}: {value}") for name, value in extra)
 
 
 class Invoker:
