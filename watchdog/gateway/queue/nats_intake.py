@@ -100,6 +100,10 @@ class NatsIntake:
             if claimed is not None:
                 await self.keys.release(claimed)
             raise
+        if state.delay and state.due_at is not None:
+            # A hint for this gateway's worker, known now: a pull right after may not see the
+            # new job yet (a no_wait pull gets what the consumer has taken in so far).
+            self.jobs.timers.add(state.due_at)
         self.jobs.wake()
         return EnqueueResult(request.call_id, True, "queued")
 
