@@ -12,6 +12,8 @@ import pytest
 from conftest import PYTHON, RunningWatchdog, stop_process, wait_until_serving, watchdog_env
 
 from watchdog.http import Handler, HttpServer, Limits, Request, Response, StreamResponse
+from watchdog.http.express import Call
+from watchdog.http.protocol import HttpProtocol, ServerState
 
 # The real entry point, reporting at exit which modules it loaded.
 _REPORTING_ENTRY = (
@@ -401,3 +403,72 @@ def test_a_relayed_response_of_header_lines_is_framed_as_any_other() -> None:
     assert reply.startswith(b"HTTP/1.1 204 No Content\r\n") and b"Content-Length" not in reply
     reply = asyncio.run(_serve_one(answer, b"HEAD /200 HTTP/1.1\r\n" + close))
     assert b"\r\nContent-Length: 4\r\n" in reply and reply.endswith(b"\r\n\r\n"), reply
+
+
+class _Socket:
+    """The transport of one connection, as the protocol writes to it (no network needed: the
+    test drives the protocol's events itself, in an order a real loop rarely shows)."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8080)}.get(name)
+
+    def abort(self) -> None:
+        self.closing = True
+
+    close = abort
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _HandingOff:
+    """An express that hands each call straight to the ordinary path, with a note that
+    records being abandoned."""
+
+    def __init__(self) -> None:
+        self.abandoned = 0
+
+    def take(self, call: Call) -> bool:
+        call.hand_off(self)
+        return True
+
+    def abandon(self) -> None:
+        self.abandoned += 1
+
+
+async def _dropped_between_hand_off_and_handler() -> tuple[int, int, bool]:
+    handled = 0
+
+    async def handle(request: Request) -> StreamResponse:
+        nonlocal handled
+        handled += 1
+        return Response()
+
+    express = _HandingOff()
+    state = ServerState(handle, Limits(None, 1024, 1024, 65536), lambda p, r: None, express)
+    protocol = HttpProtocol(state)
+    protocol.connection_made(_Socket())  # type: ignore[arg-type]
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # handed off: a task made
+    protocol.connection_lost(None)  # the client gone before the task's first step
+    await asyncio.sleep(0)
+    await asyncio.wait_for(protocol.finished, 5)
+    return express.abandoned, handled, protocol.finished.done()
+
+
+def test_a_handed_off_request_dropped_before_its_handler_began_is_abandoned() -> None:
+    # The handler never runs (its cancellation comes first), so its clean-up never does:
+    # the express's note lets go of what it holds instead, and the connection finishes.
+    abandoned, handled, finished = asyncio.run(_dropped_between_hand_off_and_handler())
+    assert (abandoned, handled, finished) == (1, 0, True)

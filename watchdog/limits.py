@@ -130,12 +130,15 @@ class Admission:
 
 class Admitted:
     """The note of a request that was admitted before its handler got it (an express
-    handing it over), timed from ``started``."""
+    handing it over), timed from ``started``; ``abandon`` lets go of what the express holds
+    for it, if the request is dropped before its handler begins (see
+    :class:`.http.express.Note`)."""
 
-    __slots__ = ("started",)
+    __slots__ = ("started", "abandon")
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, abandon: Callable[[], None]) -> None:
         self.started = started
+        self.abandon = abandon
 
 
 async def read_body(
@@ -273,43 +276,51 @@ async def within_write_timeout(write: Awaitable[T], timeout: float | None) -> T:
         raise ClientStalled from None
 
 
+Settle = Callable[[BaseException | None], None]
+"""Counts an express call out once its answer is written: given None when the client took
+it, :class:`ClientStalled` when it was cut off for not taking it, a ConnectionError when it
+went away."""
+
+
 def answer_call(
     call: Call,
     head: bytes,
     body: bytes | bytearray | None,
     write_timeout: float | None,
-    settle: Callable[[], None],
+    settle: Settle,
 ) -> None:
-    """Write an express call's whole answer, and finish the call. ``settle`` (which counts it
-    out) runs once the client has taken the answer, or was cut off for not taking it within
-    ``write_timeout``: until then the call holds its max_inflight slot, as any answer does."""
+    """Write an express call's whole answer, and finish the call. ``settle`` runs once the
+    client has taken the answer, or was cut off for not taking it within ``write_timeout``:
+    until then the call holds its max_inflight slot, as any answer does."""
     try:
         call.send(head, body)
-    except ConnectionError:
-        pass  # the client went away: nothing to tell anyone
+    except ConnectionError as gone:  # nothing to tell the client
+        settle(gone)
+        call.finish()
+        return
     if call.congested:
         task = asyncio.ensure_future(_finish_when_taken(call, write_timeout, settle))
         _TAKING.add(task)  # (the loop holds only a weak reference to a task)
         task.add_done_callback(_TAKING.discard)
         return
-    settle()
+    settle(None)
     call.finish()
 
 
 _TAKING: set[asyncio.Future[None]] = set()
 
 
-async def _finish_when_taken(
-    call: Call, write_timeout: float | None, settle: Callable[[], None]
-) -> None:
+async def _finish_when_taken(call: Call, write_timeout: float | None, settle: Settle) -> None:
+    ended: BaseException | None = None
     try:
         await within_write_timeout(call.drain(), write_timeout)
-    except ClientStalled:
+    except ClientStalled as stalled:
         log_stalled(call.method, call.raw_path)
         call.cut()
-    except ConnectionError:
-        pass  # the client went away
-    settle()
+        ended = stalled
+    except ConnectionError as gone:
+        ended = gone
+    settle(ended)
     call.finish()
 
 

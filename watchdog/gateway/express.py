@@ -23,7 +23,7 @@ from ..http.express import Call as Arrived
 from ..http.request import WHOLE_BODY_LIMIT
 from ..http.response import has_no_body, relayed_head
 from ..http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamResponse, request_head
-from ..limits import Deadlines, Expiring, answer_call
+from ..limits import ClientStalled, Deadlines, Expiring, answer_call
 from .answers import SERVED_BY
 from .app import FUNCTION_PREFIX, Converter
 from .invoke import (
@@ -40,6 +40,7 @@ from .invoke import (
 )
 from .proxy import Extra, UpstreamError
 from .queue.base import new_call_id
+from .registry import Function
 
 _SERVED: Extra = (("X-Served-By", SERVED_BY),)
 
@@ -97,7 +98,7 @@ class GatewayExpress:
         )
         started = time.monotonic()
         invoker.admit(function, started)
-        relay = _Relay(self, arrived, Sent(function, call, started), connection)
+        relay = _Relay(self, arrived, connection, function, call, started)
         arrived.on_cancel = relay.cancel
         relay.bucket = self._deadline(invoker.timeout_of(function)).add(relay)
         answer = connection.send(call.method, head, body, None, False)
@@ -121,21 +122,23 @@ class _Relay:
         self,
         express: GatewayExpress,
         arrived: Arrived,
-        sent: Sent,
         connection: UpstreamConnection,
+        function: Function,
+        call: Call,
+        started: float,
     ) -> None:
         self.express = express
         self.arrived = arrived
-        self.sent = sent
+        self.sent = Sent(function, call, started, self._abandoned)
         self.connection = connection
         self.bucket: set[Expiring] | None = None
         self.over = False
 
     def on_head(self, answer: asyncio.Future[UpstreamResponse]) -> None:
+        error = answer.exception()  # (retrieved even when over: else asyncio logs it)
         if self.over:
             return
         sent = self.sent
-        error = answer.exception()
         if error is not None:
             self._failed(error)
             return
@@ -165,8 +168,22 @@ class _Relay:
             body_length=None if no_body else len(body),
         )
         upstream.release()
-        # (No write timeout, as the ordinary path's: the function's slot is held meanwhile.)
-        answer_call(arrived, head, None if no_body else body, None, lambda: self._count(status))
+        # The function's timeout bounds the answer's write too, as on the ordinary path.
+        invoker = self.express.invoker
+        left = invoker.timeout_of(sent.function) - (time.monotonic() - sent.started)
+        whole = None if no_body else body
+        answer_call(
+            arrived, head, whole, max(left, 0.0), lambda ended: self._written(status, ended)
+        )
+
+    def _written(self, status: int, ended: BaseException | None) -> None:
+        """Count the call once its answer is written, as the ordinary path counts it: 504 for
+        a caller that did not take it within the function's timeout, 499 for one gone."""
+        if isinstance(ended, ClientStalled):
+            status = 504
+        elif ended is not None:
+            status = CLIENT_GONE
+        self._count(status)
 
     def _count(self, status: int) -> None:
         self.express.invoker.release(self.sent.function, status, self.sent.started)
@@ -202,6 +219,13 @@ class _Relay:
             self._end()
             self.connection.close()
             self._count(CLIENT_GONE)
+
+    def _abandoned(self) -> None:
+        """Handed over, then dropped before the ordinary path began: counted as a caller
+        gone, the function's answer let go unread."""
+        if self.sent.invocation is not None:
+            self.sent.invocation.upstream.release()
+        self._count(CLIENT_GONE)
 
     def _end(self) -> None:
         """Nothing more to do for this call: unhook it from its request and its deadline."""

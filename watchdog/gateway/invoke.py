@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -353,6 +353,7 @@ class Invoker:
         it over unsent)."""
         self._free(function.key)
         self._invocations[function.key] -= 1
+        self.metrics.unstarted(function.key)
 
     def _free(self, key: str) -> None:
         remaining = self._inflight[key] - 1
@@ -372,6 +373,9 @@ class Sent:
     function: Function
     call: Call
     started: float
+    abandon: Callable[[], None]
+    """Let go of the call's slot and answer if it is dropped before the ordinary path begins
+    (see :class:`..http.express.Note`)."""
     invocation: Invocation | None = None
     error: BaseException | None = None
     timed_out: bool = False

@@ -41,8 +41,14 @@ class GatewayMetrics:
         self._started[function_name] = self._started.get(function_name, 0) + 1
         self._inflight[function_name] = self._inflight.get(function_name, 0) + 1
 
+    def unstarted(self, function_name: str) -> None:
+        """A call counted by :meth:`started` is taken back, to be started anew."""
+        self._started[function_name] = self._started.get(function_name, 1) - 1
+
     def finished(self, function_name: str) -> None:
-        self._inflight[function_name] -= 1
+        count = self._inflight.get(function_name)
+        if count is not None:  # (None: forgotten meanwhile)
+            self._inflight[function_name] = count - 1
 
     def observe(self, function_name: str, status: int, seconds: float) -> None:
         """Count one finished (or refused) call."""

@@ -11,11 +11,21 @@ wrote anything (:meth:`Call.hand_off`), with a note for the ordinary handler of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from multidict import CIMultiDict
 
 from .response import COALESCE_LIMIT
+
+
+@runtime_checkable
+class Note(Protocol):
+    """What an express hands over with a request: how far it got, and what it holds for it
+    (an admission slot, a handler, an upstream's answer)."""
+
+    def abandon(self) -> None:
+        """The request was dropped before its handler began (the client went away, or
+        draining ended, first): let go of what is held for it."""
 
 
 class Express(Protocol):
@@ -40,7 +50,7 @@ class CallOwner(Protocol):
 
     def express_done(self, call: Call, keep_alive: bool) -> None: ...
 
-    def hand_off(self, call: Call, note: object | None) -> None: ...
+    def hand_off(self, call: Call, note: Note | None) -> None: ...
 
 
 def _ignore() -> None:
@@ -128,7 +138,7 @@ class Call:
         False: close the connection instead)."""
         self._owner.express_done(self, keep_alive)
 
-    def hand_off(self, note: object | None = None) -> None:
+    def hand_off(self, note: Note | None = None) -> None:
         """Give the request to the ordinary path, with ``note`` in its state (under
         :data:`NOTE`) for the handler: nothing has been written to the client yet."""
         self._owner.hand_off(self, note)

@@ -9,6 +9,7 @@ client goes away (aiohttp's ``handler_cancellation``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-from .express import NOTE, Call, Express
+from .express import NOTE, Call, Express, Note
 from .request import WHOLE_BODY_LIMIT, BodyStream, Request
 from .response import Response, StreamResponse
 
@@ -147,7 +148,7 @@ class HttpProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
         if self._task is not None and not self._detached:
-            self._task.cancel()
+            self._cancel_task()
             if isinstance(self._task, Call):
                 self._task = None  # (a task is done when its cancellation has run)
         self._check_finished()
@@ -397,6 +398,24 @@ class HttpProtocol(asyncio.Protocol):
         self._task_done()
         self._after_response(request, response)
 
+    def _cancel_task(self) -> None:
+        """Cancel the request in hand (the client went away, or draining is over). A task
+        cancelled before its first step never runs the handler, whose ``finally`` blocks
+        would have let go of what an express handed over with the request: that, and the
+        task's own end, happen here instead."""
+        task = self._task
+        assert task is not None
+        task.cancel()
+        if not isinstance(task, asyncio.Task):
+            return  # an express's call, told by its cancel
+        if inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED:  # type: ignore[arg-type]
+            return
+        request = self._pipeline[0]
+        self._task_done()
+        note = request.state.get(NOTE)
+        if isinstance(note, Note):
+            note.abandon()
+
     def _task_done(self) -> None:
         self._task = None
         if self._pipeline:
@@ -437,8 +456,10 @@ class HttpProtocol(asyncio.Protocol):
     def cut(self) -> None:
         self._abort()
 
-    def hand_off(self, call: Call, note: object | None) -> None:
+    def hand_off(self, call: Call, note: Note | None) -> None:
         if self._task is not call or self._closed:
+            if note is not None:
+                note.abandon()
             return
         request = self._request_of(call, complete=True)
         if note is not None:
@@ -540,7 +561,7 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         """Draining is over: cancel the handler and cut the connection."""
         if self._task is not None:
-            self._task.cancel()
+            self._cancel_task()
         self._abort()
 
     def _refuse(self, status: int, reason: str) -> None:

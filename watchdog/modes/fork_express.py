@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from ..http.express import Call
@@ -61,13 +61,14 @@ class ForkNote(Admitted):
     def __init__(
         self,
         started: float,
+        abandon: Callable[[], None],
         handler: ForkedHandler,
         output: bytearray,
         outcome: bool | OSError,
         *,
         timed_out: bool = False,
     ) -> None:
-        super().__init__(started)
+        super().__init__(started, abandon)
         self.handler = handler
         self.output = output
         self.outcome = outcome
@@ -101,7 +102,7 @@ class ForkExpress:
         if (
             len(body) > self.body_limit  # (a larger one may be refused 413: the ordinary path)
             or target[:1] != "/"  # another form of target, refused by the ordinary path
-            or target.startswith("/_/")
+            or target.startswith(("/_/", "/%"))  # probes (and their encoded forms)
             or call.method == "HEAD"
             or not self.runner.healthy()
         ):
@@ -159,7 +160,8 @@ class _Run:
             or exited.result() != 0
             or not self.handler.stderr_closed_now()
         ):
-            self._hand_off(ForkNote(self.started, self.handler, self.collector.output, outcome))
+            output = self.collector.output
+            self._hand_off(ForkNote(self.started, self._abandoned, self.handler, output, outcome))
             return
         self._end()
         handler = self.handler
@@ -179,21 +181,29 @@ class _Run:
         ]
         return relayed_head(200, b"OK", lines, call, dated=False, body_length=length)
 
-    def _discharge(self) -> None:
+    def _discharge(self, _: BaseException | None) -> None:
         self.express.admission.discharge(200, self.call.method, self.started)
 
     def expire(self) -> None:
         """exec_timeout: the ordinary path kills the handler's tree and answers 504."""
         if not self.over:
             self.bucket = None  # (taken out of it as it expires)
-            output = self.collector.output
-            self._hand_off(ForkNote(self.started, self.handler, output, False, timed_out=True))
+            note = ForkNote(
+                self.started, self._abandoned, self.handler, self.collector.output, False
+            )
+            note.timed_out = True
+            self._hand_off(note)
 
     def cancel(self) -> None:
         """The client went away (or draining ended) first: counted as nginx counts it, 499."""
         if self.over:
             return
         self._end()
+        self._abandoned()
+
+    def _abandoned(self) -> None:
+        """Dropped (here, or once handed over, before the ordinary path began): counted as a
+        client gone, the handler's tree killed."""
         self.express.admission.discharge(499, self.call.method, self.started)
         self.express.finish_later(self.handler)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ..forwarding import forwarded_pairs
@@ -62,12 +63,13 @@ class ExpressNote(Admitted):
     def __init__(
         self,
         started: float,
+        abandon: Callable[[], None],
         *,
         upstream: UpstreamResponse | None = None,
         error: BaseException | None = None,
         timed_out: bool = False,
     ) -> None:
-        super().__init__(started)
+        super().__init__(started, abandon)
         self.upstream = upstream
         self.error = error
         self.timed_out = timed_out
@@ -95,7 +97,7 @@ class HttpExpress:
         if (
             not self.upstream.healthy()
             or path[:1] != "/"  # another form of target, refused by the ordinary path
-            or path.startswith("/_/")
+            or path.startswith(("/_/", "/%"))  # probes (and their encoded forms)
             or "X-Timeout" in call.headers
         ):
             return False
@@ -122,7 +124,7 @@ class HttpExpress:
 class _Exchange:
     """One request taken by the express, from its sending to its end."""
 
-    __slots__ = ("express", "call", "connection", "started", "bucket", "over")
+    __slots__ = ("express", "call", "connection", "upstream", "started", "bucket", "over")
 
     def __init__(
         self,
@@ -134,22 +136,25 @@ class _Exchange:
         self.express = express
         self.call = call
         self.connection = connection
+        self.upstream: UpstreamResponse | None = None
+        """The answer's head, when handed over to be relayed."""
         self.started = started
         self.bucket: set[Expiring] | None = None
         self.over = False
 
     def on_head(self, answer: asyncio.Future[UpstreamResponse]) -> None:
+        error = answer.exception()  # (retrieved even when over: else asyncio logs it)
         if self.over:
             return
         self._end_deadline()
-        error = answer.exception()
         if error is not None:
             self._failed(error)
             return
         upstream = answer.result()
         body = upstream.read_whole_nowait() if small_answer(self.call, upstream) else None
         if body is None:  # to stream, or not all here yet: the ordinary path relays it
-            self._hand_off(ExpressNote(self.started, upstream=upstream))
+            self.upstream = upstream
+            self._hand_off(ExpressNote(self.started, self._abandoned, upstream=upstream))
             return
         self._end()
         self.express.upstream.answered()
@@ -157,7 +162,9 @@ class _Exchange:
         status = upstream.status
         whole = whole_answer(call, upstream, body, self.started)
         upstream.release()
-        answer_call(call, whole, None, self.express.write_timeout, lambda: self._discharge(status))
+        answer_call(
+            call, whole, None, self.express.write_timeout, lambda _: self._discharge(status)
+        )
 
     def _discharge(self, status: int) -> None:
         self.express.admission.discharge(status, self.call.method, self.started)
@@ -177,13 +184,20 @@ class _Exchange:
             self.express.admission.withdraw()
             call.hand_off()
             return
-        self._hand_off(ExpressNote(self.started, error=error))
+        self._hand_off(ExpressNote(self.started, self._abandoned, error=error))
 
     def expire(self) -> None:
         """exec_timeout: the upstream did not answer in time."""
         if not self.over:
             self.connection.close()
-            self._hand_off(ExpressNote(self.started, timed_out=True))
+            self._hand_off(ExpressNote(self.started, self._abandoned, timed_out=True))
+
+    def _abandoned(self) -> None:
+        """Handed over, then dropped before the ordinary path began: counted as a client
+        gone, the upstream's answer let go unread."""
+        if self.upstream is not None:
+            self.upstream.release()
+        self.express.admission.discharge(499, self.call.method, self.started)
 
     def cancel(self) -> None:
         """The client went away (or draining ended) first: counted as nginx counts it, 499."""
