@@ -26,6 +26,27 @@ ROOT = Path(__file__).parent.parent
 PYTHON = sys.executable
 
 
+Call = tuple[str, str, "bytes | list[bytes] | None", dict[str, str]]
+"""Method, target, body (a list of chunks goes chunked) and headers of one request."""
+
+
+def on_one_connection(port: int, calls: list[Call]) -> list[http.client.HTTPResponse]:
+    """Each call in turn on one keep-alive connection; the answers, each read whole into its
+    ``body`` attribute."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    answers = []
+    try:
+        for method, target, body, headers in calls:
+            sent = iter(body) if isinstance(body, list) else body
+            connection.request(method, target, body=sent, headers=headers)
+            answer = connection.getresponse()
+            answer.body = answer.read()  # type: ignore[attr-defined]
+            answers.append(answer)
+    finally:
+        connection.close()
+    return answers
+
+
 def recv_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
     """``received`` and what ``sock`` sends after it, until ``marker`` is among it (the peer
     closing first fails the test)."""

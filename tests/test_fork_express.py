@@ -8,25 +8,16 @@ import http.client
 import socket
 
 import pytest
-from conftest import RunningWatchdog
+from conftest import Call, RunningWatchdog, on_one_connection
 
 SMALL = b"s" * 100  # taken by the express
 LARGE = b"L" * 10_000  # beyond one pipe write's atomic size: the ordinary path's
 
 
 def _post_all(wd: RunningWatchdog, bodies: list[bytes]) -> list[http.client.HTTPResponse]:
-    """POST each body in turn on one keep-alive connection; the answers, read whole."""
-    connection = http.client.HTTPConnection("127.0.0.1", wd.port, timeout=10)
-    answers = []
-    try:
-        for body in bodies:
-            connection.request("POST", "/f?x=1", body=body, headers={"Content-Type": "a/b"})
-            answer = connection.getresponse()
-            answer.body = answer.read()  # type: ignore[attr-defined]
-            answers.append(answer)
-    finally:
-        connection.close()
-    return answers
+    """POST each body in turn on one keep-alive connection."""
+    calls: list[Call] = [("POST", "/f?x=1", body, {"Content-Type": "a/b"}) for body in bodies]
+    return on_one_connection(wd.port, calls)
 
 
 def _counter(metrics: str, series: str) -> float:
