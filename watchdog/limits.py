@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol, TypeVar
 
 from .http import Request, Response, StreamResponse
@@ -299,15 +299,21 @@ def answer_call(
         call.finish()
         return
     if call.congested:
-        task = asyncio.ensure_future(_finish_when_taken(call, write_timeout, settle))
-        _TAKING.add(task)  # (the loop holds only a weak reference to a task)
-        task.add_done_callback(_TAKING.discard)
+        in_background(_finish_when_taken(call, write_timeout, settle))
         return
     settle(None)
     call.finish()
 
 
-_TAKING: set[asyncio.Future[None]] = set()
+def in_background(work: Coroutine[object, object, None]) -> None:
+    """Run ``work`` as a task of its own, held here until done (the loop holds only a weak
+    reference to a task): what an express still does for a call it is done with."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()
 
 
 async def _finish_when_taken(call: Call, write_timeout: float | None, settle: Settle) -> None:
@@ -344,6 +350,14 @@ async def send_whole(request: Request, response: StreamResponse, timeout: float 
         await response.write_eof()
 
     await within_write_timeout(prepare_and_finish(), timeout)
+
+
+def time_left(seconds: float | None, started: float) -> float | None:
+    """What is left of a timeout of ``seconds`` (None: none) for work that began at
+    ``started`` (``time.monotonic()``): an express handing a request over after part of it."""
+    if seconds is None:
+        return None
+    return max(seconds - (time.monotonic() - started), 0.0)
 
 
 def seconds_or_none(value: float) -> float | None:

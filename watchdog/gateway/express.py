@@ -20,11 +20,9 @@ from urllib.parse import unquote
 
 from ..forwarding import forwarded_headers
 from ..http.express import Call as Arrived
-from ..http.request import WHOLE_BODY_LIMIT
 from ..http.response import has_no_body, relayed_head
-from ..http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamResponse, request_head
-from ..limits import ClientStalled, Deadlines, Expiring, answer_call
-from .answers import SERVED_BY
+from ..http.upstream import UpstreamConnection, UpstreamResponse, request_head
+from ..limits import ClientStalled, Deadlines, Expiring, answer_call, time_left
 from .app import FUNCTION_PREFIX, Converter
 from .invoke import (
     CALL_ID_HEADER,
@@ -38,11 +36,10 @@ from .invoke import (
     request_body,
     request_pairs,
 )
-from .proxy import Extra, UpstreamError
+from .proxy import relayed_whole
 from .queue.base import new_call_id
 from .registry import Function
-
-_SERVED: Extra = (("X-Served-By", SERVED_BY),)
+from .relay import SERVED
 
 
 class GatewayExpress:
@@ -162,7 +159,7 @@ class _Relay:
         head = relayed_head(
             status,
             upstream.raw_reason,
-            invocation.response_lines(_SERVED),
+            invocation.response_lines(SERVED),
             arrived,
             dated=upstream.dated,
             body_length=None if no_body else len(body),
@@ -170,11 +167,9 @@ class _Relay:
         upstream.release()
         # The function's timeout bounds the answer's write too, as on the ordinary path.
         invoker = self.express.invoker
-        left = invoker.timeout_of(sent.function) - (time.monotonic() - sent.started)
+        left = time_left(invoker.timeout_of(sent.function), sent.started)
         whole = None if no_body else body
-        answer_call(
-            arrived, head, whole, max(left, 0.0), lambda ended: self._written(status, ended)
-        )
+        answer_call(arrived, head, whole, left, lambda ended: self._written(status, ended))
 
     def _written(self, status: int, ended: BaseException | None) -> None:
         """Count the call once its answer is written, as the ordinary path counts it: 504 for
@@ -190,12 +185,7 @@ class _Relay:
 
     def _failed(self, error: BaseException) -> None:
         self.connection.close()
-        if (
-            isinstance(error, UpstreamError)
-            and self.arrived.method in IDEMPOTENT
-            and self.connection.reused
-            and self.connection.closed_before_answering()
-        ):
+        if self.connection.may_resend(self.arrived.method, error):
             # The watchdog closed an idle connection just as it was reused: the ordinary
             # path sends the call again, on a new one.
             self._end()
@@ -241,13 +231,8 @@ class _Relay:
 
 
 def _small(arrived: Arrived, upstream: UpstreamResponse) -> bool:
-    """The answer is relayed whole, as :func:`.proxy.relay` relays it: a body of a known
-    length up to :data:`WHOLE_BODY_LIMIT` with a Content-Type of its own (else the ordinary
-    path adds the default), to a request other than HEAD."""
-    length = upstream.content_length
-    return (
-        length is not None
-        and length <= WHOLE_BODY_LIMIT
-        and (upstream.typed or length == 0)
-        and arrived.method != "HEAD"
+    """The answer is relayed whole (:func:`.proxy.relayed_whole`), and has a Content-Type of
+    its own or no body (else the ordinary path adds the default type)."""
+    return relayed_whole(arrived.method, upstream) and (
+        upstream.typed or upstream.content_length == 0
     )

@@ -26,7 +26,7 @@ from ..forwarding import forwarded_headers
 from ..http import Request
 from ..http.request import small_body
 from ..http.upstream import decode, encode
-from ..limits import TaskTimeout
+from ..limits import TaskTimeout, time_left
 from ..responses import format_seconds
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -437,8 +437,8 @@ class _Invoking:
         function's timeout."""
         invoker = self.invoker
         self.started = sent.started
-        left = invoker.timeout_of(self.function) - (time.monotonic() - sent.started)
-        self.deadline = deadline = TaskTimeout(invoker.loop, max(left, 0.0))
+        left = time_left(invoker.timeout_of(self.function), sent.started)
+        self.deadline = deadline = TaskTimeout(invoker.loop, left)
         await deadline.__aenter__()
         failure = TimeoutError() if sent.timed_out else sent.error
         if failure is not None:

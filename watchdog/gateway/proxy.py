@@ -171,6 +171,14 @@ class Answer(Protocol):
     def response_lines(self, extra: Extra = ()) -> list[bytes]: ...
 
 
+def relayed_whole(method: str, upstream: UpstreamResponse) -> bool:
+    """The answer to a ``method`` request is read whole and sent in one write with its head
+    (:func:`relay`): a body of a known length up to :data:`WHOLE_BODY_LIMIT`, to a request
+    other than HEAD."""
+    length = upstream.content_length
+    return length is not None and length <= WHOLE_BODY_LIMIT and method != "HEAD"
+
+
 async def relay(request: Request, answer: Answer, extra: Extra) -> StreamResponse:
     """Answer ``request`` with the function's status, headers (its end-to-end ones, then
     ``extra``: the server frames the body) and body, sent before returning (what the caller
@@ -188,7 +196,7 @@ async def relay(request: Request, answer: Answer, extra: Extra) -> StreamRespons
     upstream = answer.upstream
     length = upstream.content_length
     head_only = request.method == "HEAD"
-    if length is not None and length <= WHOLE_BODY_LIMIT and not head_only:
+    if relayed_whole(request.method, upstream):
         lines = answer.response_lines(extra)
         body = await upstream.read()
         typed = upstream.typed or any(name.lower() == "content-type" for name, _ in extra)

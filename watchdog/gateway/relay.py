@@ -13,6 +13,9 @@ from .registry import Function
 
 log = logging.getLogger("watchdog.gateway")
 
+SERVED: Extra = (("X-Served-By", SERVED_BY),)
+"""What the gateway adds to every function's answer it relays."""
+
 
 async def answer_call(
     invoker: Invoker,
@@ -37,7 +40,7 @@ async def answer_call(
     try:
         invoking = invoker.invoke(function, call) if sent is None else invoker.resume(sent)
         async with invoking as invocation:
-            served: Extra = (("X-Served-By", SERVED_BY),)
+            served = SERVED
             if content_type is not None:
                 served += (("Content-Type", content_type),)
             try:

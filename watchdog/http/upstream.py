@@ -413,10 +413,17 @@ class UpstreamConnection(asyncio.Protocol):
             and now - self.idle_since < idle_timeout
         )
 
-    def closed_before_answering(self) -> bool:
-        """The connection was lost before any byte of an answer: safe to try again elsewhere
-        when the request can be sent again."""
-        return self.closed and not self._received_any
+    def may_resend(self, method: str, error: BaseException) -> bool:
+        """``error`` came of an idle connection the upstream closed just as it was reused,
+        before any byte of an answer: a request of an idempotent ``method`` (its body sent
+        whole) may go again, on a new connection."""
+        return (
+            isinstance(error, UpstreamError)
+            and method in IDEMPOTENT
+            and self.reused
+            and self.closed
+            and not self._received_any
+        )
 
     async def _send_stream(self, stream: BodySource, chunked: bool) -> None:
         transport = self.transport
@@ -559,10 +566,9 @@ class UpstreamPool:
         connection = self.take_idle() or await self._connect()
         try:
             return await connection.send(method, head, body, stream, chunked)
-        except UpstreamError:
+        except UpstreamError as error:
             connection.close()
-            replayable = stream is None and method in IDEMPOTENT
-            if not (replayable and connection.reused and connection.closed_before_answering()):
+            if stream is not None or not connection.may_resend(method, error):
                 raise
         except BaseException:
             connection.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine, Iterable, Mapping
 
 from ..cgi import CGIHead, CGIHeaderError, parse_head, request_variables
@@ -34,6 +33,7 @@ from ..limits import (
     TaskTimeout,
     read_body,
     seconds_or_none,
+    time_left,
     within_write_timeout,
 )
 from ..logs import FunctionLog
@@ -152,7 +152,8 @@ class ForkRunner:
         note = request.state.get(NOTE)
         if isinstance(note, ForkNote):
             call = _Call(self, request, note.handler, started, None)
-            return await self._serve(call, call.resume(note), self._remaining(started))
+            left = time_left(seconds_or_none(self.config.exec_timeout), started)
+            return await self._serve(call, call.resume(note), left)
         body: bytearray | None = None
         loop = self.processes.loop  # get_running_loop() makes a getpid system call each time
         read_deadline = loop.time() + self.config.read_timeout if self.config.read_timeout else None
@@ -194,12 +195,6 @@ class ForkRunner:
             return await call.fail(504, "Client did not read the response within write_timeout\n")
         finally:
             await call.handler.finish()
-
-    def _remaining(self, started: float) -> float | None:
-        """What is left of exec_timeout for a request that arrived at ``started``."""
-        if not self.config.exec_timeout:
-            return None
-        return max(self.config.exec_timeout - (time.monotonic() - started), 0.0)
 
     def _request_env(self, request: Request) -> dict[str, str]:
         return self.variables(

@@ -11,7 +11,6 @@ held open by an orphan) goes to the ordinary path of :mod:`.fork` with a note
 
 from __future__ import annotations
 
-import asyncio
 import select
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +19,15 @@ from typing import Protocol
 from ..http.express import Call
 from ..http.request import split_target
 from ..http.response import relayed_head
-from ..limits import Admission, Admitted, Deadlines, Expiring, answer_call, seconds_or_none
+from ..limits import (
+    Admission,
+    Admitted,
+    Deadlines,
+    Expiring,
+    answer_call,
+    in_background,
+    seconds_or_none,
+)
 from ..pipes import PipeCollector
 from ..process import SpawnError
 from ..responses import DURATION_HEADER
@@ -86,7 +93,6 @@ class ForkExpress:
         self.body_limit = min(_WHOLE_STDIN, config.max_body_size or _WHOLE_STDIN)
         self.output_limit = runner.forking.policy.response_buffer
         self.write_timeout = seconds_or_none(config.write_timeout)
-        self._finishing: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def suits(forking: Forking) -> bool:
@@ -123,13 +129,6 @@ class ForkExpress:
             run.bucket = self.deadlines.add(run)
         run.collector.collect(run.collected)
         return True
-
-    def finish_later(self, handler: ForkedHandler) -> None:
-        """Kill what is left of a handler whose request ended, from a task of its own (held
-        here until done: the loop keeps only a weak reference to a task)."""
-        task = handler.forking.processes.loop.create_task(handler.finish())
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
 
 
 class _Run:
@@ -205,7 +204,7 @@ class _Run:
         """Dropped (here, or once handed over, before the ordinary path began): counted as a
         client gone, the handler's tree killed."""
         self.express.admission.discharge(499, self.call.method, self.started)
-        self.express.finish_later(self.handler)
+        in_background(self.handler.finish())
 
     def _end(self) -> None:
         """Nothing more to do for this request: unhook it from its call and its deadline, so

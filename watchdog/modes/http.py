@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from urllib.parse import urlsplit
 
 from ..config import WatchdogConfig, parse_duration
@@ -33,6 +32,7 @@ from ..limits import (
     TaskTimeout,
     read_body,
     seconds_or_none,
+    time_left,
     within_write_timeout,
 )
 from ..logs import FunctionLog
@@ -246,11 +246,8 @@ class HttpRunner:
             raise note.error
         assert note.upstream is not None
         exchange.upstream = note.upstream
-        remaining = None
-        if self._exec_timeout is not None:
-            remaining = max(self._exec_timeout - (time.monotonic() - started), 0.0)
         assert self._loop is not None
-        async with TaskTimeout(self._loop, remaining):
+        async with TaskTimeout(self._loop, time_left(self._exec_timeout, started)):
             return await self._answer(request, started, exchange, note.upstream)
 
     async def _route(self, request: Request, started: float, exchange: _Exchange) -> StreamResponse:

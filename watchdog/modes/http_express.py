@@ -21,9 +21,7 @@ from ..http.express import Call
 from ..http.request import WHOLE_BODY_LIMIT
 from ..http.response import Framing, has_no_body, relayed_head
 from ..http.upstream import (
-    IDEMPOTENT,
     UpstreamConnection,
-    UpstreamError,
     UpstreamPool,
     UpstreamResponse,
     request_head,
@@ -172,12 +170,7 @@ class _Exchange:
     def _failed(self, error: BaseException) -> None:
         self.connection.close()
         call = self.call
-        if (
-            isinstance(error, UpstreamError)
-            and call.method in IDEMPOTENT
-            and self.connection.reused
-            and self.connection.closed_before_answering()
-        ):
+        if self.connection.may_resend(call.method, error):
             # The upstream closed an idle connection just as it was reused: the ordinary
             # path sends the request again, on a new one.
             self._end()
